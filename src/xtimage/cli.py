@@ -1,0 +1,63 @@
+"""The `xt` command.
+
+Each subcommand lives in `xtimage.commands.<name>` with a ``register(subparsers)`` that
+adds its parser and sets ``func``. Exit codes: 0 success, 1 failure (a bug or a runtime
+error), 2 bad usage or input (an `XTError`, printed as one line). ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from xtimage.errors import XTError
+
+COMMANDS = ["info", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xt",
+        description="xT for extremely large images: plan, train, evaluate and predict.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"xtimage.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except XTError as exc:
+        if args.debug:
+            raise
+        print(f"xt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"xt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failure we did not anticipate: one line, traceback on --debug
+        if args.debug:
+            raise
+        print(
+            f"xt {args.command}: failed: {type(exc).__name__}: {exc} (rerun with --debug "
+            f"for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of `xt`, one module each (see `xtimage.cli`)."""

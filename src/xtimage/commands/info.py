@@ -1,0 +1,107 @@
+"""`xt info`: describe a file or an image size and the region plan xT would use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from xtimage.errors import ConfigError
+from xtimage.tiling import RegionPlan, TokenLayout
+
+EXAMPLE = """examples:
+  xt info --size 30000x24000 --region 256
+  xt info scene.npy --region 512 --margin 32 --json
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="describe an image and its region plan",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", nargs="?", help="image file to describe")
+    p.add_argument("--size", help="image size as HxW, instead of a file")
+    p.add_argument("--region", type=int, default=256, help="region side in pixels")
+    p.add_argument("--margin", type=int, default=0, help="context pixels read around a core")
+    p.add_argument("--subregion", type=int, default=None, help="sub-region side in pixels")
+    p.add_argument("--token-stride", type=int, default=32, help="pixels per token side")
+    p.add_argument("--pool", type=int, default=None, help="pool to N x N tokens per region")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"3000x2000"`` -> (3000, 2000)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"size '{text}' is not HxW, e.g. --size 4096x3072") from None
+    return height, width
+
+
+def describe(args: argparse.Namespace) -> dict:
+    info: dict = {}
+    if args.file and args.size:
+        raise ConfigError("give a FILE or --size, not both")
+    if args.file:
+        from xtimage.io import open_reader
+
+        reader = open_reader(args.file)
+        height, width = reader.height, reader.width
+        info["file"] = {
+            "path": str(args.file),
+            "size": [height, width],
+            "channels": reader.channels,
+            "dtype": str(reader.dtype),
+            "levels": [[lv.height, lv.width, lv.downsample] for lv in reader.levels],
+        }
+        reader.close()
+    elif args.size:
+        height, width = parse_size(args.size)
+    else:
+        raise ConfigError("give an image FILE or --size HxW (e.g. xt info --size 4096x4096)")
+
+    plan = RegionPlan(height, width, args.region, args.margin, args.subregion)
+    layout = (
+        TokenLayout.pooled(plan, args.pool) if args.pool else TokenLayout(plan, args.token_stride)
+    )
+    info["plan"] = plan.describe()
+    info["tokens"] = {
+        "stride": layout.stride,
+        "per_region": layout.tokens_per_region,
+        "sequence_length": layout.num_tokens,
+        "valid": int(layout.valid().sum()),
+        "grid": list(layout.grid),
+    }
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    if "file" in info:
+        f = info["file"]
+        print(f"file        {f['path']}")
+        print(
+            f"size        {f['size'][0]} x {f['size'][1]} px, {f['channels']} channel(s), "
+            f"{f['dtype']}, {len(f['levels'])} level(s)"
+        )
+    p, t = info["plan"], info["tokens"]
+    print(f"image       {p['image'][0]} x {p['image'][1]} px")
+    print(
+        f"regions     {p['regions']} = {p['grid'][0]} x {p['grid'][1]} of {p['region']} px "
+        f"(core {p['core']}, margin {p['margin']}"
+        + (f", sub-regions {p['subregion']} px" if p["subregion"] else "")
+        + ")"
+    )
+    print(f"padding     {p['padding'][0]} px bottom, {p['padding'][1]} px right")
+    print(
+        f"tokens      {t['per_region']} per region at {t['stride']} px, sequence "
+        f"{t['sequence_length']} ({t['valid']} valid), grid {t['grid'][0]} x {t['grid'][1]}"
+    )
+    return 0

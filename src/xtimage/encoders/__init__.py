@@ -1,0 +1,1 @@
+"""Region encoders (local experts) and context encoders (long-sequence mixers)."""

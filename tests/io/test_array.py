@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xtimage.errors import InputError
+from xtimage.io import ArrayReader, Reader, open_reader, read_padded
+from xtimage.window import Window
+
+
+@st.composite
+def windows(draw, height, width):
+    top = draw(st.integers(-10, height + 5))
+    left = draw(st.integers(-10, width + 5))
+    return Window(top, left, draw(st.integers(1, 20)), draw(st.integers(1, 20)))
+
+
+@given(st.data())
+def test_read_padded_equals_slicing_a_zero_padded_array(data):
+    c, h, w = (
+        data.draw(st.integers(1, 3)),
+        data.draw(st.integers(1, 30)),
+        data.draw(st.integers(1, 30)),
+    )
+    array = np.arange(c * h * w, dtype=np.int32).reshape(c, h, w) + 1
+    reader = ArrayReader(array)
+    window = data.draw(windows(h, w))
+    padded = np.zeros((c, h + 60, w + 60), dtype=np.int32)
+    padded[:, 30 : 30 + h, 30 : 30 + w] = array
+    rows, cols = window.shift(30, 30).slices()
+    assert np.array_equal(read_padded(reader, window), padded[:, rows, cols])
+
+
+def test_array_reader_fulfils_the_protocol_and_reads_npy_lazily(tmp_path):
+    array = np.random.default_rng(0).random((2, 40, 50)).astype(np.float32)
+    np.save(tmp_path / "image.npy", array)
+    reader = open_reader(tmp_path / "image.npy")
+    assert isinstance(reader, Reader)
+    assert (reader.channels, reader.height, reader.width) == (2, 40, 50)
+    assert isinstance(reader._array, np.memmap)
+    window = Window(3, 7, 11, 13)
+    assert np.array_equal(reader.read_region(window), array[:, 3:14, 7:20])
+
+
+@pytest.mark.parametrize(
+    ("window", "level", "message"),
+    [
+        (Window(0, 0, 5, 5), 1, "level 1 does not exist"),
+        (Window(-1, 0, 5, 5), 0, "outside level 0"),
+        (Window(0, 0, 0, 5), 0, "empty window"),
+    ],
+)
+def test_bad_reads_are_clear_errors(window, level, message):
+    with pytest.raises(InputError, match=message):
+        ArrayReader(np.zeros((8, 8))).read_region(window, level)
+
+
+def test_open_reader_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        open_reader(tmp_path / "missing.npy")
+    (tmp_path / "notes.xyz").write_text("x")
+    with pytest.raises(InputError, match="unsupported format '.xyz'"):
+        open_reader(tmp_path / "notes.xyz")
+    (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(InputError, match="not a readable .npy"):
+        open_reader(tmp_path / "broken.npy")
