@@ -18,6 +18,7 @@ TINY_CONFIGS = {
     "xl": dict(dim=DIM, depth=2, heads=2, segment_len=8, mem_len=6),
     "transformer_xl": dict(dim=DIM, depth=2, heads=2, segment_len=8, mem_len=12, causal=True),
     "windowed": dict(dim=DIM, depth=2, heads=2, window=6, num_global=1),
+    "mamba": dict(dim=DIM, depth=2, d_state=8, bidirectional=False),
 }
 
 NAMES = CONTEXT_ENCODERS.names()
