@@ -1,0 +1,61 @@
+"""Region tokens: a region's last-stage map, optionally pooled, projected to the context width.
+
+In xT (Gupta et al., ICML 2024, arXiv 2403.01915) every cell of a region's last-stage map
+is a token (8 x 8 for a 256 px region at stride 32) and a linear layer projects it to the
+context encoder's width. Pooling each region to g x g cells divides the sequence length
+by (s / g)^2: a 100,000 px square in 256 px regions (391 x 391 = 152,881 regions) gives
+9.8 million tokens unpooled and 153 thousand with one token per region, which is what
+lets a global context encoder see the whole image.
+
+Tokens are region-major (see `xtimage.tiling.TokenLayout`): a region's tokens together,
+row-major inside the region.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from xtimage.errors import ConfigError
+
+
+class RegionTokenizer(nn.Module):
+    """Cropped region maps to region-major tokens: pool, flatten, project, normalise.
+
+    Args:
+        in_channels: channels of the region encoder's last map.
+        dim: token width of the context encoder.
+        pool: tokens per region side after average pooling; must divide the map side.
+            None keeps every cell.
+        norm: apply a LayerNorm after the projection.
+    """
+
+    def __init__(self, in_channels: int, dim: int, pool: int | None = None, norm: bool = True):
+        super().__init__()
+        if pool is not None and (not isinstance(pool, int) or pool <= 0):
+            raise ConfigError(f"pool must be a positive number of tokens a side, got {pool!r}")
+        self.pool = pool
+        self.proj = nn.Linear(in_channels, dim)
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """Tokens of each region.
+
+        Args:
+            maps: (N, C, s, s), already cropped to the regions' cores (`TokenLayout.crop`).
+
+        Returns:
+            (N, g * g, dim), row-major inside each region; g = pool, or s without pooling.
+        """
+        side = maps.shape[-1]
+        if self.pool is not None and self.pool != side:
+            if side % self.pool:
+                raise ConfigError(
+                    f"pool={self.pool} does not divide the {side} x {side} region map; use a "
+                    f"divisor of {side} (e.g. 1) or pool=None"
+                )
+            maps = F.adaptive_avg_pool2d(maps, self.pool)  # (N, C, g, g): means of blocks
+        tokens = rearrange(maps, "n c h w -> n (h w) c")  # (N, g*g, C)
+        return self.norm(self.proj(tokens))  # (N, g*g, dim)
