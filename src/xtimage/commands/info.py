@@ -11,6 +11,8 @@ from xtimage.tiling import RegionPlan, TokenLayout
 EXAMPLE = """examples:
   xt info --size 30000x24000 --region 256
   xt info scene.npy --region 512 --margin 32 --json
+  xt info slide.svs --region 256
+  xt info VV_dB.tif --region 512 --json
 """
 
 
@@ -42,6 +44,29 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def describe_reader(reader, path: str) -> dict:
+    """A reader's file as plain values: geometry, backend, storage, pixel size, georeference."""
+    px = reader.pixel_size
+    geo = reader.geo
+    return {
+        "path": path,
+        "size": [reader.height, reader.width],
+        "channels": reader.channels,
+        "dtype": str(reader.dtype),
+        "levels": [[lv.height, lv.width, lv.downsample] for lv in reader.levels],
+        "backend": reader.backend,
+        "format": reader.metadata.get("format"),
+        "tile": reader.metadata.get("tile"),
+        "compression": reader.metadata.get("compression"),
+        "pixel_size": None if px is None else {"y": px.y, "x": px.x, "unit": px.unit},
+        "nodata": reader.nodata,
+        "georeference": None
+        if geo is None
+        else {"epsg": geo.epsg, "transform": list(geo.transform), "crs_wkt": geo.crs_wkt},
+        "metadata": reader.metadata,
+    }
+
+
 def describe(args: argparse.Namespace) -> dict:
     info: dict = {}
     if args.file and args.size:
@@ -51,13 +76,7 @@ def describe(args: argparse.Namespace) -> dict:
 
         reader = open_reader(args.file)
         height, width = reader.height, reader.width
-        info["file"] = {
-            "path": str(args.file),
-            "size": [height, width],
-            "channels": reader.channels,
-            "dtype": str(reader.dtype),
-            "levels": [[lv.height, lv.width, lv.downsample] for lv in reader.levels],
-        }
+        info["file"] = describe_reader(reader, str(args.file))
         reader.close()
     elif args.size:
         height, width = parse_size(args.size)
@@ -91,6 +110,22 @@ def run(args: argparse.Namespace) -> int:
             f"size        {f['size'][0]} x {f['size'][1]} px, {f['channels']} channel(s), "
             f"{f['dtype']}, {len(f['levels'])} level(s)"
         )
+        print(f"backend     {f['backend']} ({f['format'] or 'unknown format'})")
+        tile = f"tiles {f['tile'][0]} x {f['tile'][1]}" if f["tile"] else "not tiled"
+        print(f"storage     {tile}, compression {f['compression'] or 'unknown'}")
+        for k, (h, w, down) in enumerate(f["levels"]):
+            print(f"level {k:<5} {h} x {w} px, downsample {down:g}")
+        px = f["pixel_size"]
+        print(
+            "pixel size  "
+            + (f"{px['y']:g} x {px['x']:g} {px['unit']} (y x)" if px else "unknown (no metadata)")
+        )
+        if f["nodata"] is not None:
+            print(f"nodata      {f['nodata']:g}")
+        if f["georeference"]:
+            g = f["georeference"]
+            crs = f"EPSG:{g['epsg']}" if g["epsg"] else g["crs_wkt"][:60]
+            print(f"crs         {crs}, transform {', '.join(f'{v:.10g}' for v in g['transform'])}")
     p, t = info["plan"], info["tokens"]
     print(f"image       {p['image'][0]} x {p['image'][1]} px")
     print(

@@ -36,6 +36,10 @@ class ArrayReader:
         self.dtype = array.dtype
         self.levels = [Level(self.height, self.width, 1.0)]
         self.pixel_size = pixel_size
+        self.backend = "npy" if isinstance(array, np.memmap) else "array"
+        self.nodata: float | None = None
+        self.geo = None
+        self.metadata: dict = {}
 
     @classmethod
     def from_npy(cls, path: str | Path) -> ArrayReader:

@@ -39,9 +39,35 @@ class PixelSize:
     unit: str
 
 
+@dataclass(frozen=True)
+class GeoInfo:
+    """Georeference of level 0: the affine map from pixel to map coordinates, and the CRS.
+
+    ``transform`` is ``(a, b, c, d, e, f)`` in GDAL/rasterio order: a continuous pixel
+    position (col, row), (0, 0) being the top-left corner of the image, lies at map
+    ``x = a * col + b * row + c``, ``y = d * col + e * row + f``.
+    """
+
+    transform: tuple[float, float, float, float, float, float]
+    crs_wkt: str
+    epsg: int | None = None
+
+    def pixel_to_map(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Map coordinates (x, y) of continuous pixel positions."""
+        a, b, c, d, e, f = self.transform
+        rows, cols = np.asarray(rows, np.float64), np.asarray(cols, np.float64)
+        return a * cols + b * rows + c, d * cols + e * rows + f
+
+
 @runtime_checkable
 class Reader(Protocol):
-    """Random-access window reads of one (possibly pyramidal) image."""
+    """Random-access window reads of one (possibly pyramidal) image.
+
+    Besides the geometry, a reader says which ``backend`` serves it, the ``nodata`` value
+    of pixels without data (None when the file declares none), its georeference ``geo``
+    (None for files without one) and descriptive ``metadata`` (plain JSON values: tile
+    size, compression, vendor, ...) for `xt info`.
+    """
 
     path: str | None
     height: int
@@ -50,6 +76,10 @@ class Reader(Protocol):
     dtype: np.dtype
     levels: list[Level]
     pixel_size: PixelSize | None
+    backend: str
+    nodata: float | None
+    geo: GeoInfo | None
+    metadata: dict[str, Any]
 
     def read_region(self, window: Window, level: int = 0) -> np.ndarray:
         """Pixels of ``window`` (in ``level`` coordinates) as (C, h, w)."""
@@ -91,6 +121,16 @@ def check_window(reader: Reader, window: Window, level: int) -> Level:
             f"of size {lv.height} x {lv.width}; use read_padded for windows past the border"
         )
     return lv
+
+
+def check_channels(reader: Reader, expected: int) -> None:
+    """Fail clearly when the image's band count is not the ``expected`` one (the model's)."""
+    if reader.channels != expected:
+        raise InputError(
+            f"{reader.path or 'array'}: the image has {reader.channels} channel(s) but the "
+            f"model expects {expected}; select or stack bands to match (e.g. VV and VH as "
+            f"2 channels) or build the model with in_chans={reader.channels}"
+        )
 
 
 def read_padded(reader: Reader, window: Window, level: int = 0, fill: Any = 0) -> np.ndarray:

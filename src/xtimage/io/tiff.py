@@ -1,0 +1,291 @@
+"""Tiled, pyramidal TIFF, OME-TIFF and BigTIFF, read tile by tile with tifffile.
+
+A window read touches only the tiles (or strips) it overlaps: their byte ranges are read
+with positioned reads (``os.pread``, no shared file offset, so threads read in parallel)
+and decoded by tifffile's segment decoder (imagecodecs: JPEG, deflate, LZW, zstd, ...),
+which releases the GIL. Uncompressed contiguous pages are memory-mapped instead.
+Nothing of the image is read when the file is opened beyond its directory (IFDs and the
+tile offset tables).
+
+Pyramid levels are those tifffile finds for the series: OME-TIFF sub-IFDs, the reduced
+pages of SVS-style files, or pages marked as reduced resolution. Pixel size comes from
+OME-XML (``PhysicalSizeX/Y``), an Aperio description (``MPP``), or resolution tags in
+pixels per centimetre; resolution in pixels per inch is mostly a nominal screen DPI
+(72, 96, 300) and is ignored rather than guessed from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xtimage.errors import InputError, require
+from xtimage.io.base import Level, PixelSize, check_window
+from xtimage.window import Window
+
+_UNITS_TO_UM = {"pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+@dataclass
+class _Page:
+    """The segments (tiles or strips) of one TIFF page and how to decode them."""
+
+    offsets: np.ndarray  # (S,) byte offset of each segment, int64
+    counts: np.ndarray  # (S,) encoded size of each segment, 0 for an empty segment
+    decode: Callable[..., Any]  # tifffile's segment decoder of the page's keyframe
+    jpegtables: bytes | None
+    seg_height: int  # tile length, or rows per strip
+    seg_width: int  # tile width, or the image width for strips
+    grid_width: int  # segments per row of segments
+    per_plane: int  # segments per separate-sample plane
+    planes: int  # separate-sample planes (PlanarConfiguration 2), else 1
+    samples: int  # samples interleaved in each segment
+    memmap: np.ndarray | None  # (planes, H, W, samples) when uncompressed and contiguous
+
+    @property
+    def channels(self) -> int:
+        return self.planes * self.samples
+
+
+class TiffReader:
+    """Reader of (pyramidal, tiled) TIFF, OME-TIFF, BigTIFF and SVS via tifffile.
+
+    Args:
+        path: the TIFF file.
+        series: index of the image series in the file (0: the main image).
+
+    Attributes:
+        bytes_read: encoded bytes read from the file by `read_region` so far (all
+            threads), for checking that a window costs only the tiles it touches.
+    """
+
+    backend = "tiff"
+
+    def __init__(self, path: str | Path, series: int = 0) -> None:
+        tifffile = require("tifffile", "tiff", "reading TIFF files")
+        self.path = str(path)
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such file")
+        try:
+            tif = tifffile.TiffFile(path)
+        except Exception as exc:  # tifffile raises several types for a bad header
+            raise InputError(
+                f"{path}: not a readable TIFF file ({type(exc).__name__}: {exc}); the file "
+                f"is corrupt, truncated or not a TIFF"
+            ) from exc
+        try:
+            self._describe(tif, path, series)
+        except InputError:
+            tif.close()
+            raise
+        except Exception as exc:
+            tif.close()
+            raise InputError(
+                f"{path}: could not read the TIFF structure ({type(exc).__name__}: {exc}); "
+                f"the file is corrupt or truncated"
+            ) from exc
+        self._tif = tif
+        self._fd = os.open(path, os.O_RDONLY)
+        self._lock = threading.Lock()
+        self.bytes_read = 0
+
+    def _describe(self, tif: Any, path: str | Path, series: int) -> None:
+        if not 0 <= series < len(tif.series):
+            raise InputError(f"{path}: series {series} does not exist ({len(tif.series)} series)")
+        pyramid = tif.series[series].levels
+        self._pages: list[list[_Page]] = [self._level_pages(level, path) for level in pyramid]
+        size = os.path.getsize(path)
+        end = max(int((p.offsets + p.counts).max()) for pages in self._pages for p in pages)
+        if end > size:
+            raise InputError(
+                f"{path}: the image data runs to byte {end} but the file has {size} bytes; the "
+                f"file is truncated (an interrupted copy or download?)"
+            )
+        first = pyramid[0]
+        self.channels = sum(p.channels for p in self._pages[0])
+        key = first.keyframe
+        self.height, self.width = int(key.imagelength), int(key.imagewidth)
+        self.dtype = np.dtype(key.dtype.char)  # native byte order
+        self.levels = [
+            Level(
+                int(lv.keyframe.imagelength),
+                int(lv.keyframe.imagewidth),
+                (self.height / lv.keyframe.imagelength + self.width / lv.keyframe.imagewidth) / 2,
+            )
+            for lv in pyramid
+        ]
+        self.pixel_size = _pixel_size(tif, key)
+        self.nodata = float(key.nodata) if key.tags.get("GDAL_NODATA") is not None else None
+        self.geo = None
+        file_format = (
+            "OME-TIFF" if tif.is_ome else "SVS" if tif.is_svs else "GeoTIFF" if tif.is_geotiff
+            else "TIFF"
+        )  # fmt: skip
+        self.metadata = {
+            "format": file_format + (" (BigTIFF)" if tif.is_bigtiff else ""),
+            "tile": [int(key.tilelength), int(key.tilewidth)] if key.is_tiled else None,
+            "rows_per_strip": None if key.is_tiled else int(key.rowsperstrip),
+            "compression": key.compression.name.lower(),
+            "photometric": key.photometric.name.lower(),
+            "axes": first.axes,
+        }
+
+    def _level_pages(self, level: Any, path: str | Path) -> list[_Page]:
+        """One `_Page` per TIFF page of a pyramid level (several when channels are pages)."""
+        shape = dict(zip(level.axes, level.shape, strict=True))
+        stacked = [a for a, n in shape.items() if a not in "YXS" and n > 1]
+        if len(stacked) > 1:
+            raise InputError(
+                f"{path}: the image has axes {level.axes} of shape {level.shape}; xtimage "
+                f"reads 2-D images with channels, so extract one plane (e.g. one T and Z)"
+            )
+        if any(page is None for page in level.pages):
+            raise InputError(f"{path}: pages of the image are missing; the file is truncated")
+        key = level.keyframe
+        _, _, length, width, samples = key.shaped
+        planes = key.shaped[0]
+        seg_h, seg_w = (
+            (key.tilelength, key.tilewidth) if key.is_tiled else (key.rowsperstrip, width)
+        )
+        seg_h = min(seg_h, length) if not key.is_tiled else seg_h
+        grid_w = math.ceil(width / seg_w)
+        per_plane = math.ceil(length / seg_h) * grid_w
+        pages = []
+        for page in level.pages:
+            memmap = None
+            if getattr(page, "is_memmappable", key.is_memmappable) and not key.is_tiled:
+                memmap = np.memmap(
+                    path,
+                    dtype=np.dtype(key.parent.byteorder + key.dtype.char),
+                    mode="r",
+                    offset=int(page.dataoffsets[0]),
+                    shape=(planes, length, width, samples),
+                )
+            pages.append(
+                _Page(
+                    offsets=np.asarray(page.dataoffsets, np.int64),
+                    counts=np.asarray(page.databytecounts, np.int64),
+                    decode=key.decode,
+                    jpegtables=key.jpegtables,
+                    seg_height=int(seg_h),
+                    seg_width=int(seg_w),
+                    grid_width=grid_w,
+                    per_plane=per_plane,
+                    planes=planes,
+                    samples=samples,
+                    memmap=memmap,
+                )
+            )
+            if len(pages[-1].offsets) < planes * per_plane:
+                raise InputError(
+                    f"{path}: a page lists {len(pages[-1].offsets)} tiles, its size needs "
+                    f"{planes * per_plane}; the file is corrupt"
+                )
+        return pages
+
+    def read_region(self, window: Window, level: int = 0) -> np.ndarray:
+        check_window(self, window, level)
+        out = np.empty((self.channels, window.height, window.width), self.dtype)
+        channel = 0
+        for page in self._pages[level]:
+            self._read_page(page, window, out[channel : channel + page.channels], level)
+            channel += page.channels
+        return out
+
+    def _read_page(self, page: _Page, window: Window, out: np.ndarray, level: int) -> None:
+        """Fill ``out`` (channels of the page, h, w) with the page's pixels in ``window``."""
+        if page.memmap is not None:
+            rows, cols = window.slices()
+            block = page.memmap[:, rows, cols, :]  # (planes, h, w, samples)
+            out[:] = block.transpose(0, 3, 1, 2).reshape(out.shape)
+            return
+        sh, sw = page.seg_height, page.seg_width
+        for plane in range(page.planes):
+            for ty in range(window.top // sh, (window.bottom - 1) // sh + 1):
+                for tx in range(window.left // sw, (window.right - 1) // sw + 1):
+                    index = plane * page.per_plane + ty * page.grid_width + tx
+                    seg = self._segment(page, index, level)  # (seg_h, seg_w, samples) or None
+                    tile = Window(ty * sh, tx * sw, sh, sw).intersect(window)
+                    dst_r, dst_c = tile.shift(-window.top, -window.left).slices()
+                    src_r, src_c = tile.shift(-ty * sh, -tx * sw).slices()
+                    dst = out[plane * page.samples : (plane + 1) * page.samples, dst_r, dst_c]
+                    if seg is None:
+                        dst[:] = self.nodata or 0
+                    else:
+                        dst[:] = seg[src_r, src_c].transpose(2, 0, 1)
+
+    def _segment(self, page: _Page, index: int, level: int) -> np.ndarray | None:
+        """Decoded segment ``index`` as (seg_h, seg_w, samples); None when it is empty."""
+        offset, count = int(page.offsets[index]), int(page.counts[index])
+        if count == 0:
+            return None
+        data = os.pread(self._fd, count, offset)
+        with self._lock:
+            self.bytes_read += len(data)
+        if len(data) < count:
+            raise InputError(
+                f"{self.path}: tile {index} of level {level} needs bytes {offset} to "
+                f"{offset + count}, but the file ends at {os.fstat(self._fd).st_size}; the "
+                f"file is truncated (an interrupted copy or download?)"
+            )
+        try:
+            seg, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        except Exception as exc:  # any codec error means bad bytes
+            raise InputError(
+                f"{self.path}: tile {index} of level {level} (bytes {offset} to "
+                f"{offset + count}) could not be decoded ({type(exc).__name__}: {exc}); the "
+                f"file is corrupt"
+            ) from exc
+        seg = seg[0]  # (seg_h', seg_w', samples): depth is always 1 here
+        if seg.shape[0] < page.seg_height or seg.shape[1] < page.seg_width:
+            # some writers store the last strip or tile cropped: pad it to the grid
+            full = np.zeros((page.seg_height, page.seg_width, seg.shape[2]), seg.dtype)
+            full[: seg.shape[0], : seg.shape[1]] = seg
+            seg = full
+        return seg
+
+    def close(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._tif.close()
+
+    def __enter__(self) -> TiffReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pixel_size(tif: Any, page: Any) -> PixelSize | None:
+    """Level-0 pixel size from OME-XML, an Aperio description or centimetre resolution."""
+    if tif.is_ome:
+        pixels = re.search(r"<Pixels\s[^>]*>", tif.ome_metadata or "")
+        if pixels:
+            attrs = dict(re.findall(r'(\w+)="([^"]*)"', pixels.group(0)))
+            if "PhysicalSizeX" in attrs and "PhysicalSizeY" in attrs:
+                scale_x = _UNITS_TO_UM.get(attrs.get("PhysicalSizeXUnit", "µm"))
+                scale_y = _UNITS_TO_UM.get(attrs.get("PhysicalSizeYUnit", "µm"))
+                if scale_x and scale_y:
+                    return PixelSize(
+                        float(attrs["PhysicalSizeY"]) * scale_y,
+                        float(attrs["PhysicalSizeX"]) * scale_x,
+                        "um",
+                    )
+    if tif.is_svs:
+        mpp = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", page.description or "")
+        if mpp:
+            return PixelSize(float(mpp.group(1)), float(mpp.group(1)), "um")
+    if page.tags.get("ResolutionUnit") is not None and int(page.resolutionunit) == 3:
+        (xn, xd), (yn, yd) = page.tags["XResolution"].value, page.tags["YResolution"].value
+        if xn and yn and xd and yd:
+            return PixelSize(1e4 * yd / yn, 1e4 * xd / xn, "um")  # pixels per cm -> um
+    return None
