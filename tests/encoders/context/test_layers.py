@@ -63,7 +63,7 @@ def test_relative_bias_looks_up_both_axes_and_is_translation_invariant():
     for i in range(5):
         for j in range(6):
             br, bc = (relative_bucket(q[i] - k[j], 4, 8) + 3).tolist()
-            torch.testing.assert_close(bias[:, i, j], rel.table[br * 7 + bc])
+            torch.testing.assert_close(bias[:, i, j], rel.table[:, br * 7 + bc])
     shift = torch.tensor([11, -3])
     torch.testing.assert_close(rel(q + shift, k + shift), bias)
 

@@ -38,7 +38,7 @@ def dense_reference(model, tokens, positions, mask, window, causal, num_global):
     allowed[:, :, G:] = mask[:, None, :]  # everyone sees the globals; globals see real tokens
     allowed[:, G:, G:] = band
     allowed |= torch.eye(G + n, dtype=torch.bool)  # any finite value for rows with no key
-    bias = torch.zeros(B, model.rel_pos.table.shape[1], G + n, G + n, dtype=torch.float64)
+    bias = torch.zeros(B, model.blocks[0].attn.heads, G + n, G + n, dtype=torch.float64)
     bias[:, :, G:, G:] = model.rel_pos(positions, positions)
     attn_mask = masked_bias(bias, allowed[:, None])[:, None]  # (B, 1, H, G + n, G + n)
     h = tokens

@@ -109,18 +109,23 @@ class RelativePositionBias2d(nn.Module):
             )
         self.buckets = buckets
         self.max_distance = max_distance
-        self.table = nn.Parameter(torch.zeros((2 * buckets - 1) ** 2, heads))
+        self.table = nn.Parameter(torch.zeros(heads, (2 * buckets - 1) ** 2))
         trunc_normal_(self.table, std=0.02)
+        # Buckets are constant from max_distance on, so one look-up table of the offsets
+        # in [-max_distance, max_distance] replaces the logs on every query-key pair.
+        offsets = torch.arange(-max_distance, max_distance + 1)
+        lut = relative_bucket(offsets, buckets, max_distance) + buckets - 1
+        self.register_buffer("lut", lut, persistent=False)
 
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """(..., Lq, 2), (..., Lk, 2) int positions -> bias (..., H, Lq, Lk)."""
-        side = 2 * self.buckets - 1
+        side, far = 2 * self.buckets - 1, self.max_distance
         index = None
         for axis in (0, 1):
             offset = q_pos[..., :, None, axis] - k_pos[..., None, :, axis]  # (..., Lq, Lk)
-            bucket = relative_bucket(offset, self.buckets, self.max_distance) + self.buckets - 1
-            index = bucket if index is None else index * side + bucket
-        return self.table[index].movedim(-1, -3)  # (..., H, Lq, Lk)
+            bucket = self.lut[offset.clamp_(-far, far) + far]  # (..., Lq, Lk)
+            index = bucket if index is None else index.mul_(side).add_(bucket)
+        return self.table[:, index].movedim(0, -3)  # (..., H, Lq, Lk), keys contiguous
 
 
 class BandedAttention(nn.Module):
