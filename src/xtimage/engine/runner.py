@@ -1,0 +1,444 @@
+"""Streamed inference and training of an `XT` model with a bounded number of regions.
+
+Passes (each "encode" runs the region encoder over every kept region, ``region_batch``
+regions at a time; only tokens, N x D, are kept between passes):
+
+=====================  =========================================================  ======
+what                   passes                                                     encodes
+=====================  =========================================================  ======
+classify, streamable   encode -> context segment by segment -> running pool          1
+classify, global       encode (no grad) -> context + head on all tokens               1
+dense inference        encode -> context; re-encode each chunk for its skip maps,    2
+                       decode, write
+exact, classification  encode (no grad) -> context + head + loss, backward to the     2
+                       tokens; re-encode each chunk with autograd, backward the
+                       saved token gradients
+exact, dense           encode (no grad) -> context; re-encode each chunk with         3
+                       autograd, decode, loss, backward (skip maps and decoder; the
+                       gradient at the contextualised tokens is kept); backward the
+                       context; re-encode each chunk, backward the token gradients
+streaming              per chunk: encode, context with the carried detached state,   1
+                       loss, backward
+=====================  =========================================================  ======
+
+Exact mode gives the all-at-once model's gradients (tested): each chunk's dropout is
+drawn from an RNG forked and seeded per chunk, so every re-encoding repeats the first
+pass bit for bit. ``region_batch`` is a memory knob only; it never changes a result for a
+backbone without batch statistics (use GroupNorm/LayerNorm backbones or frozen batch
+norm for exactness).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from xtimage.encoders.context.base import detach_state
+from xtimage.engine.source import RegionSource, Transform
+from xtimage.errors import ConfigError
+from xtimage.io.base import Reader, Writer
+from xtimage.model import XT
+from xtimage.tiling import TokenLayout
+from xtimage.window import Window
+
+Image = torch.Tensor | np.ndarray | Reader | RegionSource
+
+
+@dataclass
+class ImageTokens:
+    """Pass-1 output for one image: the kept regions' tokens, in region-major order."""
+
+    layout: TokenLayout
+    regions: list[int]  # kept region indices, raster order
+    tokens: torch.Tensor  # (n, D), n = len(regions) * T
+    positions: torch.Tensor  # (n, 2) int64
+    valid: torch.Tensor  # (n,) bool
+
+
+def pad_batch(
+    tokens: Sequence[torch.Tensor], positions: Sequence[torch.Tensor], valid: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad per-image sequences into (B, N, D), (B, N, 2), (B, N) with mask False."""
+    n = max(t.shape[0] for t in tokens)
+    pad = [n - t.shape[0] for t in tokens]
+    x = torch.stack([nn.functional.pad(t, (0, 0, 0, p)) for t, p in zip(tokens, pad, strict=True)])
+    pos = torch.stack(
+        [nn.functional.pad(q, (0, 0, 0, p)) for q, p in zip(positions, pad, strict=True)]
+    )
+    mask = torch.stack([nn.functional.pad(v, (0, p)) for v, p in zip(valid, pad, strict=True)])
+    return x, pos, mask
+
+
+class Engine:
+    """Runs an `XT` model over images of any size, ``region_batch`` regions at a time.
+
+    Args:
+        model: the model.
+        region_batch: regions encoded at once (memory knob; results do not depend on it).
+        device: where the model runs.
+        read_ahead: read the next chunk on a thread while the model runs.
+        autocast: e.g. ``torch.bfloat16`` for mixed precision on GPU; None: float32.
+    """
+
+    def __init__(
+        self,
+        model: XT,
+        region_batch: int = 16,
+        device: str | torch.device = "cpu",
+        read_ahead: bool = True,
+        autocast: torch.dtype | None = None,
+    ) -> None:
+        if region_batch <= 0:
+            raise ConfigError(f"region_batch must be positive, got {region_batch}")
+        self.model = model
+        self.region_batch = region_batch
+        self.device = torch.device(device)
+        self.read_ahead = read_ahead
+        self.autocast = autocast
+        self.dtype = next(model.parameters()).dtype  # outputs and saved tokens
+
+    # ------------------------------------------------------------------ helpers
+
+    def source(self, image: Image, transform: Transform | None = None) -> RegionSource:
+        if isinstance(image, RegionSource):
+            return image
+        return RegionSource(image, transform, dtype=self.dtype)
+
+    def _amp(self) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    @contextlib.contextmanager
+    def _chunk_rng(self, seed: int | None, index: int) -> Iterator[None]:
+        """Seed dropout for chunk ``index`` so that every re-encoding repeats it."""
+        if seed is None:
+            yield
+            return
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed((seed * 1_000_003 + index) % (2**63))
+            yield
+
+    def _chunks(
+        self, source: RegionSource, layout: TokenLayout, regions: list[int]
+    ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
+        """(chunk number, region indices, pixels on device) for each chunk of kept regions."""
+        k = self.region_batch
+        groups = [regions[i : i + k] for i in range(0, len(regions), k)]
+        for i, (chunk, pixels) in enumerate(source.chunks(layout.plan, groups, self.read_ahead)):
+            yield i, chunk, pixels.to(self.device, non_blocking=True)
+
+    def _kept(self, layout: TokenLayout, keep: Sequence[bool] | None) -> list[int]:
+        n = layout.plan.num_regions
+        if keep is None:
+            return list(range(n))
+        if len(keep) != n:
+            raise ConfigError(f"keep has {len(keep)} entries for {n} regions")
+        return [i for i in range(n) if keep[i]]
+
+    # ------------------------------------------------------------------ pass 1
+
+    def encode(
+        self, image: Image, keep: Sequence[bool] | None = None, seed: int | None = None
+    ) -> ImageTokens:
+        """Tokens of every kept region, without autograd (pass 1).
+
+        Args:
+            image: the image (see `RegionSource`).
+            keep: per region, whether to encode it (e.g. from a foreground mask); skipped
+                regions' tokens are dropped, the others keep their positions.
+            seed: fork and seed the RNG per chunk (training: dropout repeatable).
+        """
+        source = self.source(image)
+        layout = self.model.layout(source.height, source.width)
+        regions = self._kept(layout, keep)
+        parts = []
+        with torch.no_grad(), self._amp():
+            for i, _, pixels in self._chunks(source, layout, regions):
+                with self._chunk_rng(seed, i):
+                    parts.append(self.model.encode_tokens(pixels).flatten(0, 1))  # (k*T, D)
+        tokens = torch.cat(parts) if parts else torch.zeros(0, self.model.dim)
+        return ImageTokens(
+            layout,
+            regions,
+            tokens.to(self.device, self.dtype),
+            layout.positions(regions).to(self.device),
+            layout.valid(regions).to(self.device),
+        )
+
+    def _contextualise_all(self, items: Sequence[ImageTokens], tokens=None) -> tuple:
+        tokens = tokens if tokens is not None else [it.tokens for it in items]
+        x, pos, mask = pad_batch(tokens, [it.positions for it in items], [it.valid for it in items])
+        with self._amp():
+            ctx, _ = self.model.contextualise(x, pos, mask)
+        return ctx.to(self.dtype), mask
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.no_grad()
+    def classify(self, images: Sequence[Image], keep=None) -> torch.Tensor:
+        """Class logits (B, K); streams segment by segment when the context allows."""
+        keep = keep or [None] * len(images)
+        if self.model.context.streamable:
+            return torch.cat(
+                [self._classify_streaming(im, kp) for im, kp in zip(images, keep, strict=True)]
+            )
+        items = [self.encode(im, kp) for im, kp in zip(images, keep, strict=True)]
+        ctx, mask = self._contextualise_all(items)
+        return self.model.head(ctx, mask)
+
+    def _classify_streaming(self, image: Image, keep) -> torch.Tensor:
+        """Encode, contextualise and pool one chunk at a time: nothing grows with the image."""
+        source = self.source(image)
+        layout = self.model.layout(source.height, source.width)
+        head, state, pool = self.model.head, None, None
+        multiple = getattr(self.model.context, "chunk_multiple", 1)
+        pending: list[torch.Tensor] = []  # tokens, positions, valid not yet contextualised
+
+        def feed(tokens, pos, valid, final: bool):
+            nonlocal state, pool
+            n = tokens.shape[1] if final else tokens.shape[1] // multiple * multiple
+            if n:
+                ctx, state = self.model.contextualise(
+                    tokens[:, :n], pos[:, :n], valid[:, :n], state
+                )
+                pool = head.merge(pool, head.partial(ctx.to(self.dtype), valid[:, :n]))
+            return [tokens[:, n:], pos[:, n:], valid[:, n:]]
+
+        with self._amp():
+            for _, chunk, pixels in self._chunks(source, layout, self._kept(layout, keep)):
+                new = [
+                    self.model.encode_tokens(pixels).flatten(0, 1)[None],  # (1, k*T, D)
+                    layout.positions(chunk)[None].to(self.device),
+                    layout.valid(chunk)[None].to(self.device),
+                ]
+                merged = (
+                    [torch.cat([a, b], 1) for a, b in zip(pending, new, strict=True)]
+                    if pending
+                    else new
+                )
+                pending = feed(*merged, final=False)
+            if pending and pending[0].shape[1]:
+                feed(*pending, final=True)
+        return head.logits(pool)
+
+    @torch.no_grad()
+    def segment(
+        self, image: Image, keep: Sequence[bool] | None = None, writer: Writer | None = None
+    ) -> torch.Tensor | None:
+        """Dense outputs of one image, two passes (see the module docstring).
+
+        Args:
+            image: the image.
+            keep: regions to process; skipped regions' outputs stay zero.
+            writer: receives each core window's outputs (C, h, w) as float32 numpy; when
+                None the outputs are returned as one (C, H, W) tensor.
+        """
+        source = self.source(image)
+        items = self.encode(source, keep)
+        ctx, _ = self._contextualise_all([items])
+        ctx = ctx[0]  # (n, D)
+        layout, plan, t = items.layout, items.layout.plan, items.layout.tokens_per_region
+        out = None
+        if writer is None:
+            out = torch.zeros(
+                self.model.head.out_channels, plan.height, plan.width, dtype=self.dtype
+            )
+        with self._amp():
+            for i, chunk, pixels in self._chunks(source, layout, items.regions):
+                maps, _ = self.model.encode(pixels)
+                rows = slice(i * self.region_batch * t, (i * self.region_batch + len(chunk)) * t)
+                pred = self.model.decode(maps, ctx[rows].reshape(len(chunk), t, -1)).to(self.dtype)
+                for j, region in enumerate(chunk):
+                    core, src = self._core(plan, region)
+                    values = pred[j][:, src[0], src[1]].cpu()
+                    if writer is None:
+                        rr, cc = core.slices()
+                        out[:, rr, cc] = values
+                    else:
+                        writer.write(core, values.numpy())
+        return out
+
+    @staticmethod
+    def _core(plan, region: int) -> tuple[Window, tuple[slice, slice]]:
+        """The region's core clipped to the image, and where it lies in the region output."""
+        core = plan.core_window(region).intersect(Window(0, 0, plan.height, plan.width))
+        window = plan.window(region)
+        return core, core.shift(-window.top, -window.left).slices()
+
+    # ------------------------------------------------------------------ training
+
+    def exact_step(
+        self,
+        images: Sequence[Image],
+        targets: torch.Tensor | Sequence[dict[str, torch.Tensor]],
+        keep: Sequence[Sequence[bool] | None] | None = None,
+    ) -> float:
+        """Accumulate the all-at-once model's gradients with one chunk in memory.
+
+        Args:
+            images: B images (sizes may differ).
+            targets: classification: labels (B,); dense: per image a dict of full-image
+                targets, int64 (H, W) for "ce" outputs, float (C, H, W) otherwise.
+            keep: per image, regions to use (default all).
+
+        Returns:
+            The loss (mean over the batch), after ``backward`` into ``.grad``.
+        """
+        keep = keep or [None] * len(images)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        sources = [self.source(im) for im in images]
+        items = [self.encode(s, kp, seed) for s, kp in zip(sources, keep, strict=True)]
+        leaves = [it.tokens.detach().requires_grad_() for it in items]
+        ctx, mask = self._contextualise_all(items, leaves)
+        if self.model.head.dense:
+            loss = self._dense_decoder_pass(sources, items, ctx, targets, seed)
+        else:
+            with self._amp():
+                logits = self.model.head(ctx, mask)
+                loss = self.model.head.loss(logits.to(self.dtype), targets.to(self.device))
+            loss.backward()
+            loss = loss.item()
+        for source, item, leaf in zip(sources, items, leaves, strict=True):
+            self._backward_tokens(source, item, leaf.grad, seed)
+        return loss
+
+    def _dense_decoder_pass(self, sources, items, ctx, targets, seed) -> float:
+        """Decode chunk by chunk with autograd; leave the context's gradient on ``ctx``."""
+        ctx_leaf = ctx.detach().requires_grad_()
+        normaliser = sum(self._valid_pixels(it) for it in items)
+        total = 0.0
+        for b, (source, item) in enumerate(zip(sources, items, strict=True)):
+            t = item.layout.tokens_per_region
+            for i, chunk, pixels in self._chunks(source, item.layout, item.regions):
+                start = i * self.region_batch
+                with self._chunk_rng(seed, i), self._amp():
+                    maps, _ = self.model.encode(pixels)
+                    tok = ctx_leaf[b, start * t : (start + len(chunk)) * t]
+                    pred = self.model.decode(maps, tok.reshape(len(chunk), t, -1)).to(self.dtype)
+                loss = self._chunk_loss(item, chunk, pred, targets[b]) / normaliser
+                loss.backward()
+                total += loss.item()
+        ctx.backward(ctx_leaf.grad)
+        return total
+
+    def _backward_tokens(self, source, item: ImageTokens, grad: torch.Tensor, seed: int) -> None:
+        """Re-encode each chunk with autograd and back-propagate the saved token gradient."""
+        t = item.layout.tokens_per_region
+        for i, chunk, pixels in self._chunks(source, item.layout, item.regions):
+            start = i * self.region_batch * t
+            with self._chunk_rng(seed, i), self._amp():
+                tokens = self.model.encode_tokens(pixels).flatten(0, 1).to(self.dtype)  # (k*T, D)
+            tokens.backward(grad[start : start + len(chunk) * t])
+
+    def _valid_pixels(self, item: ImageTokens) -> int:
+        plan = item.layout.plan
+        return sum(self._core(plan, r)[0].area for r in item.regions)
+
+    def _chunk_loss(self, item: ImageTokens, chunk, pred, targets: dict) -> torch.Tensor:
+        """Summed loss over the chunk's cores, against full-image targets."""
+        plan = item.layout.plan
+        preds, tgts = [], {name: [] for name in targets}
+        valid = []
+        for j, region in enumerate(chunk):
+            core, src = self._core(plan, region)
+            # crop to the core; pad to the full core size so the chunk stacks
+            p = pred.new_zeros(pred.shape[1], plan.core, plan.core)
+            v = torch.zeros(plan.core, plan.core, dtype=torch.bool, device=pred.device)
+            h, w = core.height, core.width
+            p[:, :h, :w] = pred[j][:, src[0], src[1]]
+            v[:h, :w] = True
+            preds.append(p)
+            valid.append(v)
+            rr, cc = core.slices()
+            for name, target in targets.items():
+                full = target[..., rr, cc].to(pred.device)
+                padded = full.new_zeros(*full.shape[:-2], plan.core, plan.core)
+                padded[..., :h, :w] = full
+                tgts[name].append(padded)
+        return self.model.head.loss_sum(
+            torch.stack(preds), {k: torch.stack(v) for k, v in tgts.items()}, torch.stack(valid)
+        )
+
+    def streaming_step(
+        self,
+        images: Sequence[Image],
+        targets: torch.Tensor | Sequence[dict[str, torch.Tensor]],
+        keep: Sequence[Sequence[bool] | None] | None = None,
+    ) -> float:
+        """Transformer-XL-style training: per chunk, forward with the carried detached
+        state, loss, backward. Needs a streamable context encoder.
+
+        Classification: each chunk's loss is that of the running pool (earlier chunks'
+        pooled tokens detached), divided by the number of chunks. Dense: each chunk's
+        summed pixel loss over the batch's valid pixel count.
+        """
+        if not self.model.context.streamable:
+            raise ConfigError(
+                f"streaming training needs a streamable context encoder; "
+                f"{type(self.model.context).__name__} is global: use exact mode"
+            )
+        keep = keep or [None] * len(images)
+        head = self.model.head
+        sources = [self.source(im) for im in images]
+        layouts = [self.model.layout(s.height, s.width) for s in sources]
+        kept = [self._kept(lay, kp) for lay, kp in zip(layouts, keep, strict=True)]
+        multiple = getattr(self.model.context, "chunk_multiple", 1)
+        for layout in layouts:
+            if self.region_batch * layout.tokens_per_region % multiple:
+                raise ConfigError(
+                    f"streaming training feeds the context one chunk of {self.region_batch} "
+                    f"regions ({self.region_batch * layout.tokens_per_region} tokens) at a "
+                    f"time, which must be a multiple of its segment of {multiple} tokens; "
+                    f"choose region_batch accordingly"
+                )
+        normaliser = 1.0
+        if head.dense:
+            normaliser = sum(
+                self._valid_pixels(ImageTokens(lay, regs, None, None, None))
+                for lay, regs in zip(layouts, kept, strict=True)
+            )
+        total = 0.0
+        for b, (source, layout, regions) in enumerate(zip(sources, layouts, kept, strict=True)):
+            n_chunks = math.ceil(len(regions) / self.region_batch)
+            state, pool = None, None
+            item = ImageTokens(layout, regions, None, None, None)
+            for _, chunk, pixels in self._chunks(source, layout, regions):
+                with self._amp():
+                    maps, tokens = self.model.encode(pixels)
+                    pos = layout.positions(chunk)[None].to(self.device)
+                    valid = layout.valid(chunk)[None].to(self.device)
+                    ctx, state = self.model.contextualise(
+                        tokens.flatten(0, 1)[None], pos, valid, state
+                    )
+                    if head.dense:
+                        pred = self.model.decode(
+                            maps, ctx[0].reshape(len(chunk), -1, ctx.shape[-1])
+                        )
+                if head.dense:
+                    loss = (
+                        self._chunk_loss(item, chunk, pred.to(self.dtype), targets[b]) / normaliser
+                    )
+                else:
+                    part = head.partial(ctx.to(self.dtype), valid)
+                    merged = head.merge(_detach_pool(pool), part)
+                    loss = head.loss(head.logits(merged), targets[b : b + 1].to(self.device))
+                    loss = loss / (n_chunks * len(images))
+                    pool = merged
+                loss.backward()
+                total += loss.item()
+                state = detach_state(state)
+        return total
+
+
+def _detach_pool(pool):
+    if pool is None:
+        return None
+    return type(pool)(pool.total.detach(), pool.weight.detach(), pool.peak.detach())

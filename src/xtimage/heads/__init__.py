@@ -1,0 +1,6 @@
+"""Task heads over contextualised tokens: classification and dense prediction."""
+
+from xtimage.heads.classification import ClassificationHead, PoolState
+from xtimage.heads.segmentation import DenseHead, DenseOutput
+
+__all__ = ["ClassificationHead", "DenseHead", "DenseOutput", "PoolState"]

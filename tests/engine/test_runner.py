@@ -1,0 +1,241 @@
+"""The engine's central invariants: streamed == all at once, exact gradients, k-invariance."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xtimage.encoders.context.base import ContextEncoder
+from xtimage.encoders.region import RegionEncoder
+from xtimage.engine import Engine
+from xtimage.errors import ConfigError
+from xtimage.heads import ClassificationHead, DenseHead, DenseOutput
+from xtimage.model import XT
+
+
+class GlobalAttention(ContextEncoder):
+    """One masked softmax-attention layer over the whole sequence (global, not streamable)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.qkv = nn.Linear(dim, 3 * dim)
+
+    def forward(self, tokens, positions, mask=None, state=None):
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        attn = q @ k.transpose(1, 2) / self.dim**0.5  # (B, N, N)
+        if mask is not None:
+            attn = attn.masked_fill(~mask[:, None, :], float("-inf"))
+        return tokens + attn.softmax(-1) @ v, None
+
+
+class RunningMean(ContextEncoder):
+    """Each token plus the mean of all real tokens so far: causal, streamable, stateful."""
+
+    streamable = True
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, tokens, positions, mask=None, state=None):
+        m = torch.ones(tokens.shape[:2], dtype=tokens.dtype) if mask is None else mask.to(tokens)
+        total, count = state if state is not None else (0.0, 0.0)
+        csum = total + torch.cumsum(tokens * m[..., None], 1)  # (B, N, D)
+        ccount = count + torch.cumsum(m, 1)  # (B, N)
+        mean = csum / ccount.clamp_min(1)[..., None]
+        return tokens + self.proj(mean), (csum[:, -1], ccount[:, -1])
+
+
+def tiny_xt(context_cls, dense: bool, margin: int = 0, dropout: float = 0.0) -> XT:
+    region = 64 + 2 * margin
+    encoder = RegionEncoder(
+        "convnext_atto",
+        region=region,
+        depths=(1, 1, 1, 1),
+        dims=(8, 8, 16, 16),
+        drop_path_rate=dropout,
+    )
+    context = context_cls(16)
+    if dense:
+        head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8)
+    else:
+        head = ClassificationHead(16, 5, pool="attention")
+    return XT(encoder, context, head, region=region, margin=margin).double()
+
+
+def images(*sizes):
+    return [torch.randn(3, h, w, dtype=torch.float64) for h, w in sizes]
+
+
+@pytest.mark.parametrize("context_cls", [GlobalAttention, RunningMean])
+def test_streamed_classification_equals_all_at_once(context_cls):
+    model = tiny_xt(context_cls, dense=False).eval()
+    (image,) = images((150, 200))  # 3 x 4 regions of 64: 12 regions, chunks 5 + 5 + 2
+    expected = model(image[None])
+    logits = Engine(model, region_batch=5).classify([image])
+    torch.testing.assert_close(logits, expected, rtol=1e-9, atol=1e-9)
+    assert torch.equal(
+        Engine(model, region_batch=12).classify([image]),
+        Engine(model, region_batch=12).classify([image]),
+    )
+
+
+def test_classification_batch_of_different_sizes_equals_each_alone():
+    model = tiny_xt(GlobalAttention, dense=False).eval()
+    a, b = images((150, 200), (70, 90))
+    logits = Engine(model, region_batch=4).classify([a, b])
+    expected = torch.cat([model(a[None]), model(b[None])])
+    torch.testing.assert_close(logits, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("margin", [0, 32])
+def test_streamed_dense_inference_equals_all_at_once(margin):
+    model = tiny_xt(GlobalAttention, dense=True, margin=margin).eval()
+    (image,) = images((130, 170))
+    expected = model(image[None])[0]  # (3, 130, 170)
+    out = Engine(model, region_batch=4).segment(image)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_grads(a, b):
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_exact_classification_gradients_equal_all_at_once():
+    model = tiny_xt(GlobalAttention, dense=False)
+    batch = images((150, 200), (70, 90))
+    labels = torch.tensor([1, 3])
+    model.zero_grad()
+    ref = sum(model.head.loss(model(x[None]), labels[i : i + 1]) for i, x in enumerate(batch)) / 2
+    ref.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    loss = Engine(model, region_batch=5).exact_step(batch, labels)
+    assert abs(loss - ref.item()) < 1e-9
+    _assert_same_grads(_grads(model), expected)
+    # every region-encoder parameter got its gradient through the token pass
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in model.region_encoder.parameters()
+        if p.requires_grad
+    )
+
+
+def _dense_reference_loss(model, batch, targets):
+    total, pixels = 0.0, 0
+    for x, t in zip(batch, targets, strict=True):
+        out = model(x[None])  # (1, 3, H, W)
+        total = total + F.cross_entropy(out, t["mask"][None], reduction="sum")
+        pixels += t["mask"].numel()
+    return total / pixels
+
+
+@pytest.mark.parametrize("margin", [0, 32])
+def test_exact_dense_gradients_equal_all_at_once(margin):
+    model = tiny_xt(GlobalAttention, dense=True, margin=margin)
+    batch = images((130, 170), (60, 100))
+    targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
+    model.zero_grad()
+    ref = _dense_reference_loss(model, batch, targets)
+    ref.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    loss = Engine(model, region_batch=3).exact_step(batch, targets)
+    assert abs(loss - ref.item()) < 1e-9
+    _assert_same_grads(_grads(model), expected)
+
+
+def test_region_batch_changes_nothing():
+    model = tiny_xt(GlobalAttention, dense=True)
+    batch = images((130, 170))
+    targets = [{"mask": torch.randint(0, 3, (130, 170))}]
+    results = []
+    for k in (1, 4, 100):
+        model.zero_grad()
+        loss = Engine(model, region_batch=k).exact_step(batch, targets)
+        results.append((loss, _grads(model)))
+    for loss, grads in results[1:]:
+        assert abs(loss - results[0][0]) < 1e-12
+        _assert_same_grads(grads, results[0][1])
+
+
+def test_dropout_re_encoding_repeats_the_first_pass_bit_for_bit():
+    model = tiny_xt(GlobalAttention, dense=False, dropout=0.5).train()
+    seen = []
+    model.tokenizer.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    (image,) = images((150, 200))
+    Engine(model, region_batch=5).exact_step([image], torch.tensor([2]))
+    first, second = seen[:3], seen[3:]  # pass 1 (3 chunks), then the re-encoding
+    assert len(second) == 3
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    # and dropout is really on: another step draws other masks
+    Engine(model, region_batch=5).exact_step([image], torch.tensor([2]))
+    assert not torch.equal(seen[0], seen[6])
+
+
+def test_streaming_training_without_context_equals_exact():
+    """With no context there is no state to truncate: streaming == exact gradients."""
+    from xtimage.encoders.context import IdentityContext
+
+    model = tiny_xt(IdentityContext, dense=True)
+    batch = images((130, 170))
+    targets = [{"mask": torch.randint(0, 3, (130, 170))}]
+    model.zero_grad()
+    exact = Engine(model, region_batch=3).exact_step(batch, targets)
+    expected = _grads(model)
+    model.zero_grad()
+    streamed = Engine(model, region_batch=3).streaming_step(batch, targets)
+    assert abs(exact - streamed) < 1e-9
+    _assert_same_grads(_grads(model), expected)
+
+
+def test_streaming_training_needs_a_streamable_context():
+    model = tiny_xt(GlobalAttention, dense=False)
+    with pytest.raises(ConfigError, match="streamable"):
+        Engine(model).streaming_step(images((64, 64)), torch.tensor([0]))
+
+
+def test_skipped_regions_drop_tokens_and_keep_positions():
+    model = tiny_xt(GlobalAttention, dense=False).eval()
+    (image,) = images((128, 192))  # 2 x 3 regions
+    keep = [True, False, True, False, False, True]
+    items = Engine(model, region_batch=2).encode(image, keep)
+    layout = items.layout
+    assert items.regions == [0, 2, 5]
+    assert items.tokens.shape[0] == 3 * layout.tokens_per_region
+    assert torch.equal(items.positions, layout.positions([0, 2, 5]))
+    full = Engine(model, region_batch=2).encode(image)
+    t = layout.tokens_per_region
+    assert torch.equal(items.tokens[t : 2 * t], full.tokens[2 * t : 3 * t])
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("xl", dict(depth=2, heads=2, segment_len=8, mem_len=12)),
+        ("mamba", dict(depth=2, d_state=4, bidirectional=False)),
+        ("mamba", dict(depth=2, d_state=4, bidirectional=True)),
+    ],
+)
+def test_registered_context_encoders_stream_like_the_whole_sequence(name, kwargs):
+    """Classification with real encoders: chunked (state carried, segments aligned by the
+    engine even when a chunk's 4 tokens per region do not fill a segment) == all at once."""
+    from xtimage.encoders.context import create_context_encoder
+
+    model = tiny_xt(lambda dim: create_context_encoder(name, dim=dim, **kwargs), dense=False)
+    model = model.eval()
+    (image,) = images((150, 200))
+    expected = model(image[None])
+    for k in (1, 5, 12):
+        logits = Engine(model, region_batch=k).classify([image])
+        torch.testing.assert_close(logits, expected, rtol=1e-9, atol=1e-9)

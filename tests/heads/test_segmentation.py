@@ -1,0 +1,76 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xtimage.encoders.region import FeatureInfo
+from xtimage.errors import ConfigError
+from xtimage.heads import DenseHead, DenseOutput
+
+SKIPS = [FeatureInfo(4, 4), FeatureInfo(6, 8)]
+
+
+def head():
+    outputs = [
+        DenseOutput("mask", 3, "ce"),
+        DenseOutput("centre", 1, "bce", weight=2.0),
+        DenseOutput("length", 1, "l1"),
+    ]
+    return DenseHead(SKIPS, 8, outputs, channels=8).double()
+
+
+def inputs(k=2, region=32):
+    skips = [
+        torch.randn(k, 4, region // 4, region // 4, dtype=torch.float64),
+        torch.randn(k, 6, region // 8, region // 8, dtype=torch.float64),
+    ]
+    return skips, torch.randn(k, 4, 8, dtype=torch.float64)  # 2 x 2 tokens at stride 16
+
+
+def test_outputs_have_the_region_size_and_split_by_name():
+    h = head()
+    skips, tokens = inputs()
+    out = h(skips, tokens, region=32, stride=16)
+    assert out.shape == (2, 5, 32, 32)
+    parts = h.split(out)
+    assert [p.shape[1] for p in parts.values()] == [3, 1, 1] and list(parts) == [
+        "mask",
+        "centre",
+        "length",
+    ]
+
+
+def test_regions_are_decoded_independently():
+    h = head()
+    skips, tokens = inputs(k=3)
+    together = h(skips, tokens, region=32, stride=16)
+    alone = h([s[1:2] for s in skips], tokens[1:2], region=32, stride=16)
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_loss_sum_is_the_weighted_sum_of_per_pixel_losses_on_valid_pixels():
+    h = head()
+    out = torch.randn(2, 5, 16, 16, dtype=torch.float64)
+    targets = {
+        "mask": torch.randint(0, 3, (2, 16, 16)),
+        "centre": torch.rand(2, 1, 16, 16, dtype=torch.float64),
+        "length": torch.rand(2, 1, 16, 16, dtype=torch.float64),
+    }
+    valid = torch.rand(2, 16, 16) > 0.4
+    v = valid.double()
+    expected = (
+        (F.cross_entropy(out[:, :3], targets["mask"], reduction="none") * v).sum()
+        + 2.0
+        * (
+            F.binary_cross_entropy_with_logits(out[:, 3:4], targets["centre"], reduction="none")[
+                :, 0
+            ]
+            * v
+        ).sum()
+        + ((out[:, 4:5] - targets["length"]).abs()[:, 0] * v).sum()
+    )
+    torch.testing.assert_close(h.loss_sum(out, targets, valid), expected)
+
+
+def test_unknown_loss_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown loss 'hinge'"):
+        DenseOutput("x", 1, "hinge")
