@@ -4,7 +4,7 @@
 for the interface every encoder implements.
 """
 
-from xtimage.encoders.context import mamba, transformer_xl, windowed  # noqa: F401  (register)
+from xtimage.encoders.context import hyper, mamba, transformer_xl, windowed  # noqa: F401  (register)
 from xtimage.encoders.context.base import (
     CONTEXT_ENCODERS,
     ContextEncoder,

@@ -1,0 +1,229 @@
+"""Hyper context encoder: LLaMA-style blocks with HyperAttention over the region tokens.
+
+xT (Gupta et al., "xT: Nested Tokenization for Larger Context in Large Images", ICML 2024)
+names this encoder "Hyper"; its attention is HyperAttention (Han et al., ICLR 2024, see
+`hyperattention`). As in the authors' release: a fixed 2-D sin-cos embedding of each
+token's global (row, col) added at the input, pre-norm blocks with RMSNorm, a gated MLP
+(4x, no biases) gated with GELU, attention projections without biases; a final RMSNorm
+closes the stack, as in LLaMA. The release ran its context causally (logits from the
+last position); for images we default to two-way attention and offer ``causal=True``.
+
+HyperAttention is global: every token attends to every other one, so the encoder cannot
+stream. It is exact while the sequence is at most ``min_seq_len`` tokens and approximate,
+in near-linear time, above. In training the hash directions and samples are drawn afresh
+each call; in eval they come from a generator seeded with ``seed``, so results repeat.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import DropPath
+from torch import nn
+
+from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder, State
+from xtimage.encoders.context.hyperattention import hyper_attention
+from xtimage.errors import ConfigError
+
+
+def sincos_2d(
+    positions: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding (MAE style): a quarter of the channels each for
+    sin(row), cos(row), sin(col), cos(col) at frequencies ``10000 ** (-i / (dim / 4))``.
+
+    Args:
+        positions: (B, N, 2) int64 global (row, col).
+        dim: embedding width, a multiple of 4.
+        dtype: result type; computed in at least float32.
+
+    Returns:
+        (B, N, dim).
+    """
+    work = torch.promote_types(dtype, torch.float32)
+    quarter = dim // 4
+    index = torch.arange(quarter, device=positions.device, dtype=work)
+    omega = 10000.0 ** (-index / quarter)  # (dim/4,)
+    angles = positions.to(work).unsqueeze(-1) * omega  # (B, N, 2, dim/4)
+    rows, cols = angles.unbind(-2)  # (B, N, dim/4) each
+    table = torch.cat([rows.sin(), rows.cos(), cols.sin(), cols.cos()], dim=-1)  # (B, N, dim)
+    return table.to(dtype)
+
+
+class GatedMLP(nn.Module):
+    """``fc_out(gelu(x W_gate) * x W_up)``, no biases (LLaMA's MLP with GELU, as released)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(dim, 2 * hidden, bias=False)  # gate and up, fused
+        self.fc_out = nn.Linear(hidden, dim, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc_in(x).chunk(2, dim=-1)  # (B, N, hidden) each
+        return self.drop(self.fc_out(F.gelu(gate) * up))  # (B, N, D)
+
+
+class HyperSelfAttention(nn.Module):
+    """Multi-head self-attention by `hyper_attention`, projections without biases."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        causal: bool,
+        lsh_num_projs: int,
+        block_size: int,
+        sample_size: int,
+        min_seq_len: int,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.causal = causal
+        self.lsh_num_projs = lsh_num_projs
+        self.block_size = block_size
+        self.sample_size = sample_size
+        self.min_seq_len = min_seq_len
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        qkv = self.qkv(x)  # (B, N, 3D)
+        q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        out = hyper_attention(
+            q,
+            k,
+            v,
+            causal=self.causal,
+            lsh_num_projs=self.lsh_num_projs,
+            block_size=self.block_size,
+            sample_size=self.sample_size,
+            min_seq_len=self.min_seq_len,
+            key_mask=mask,
+            query_mask=mask,
+            generator=generator,
+        )  # (B, H, N, D/H)
+        return self.drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))  # (B, N, D)
+
+
+class HyperBlock(nn.Module):
+    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(
+        self,
+        attn: HyperSelfAttention,
+        dim: int,
+        *,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(dim, eps=1e-6)
+        self.attn = attn
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.RMSNorm(dim, eps=1e-6)
+        self.mlp = GatedMLP(dim, int(mlp_ratio * dim), dropout)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x, mask, generator):
+        x = x + self.drop_path1(self.attn(self.norm1(x), mask, generator))  # (B, N, D)
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+@CONTEXT_ENCODERS.register("hyper")
+class HyperContext(ContextEncoder):
+    """Stack of Hyper blocks over the whole token sequence (global; not streamable).
+
+    Args:
+        dim: token width D, a multiple of 4 (sin-cos positions) and of ``heads``.
+        depth: number of blocks (the release used 1-2).
+        heads: attention heads; the release used 6 of width 128 at D = 768.
+        mlp_ratio: hidden width of the gated MLP over D.
+        causal: token i sees tokens j <= i in region-major order (the release's choice).
+        lsh_num_projs: hash hyperplanes of HyperAttention.
+        block_size: keys per LSH block.
+        sample_size: uniformly sampled keys for the residual.
+        min_seq_len: exact attention up to this many tokens.
+        dropout: dropout after the attention projection and the MLP.
+        drop_path: stochastic depth of the last block, rising linearly from 0.
+        seed: seed of the hash and samples in eval mode.
+    """
+
+    streamable = False
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int = 2,
+        heads: int = 6,
+        mlp_ratio: float = 4.0,
+        causal: bool = False,
+        lsh_num_projs: int = 7,
+        block_size: int = 256,
+        sample_size: int = 256,
+        min_seq_len: int = 4096,
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dim % 4 or dim % heads:
+            raise ConfigError(
+                f"hyper context encoder: dim={dim} must be a multiple of 4 (2-D sin-cos "
+                f"positions) and of heads={heads}; change dim or heads"
+            )
+        if depth < 1:
+            raise ConfigError(f"hyper context encoder: depth must be >= 1, got {depth}")
+        self.dim = dim
+        self.seed = seed
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.ModuleList(
+            HyperBlock(
+                HyperSelfAttention(
+                    dim,
+                    heads,
+                    causal=causal,
+                    lsh_num_projs=lsh_num_projs,
+                    block_size=block_size,
+                    sample_size=sample_size,
+                    min_seq_len=min_seq_len,
+                    dropout=dropout,
+                ),
+                dim,
+                mlp_ratio=mlp_ratio,
+                dropout=dropout,
+                drop_path=rate,
+            )
+            for rate in rates
+        )
+        self.norm = nn.RMSNorm(dim, eps=1e-6)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        state: State = None,
+    ) -> tuple[torch.Tensor, State]:
+        if state is not None:
+            raise ConfigError(
+                "the hyper context encoder is global (streamable = False) and takes no "
+                "state: the engine must give it the whole token sequence in one call"
+            )
+        x = tokens + sincos_2d(positions, self.dim, tokens.dtype)  # (B, N, D)
+        generator = None
+        if not self.training:
+            generator = torch.Generator(device=tokens.device).manual_seed(self.seed)
+        for block in self.blocks:
+            x = block(x, mask, generator)
+        return self.norm(x), None

@@ -1,0 +1,455 @@
+"""HyperAttention: approximate softmax attention in near-linear time.
+
+Han et al., "HyperAttention: Long-context Attention in Near-Linear Time", ICLR 2024
+(arXiv 2310.05869), the attention of xT's "Hyper" context encoder (Gupta et al., ICML 2024).
+
+Non-causal, for more than ``min_seq_len`` keys:
+
+1. Hash queries and keys by angular LSH: the signs of ``lsh_num_projs`` random
+   projections give a bucket; buckets are ranked along a Gray code, so neighbouring
+   ranks differ in one sign (one hyperplane) and sorting puts similar directions together.
+2. Sort queries and keys by rank and cut both into the same number of blocks (about
+   ``block_size`` keys each). Each query block attends exactly to its key block.
+3. Residual: ``sample_size`` keys drawn uniformly (with replacement) from all real keys,
+   shared by every query; a sample that lies in the query's own block is dropped (it is
+   counted exactly already) and the others weigh ``n_keys / sample_size``, so the sampled
+   sum is an unbiased estimate of the softmax mass outside the block.
+4. Merge both parts by their log-sum-exps. One softmax over the concatenated keys, with
+   ``log(n_keys / sample_size)`` added to the sampled keys' scores, is that merge exactly;
+   it lets one ``scaled_dot_product_attention`` call do blocks and samples together, so
+   fused kernels are used where they exist.
+
+Causal, for more than ``min_seq_len`` keys: split the sequence in halves; the two diagonal
+blocks recurse causally, the off-diagonal block (second-half queries, first-half keys) is
+the non-causal path; both are merged by log-sum-exp. The merge needs each part's
+log-sum-exp, which SDPA does not return, so this path computes softmaxes explicitly
+(`attention_lse`); its cost is linear in N but larger than the SDPA path's.
+
+Masks: padded keys (``key_mask`` False) are sorted last, get -inf in their block and are
+never sampled; padded queries (``query_mask`` False) are sorted last so that they take no
+block from real queries. A query with no real key gets zeros.
+
+Differences from the authors' code (github.com/insuhan/hyper-attn), for the record: the
+bucket order is the inverse Gray code (theirs maps bucket b to gray(b), which for more than
+two projections puts buckets that differ in two bits side by side); the exact/approximate
+switch looks at the key length; padding tokens are masked instead of attended to as zeros.
+
+Dimensions: B batch, H heads, N sequence (Nq queries, Nk keys), D head width, R LSH
+projections, G blocks, L queries per block, S keys per block, M samples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from xtimage.errors import ConfigError, InputError
+
+NEG_INF = float("-inf")
+
+
+def gray_rank(bits: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """Rank of each bucket along the reflected Gray code (the inverse Gray code).
+
+    Buckets of consecutive ranks differ in exactly one bit, so sorting by rank keeps
+    buckets that share all but one hyperplane side by side.
+    """
+    rank = bits.clone()
+    for shift in range(1, num_bits):
+        rank ^= bits >> shift
+    return rank
+
+
+def angular_hash(x: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
+    """Angular LSH bucket rank of each vector: signs of random projections, Gray-ranked.
+
+    Args:
+        x: vectors, (..., N, D).
+        projections: random directions, (D, R).
+
+    Returns:
+        int64 ranks in ``[0, 2**R)``, (..., N).
+    """
+    # In float32 at least, autocast off: a bf16 copy of x hashes as x itself does.
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast(x.device.type, enabled=False):
+        signs = (x.to(dtype) @ projections.to(dtype)) > 0  # (..., N, R)
+    powers = 2 ** torch.arange(projections.shape[1], device=x.device)  # (R,)
+    return gray_rank((signs.long() * powers).sum(-1), projections.shape[1])  # (..., N)
+
+
+def attention_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and its log-sum-exp, by explicit scores (SDPA gives no lse).
+
+    Args:
+        q: (..., L, D); k, v: (..., S, D).
+        bias: added to the scaled scores, -inf to mask; broadcast to (..., L, S).
+
+    Returns:
+        out (..., L, D) in v's dtype, lse (..., L) in at least float32; rows without a
+        finite score give out 0 and lse -inf, with finite gradients.
+    """
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    scores = (q @ k.transpose(-2, -1)).to(dtype) * q.shape[-1] ** -0.5  # (..., L, S)
+    if bias is not None:
+        scores = scores + bias
+    top = scores.detach().amax(-1, keepdim=True)  # (..., L, 1)
+    empty = top == NEG_INF
+    top = top.masked_fill(empty, 0.0)
+    p = (scores - top).exp()  # (..., L, S)
+    z = p.sum(-1, keepdim=True).masked_fill(empty, 1.0)  # (..., L, 1)
+    out = (p / z).to(v.dtype) @ v  # (..., L, D)
+    lse = (z.log() + top).masked_fill(empty, NEG_INF).squeeze(-1)  # (..., L)
+    return out, lse
+
+
+def merge_attention(
+    out1: torch.Tensor, lse1: torch.Tensor, out2: torch.Tensor, lse2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over the union of two disjoint key sets, from each set's result.
+
+    The weight of part 1 is ``c = 1 / (1 + exp(lse2 - lse1))``; -inf parts (no keys)
+    weigh nothing, with finite gradients.
+
+    Args:
+        out1, out2: (..., N, D); lse1, lse2: (..., N).
+    """
+    top = torch.maximum(lse1, lse2).detach()  # (..., N)
+    empty = top == NEG_INF
+    top = top.masked_fill(empty, 0.0)
+    w1, w2 = (lse1 - top).exp(), (lse2 - top).exp()  # (..., N)
+    z = (w1 + w2).masked_fill(empty, 1.0)
+    out = (w1 / z).unsqueeze(-1) * out1 + (w2 / z).unsqueeze(-1) * out2  # (..., N, D)
+    lse = (z.log() + top).masked_fill(empty, NEG_INF)
+    return out.to(out1.dtype), lse
+
+
+def _key_bias(key_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, Nk) bool -> (B, 1, 1, Nk) additive bias, 0 for real keys and -inf for padding."""
+    if key_mask is None:
+        return None
+    zeros = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
+    return zeros.masked_fill(~key_mask, NEG_INF)[:, None, None, :]
+
+
+def _causal_bias(
+    n: int, key_mask: torch.Tensor | None, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """(B or 1, 1, N, N) additive bias of causal attention with padded keys."""
+    future = torch.ones(n, n, dtype=torch.bool, device=device).triu(1)  # (N, N)
+    bias = torch.zeros(n, n, dtype=dtype, device=device).masked_fill(future, NEG_INF)
+    bias = bias[None, None]  # (1, 1, N, N)
+    key_bias = _key_bias(key_mask, dtype)
+    return bias if key_bias is None else bias + key_bias
+
+
+def exact_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact softmax attention by ``scaled_dot_product_attention``, with padded keys."""
+    if key_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    mask = key_mask[:, None, None, :]  # (B, 1, 1, Nk)
+    if causal:
+        n = q.shape[2]
+        mask = mask & torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class LshBlocks(NamedTuple):
+    """Queries in sorted blocks, each with its keys (own block, then the samples)."""
+
+    q: torch.Tensor  # (B, H, G, L, D) sorted queries
+    k: torch.Tensor  # (B, H, G, S + M, D)
+    v: torch.Tensor  # (B, H, G, S + M, D)
+    bias: torch.Tensor  # (B, H, G, 1, S + M) 0, -inf, or log(n_real / M) on samples
+    q_order: torch.Tensor  # (B, H, Nq) original index of each sorted query
+    block_keys: int  # S: keys per block; the first S of the S + M are the block's own
+
+
+def _sort_pad(x: torch.Tensor, order: torch.Tensor, length: int) -> torch.Tensor:
+    """x (B, H, N, D) gathered in ``order`` (B, H, N), zero-padded to ``length``."""
+    index = order.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1])
+    x = x.gather(2, index)  # (B, H, N, D)
+    return F.pad(x, (0, 0, 0, length - x.shape[2]))
+
+
+def lsh_blocks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    projections: torch.Tensor,
+    block_size: int,
+    sample_size: int,
+    key_mask: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> LshBlocks:
+    """Sort by angular LSH, cut into blocks, and draw the residual samples (steps 1-3)."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    sentinel = 2 ** projections.shape[1]  # after every bucket: padding goes last
+    q_rank = angular_hash(q, projections)  # (B, H, Nq)
+    k_rank = angular_hash(k, projections)  # (B, H, Nk)
+    if query_mask is not None:
+        q_rank = q_rank.masked_fill(~query_mask[:, None, :], sentinel)
+    if key_mask is not None:
+        k_rank = k_rank.masked_fill(~key_mask[:, None, :], sentinel)
+    q_order = q_rank.argsort(dim=-1, stable=True)  # (B, H, Nq)
+    k_order = k_rank.argsort(dim=-1, stable=True)  # (B, H, Nk)
+
+    # Balanced blocks: G blocks of S keys and L queries; for Nq == Nk, L == S, so a real
+    # query's block always starts with a real key (both are sorted real-first).
+    G = math.ceil(Nk / block_size)
+    S, L = math.ceil(Nk / G), math.ceil(Nq / G)
+    qs = _sort_pad(q, q_order, G * L).view(B, H, G, L, D)
+    ks = _sort_pad(k, k_order, G * S)  # (B, H, G*S, D)
+    vs = _sort_pad(v, k_order, G * S)
+    if key_mask is None:
+        real = torch.ones(B, H, Nk, dtype=torch.bool, device=k.device)
+    else:
+        real = key_mask[:, None, :].expand(B, H, Nk).gather(2, k_order)  # (B, H, Nk)
+    real = F.pad(real, (0, G * S - Nk), value=False)  # (B, H, G*S)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    bias = torch.zeros(real.shape, dtype=dtype, device=q.device).masked_fill(~real, NEG_INF)
+    bias = bias.view(B, H, G, 1, S)
+    ks, vs = ks.view(B, H, G, S, D), vs.view(B, H, G, S, D)
+
+    if G > 1 and sample_size > 0:
+        # Real keys are sorted first, so a uniform draw over [0, n_real) is over real keys.
+        M = sample_size
+        n_real = real.sum(-1, keepdim=True)  # (B, H, 1)
+        u = torch.rand(B, H, M, generator=generator, device=_device(generator, q))
+        pick = (u.to(q.device) * n_real).long().clamp(max=n_real - 1).clamp(min=0)  # (B,H,M)
+        flat_k, flat_v = ks.view(B, H, G * S, D), vs.view(B, H, G * S, D)
+        index = pick.unsqueeze(-1).expand(-1, -1, -1, D)
+        k_samp = flat_k.gather(2, index).unsqueeze(2).expand(B, H, G, M, D)
+        v_samp = flat_v.gather(2, index).unsqueeze(2).expand(B, H, G, M, D)
+        own = (pick // S).unsqueeze(2) == torch.arange(G, device=q.device)[:, None]  # (B,H,G,M)
+        log_w = (n_real.to(dtype) / M).log().unsqueeze(-1)  # (B, H, 1, 1); -inf if none
+        samp_bias = log_w.expand(B, H, G, M).masked_fill(own, NEG_INF)  # (B, H, G, M)
+        ks = torch.cat([ks, k_samp], dim=3)  # (B, H, G, S+M, D)
+        vs = torch.cat([vs, v_samp], dim=3)
+        bias = torch.cat([bias, samp_bias.unsqueeze(3)], dim=-1)  # (B, H, G, 1, S+M)
+    return LshBlocks(qs, ks, vs, bias, q_order, S)
+
+
+def _device(generator: torch.Generator | None, like: torch.Tensor) -> torch.device:
+    return like.device if generator is None else generator.device
+
+
+def _unsort(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Rows of x (B, H, G*L, ...) back from sorted ``order`` (B, H, N) to input order."""
+    n = order.shape[-1]
+    x = x[:, :, :n]
+    index = order.view(*order.shape, *([1] * (x.dim() - 3))).expand_as(x)
+    return torch.zeros_like(x).scatter(2, index, x)
+
+
+class _Settings(NamedTuple):
+    projections: torch.Tensor  # (D, R)
+    block_size: int
+    sample_size: int
+    min_seq_len: int
+    generator: torch.Generator | None
+
+
+def _blocks(q, k, v, key_mask, query_mask, settings: _Settings) -> LshBlocks:
+    return lsh_blocks(
+        q,
+        k,
+        v,
+        projections=settings.projections,
+        block_size=settings.block_size,
+        sample_size=settings.sample_size,
+        key_mask=key_mask,
+        query_mask=query_mask,
+        generator=settings.generator,
+    )
+
+
+def _lsh_attention(q, k, v, key_mask, query_mask, settings: _Settings) -> torch.Tensor:
+    """Non-causal LSH attention by one SDPA call over blocks and samples (step 4)."""
+    blocks = _blocks(q, k, v, key_mask, query_mask, settings)
+    B, H, G, L, D = blocks.q.shape
+    out = F.scaled_dot_product_attention(
+        blocks.q.reshape(B * H, G, L, D),
+        blocks.k.reshape(B * H, G, -1, D),
+        blocks.v.reshape(B * H, G, -1, D),
+        attn_mask=blocks.bias.reshape(B * H, G, 1, -1).to(q.dtype),
+    )  # (B*H, G, L, D)
+    return _unsort(out.view(B, H, G * L, D), blocks.q_order)  # (B, H, Nq, D)
+
+
+def _lsh_attention_lse(q, k, v, key_mask, query_mask, settings: _Settings):
+    """Non-causal LSH attention and its log-sum-exp, by explicit softmax."""
+    blocks = _blocks(q, k, v, key_mask, query_mask, settings)
+    out, lse = attention_lse(blocks.q, blocks.k, blocks.v, blocks.bias)  # (B,H,G,L,D), (B,H,G,L)
+    B, H, G, L, D = out.shape
+    out = _unsort(out.reshape(B, H, G * L, D), blocks.q_order)  # (B, H, Nq, D)
+    lse = _unsort(lse.reshape(B, H, G * L), blocks.q_order)  # (B, H, Nq)
+    return out, lse
+
+
+def _causal_lse(q, k, v, key_mask, settings: _Settings):
+    """Causal attention with lse: exact up to ``min_seq_len``, else split in halves."""
+    n = k.shape[2]
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    if n <= settings.min_seq_len:
+        return attention_lse(q, k, v, _causal_bias(n, key_mask, dtype, q.device))
+    odd = n % 2
+    if odd:  # one masked padding token makes the halves equal
+        q, k, v = (F.pad(x, (0, 0, 0, 1)) for x in (q, k, v))
+        if key_mask is None:
+            key_mask = torch.ones(q.shape[0], n, dtype=torch.bool, device=q.device)
+        key_mask = F.pad(key_mask, (0, 1), value=False)
+    half = (n + odd) // 2
+
+    # Diagonal blocks: both halves at once, folded into the batch.
+    fold, unfold = "b h (two n) d -> (two b) h n d", "(two b) h n d -> b h (two n) d"
+    diag_mask = None if key_mask is None else rearrange(key_mask, "b (two n) -> (two b) n", two=2)
+    diag_out, diag_lse = _causal_lse(
+        *(rearrange(x, fold, two=2) for x in (q, k, v)), diag_mask, settings
+    )
+    diag_out = rearrange(diag_out, unfold, two=2)  # (B, H, N, D)
+    diag_lse = rearrange(diag_lse, "(two b) h n -> b h (two n)", two=2)  # (B, H, N)
+
+    # Off-diagonal block: second-half queries see every first-half key.
+    q2, k1, v1 = q[:, :, half:], k[:, :, :half], v[:, :, :half]
+    k1_mask = None if key_mask is None else key_mask[:, :half]
+    q2_mask = None if key_mask is None else key_mask[:, half:]
+    if half <= settings.min_seq_len:
+        off_out, off_lse = attention_lse(q2, k1, v1, _key_bias(k1_mask, dtype))
+    else:
+        off_out, off_lse = _lsh_attention_lse(q2, k1, v1, k1_mask, q2_mask, settings)
+    low_out, low_lse = merge_attention(
+        diag_out[:, :, half:], diag_lse[:, :, half:], off_out, off_lse
+    )
+    out = torch.cat([diag_out[:, :, :half], low_out], dim=2)[:, :, :n]  # (B, H, N, D)
+    lse = torch.cat([diag_lse[:, :, :half], low_lse], dim=2)[:, :, :n]  # (B, H, N)
+    return out, lse
+
+
+def _check(q, k, v, causal, key_mask, query_mask, lsh_num_projs, block_size, sample_size):
+    for name, value, low in (
+        ("lsh_num_projs", lsh_num_projs, 1),
+        ("block_size", block_size, 1),
+        ("sample_size", sample_size, 0),
+    ):
+        if not isinstance(value, int) or value < low:
+            raise ConfigError(f"HyperAttention {name} must be an integer >= {low}, got {value!r}")
+    if q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise InputError(
+            f"HyperAttention expects q (B, H, Nq, D) and k, v (B, H, Nk, D), got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if causal and q.shape[2] != k.shape[2]:
+        raise InputError(
+            f"causal HyperAttention needs as many queries as keys, got {q.shape[2]} and "
+            f"{k.shape[2]}"
+        )
+    for name, mask, n in (
+        ("key_mask", key_mask, k.shape[2]),
+        ("query_mask", query_mask, q.shape[2]),
+    ):
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (q.shape[0], n)):
+            raise InputError(
+                f"{name} must be a bool tensor of shape ({q.shape[0]}, {n}), got "
+                f"{mask.dtype} {tuple(mask.shape)}"
+            )
+
+
+def _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator) -> _Settings:
+    """Draw the hash directions (D, R) from ``generator`` (global RNG if None)."""
+    proj = torch.randn(
+        q.shape[-1], lsh_num_projs, generator=generator, device=_device(generator, q)
+    )
+    proj = proj.to(q.device)
+    return _Settings(proj, block_size, sample_size, min_seq_len, generator)
+
+
+def hyper_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    lsh_num_projs: int = 7,
+    block_size: int = 256,
+    sample_size: int = 256,
+    min_seq_len: int = 4096,
+    key_mask: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """HyperAttention of queries over keys, scores scaled by ``D ** -0.5``.
+
+    Args:
+        q: queries, (B, H, Nq, D).
+        k, v: keys and values, (B, H, Nk, D).
+        causal: query i sees keys j <= i (needs Nq == Nk; ``key_mask`` then also marks
+            the padded queries).
+        lsh_num_projs: random hyperplanes of the angular hash (2**R buckets).
+        block_size: about this many sorted keys per block, attended exactly.
+        sample_size: uniformly sampled keys for the residual; 0 for blocks only.
+        min_seq_len: exact attention (SDPA) while Nk is at most this.
+        key_mask: (B, Nk) bool, True for real keys; padded keys never get weight.
+        query_mask: (B, Nq) bool, True for real queries; padded ones are sorted last so
+            that they take no block from real queries. Their outputs are unspecified.
+        generator: source of the hash directions and samples (global RNG if None).
+
+    Returns:
+        (B, H, Nq, D), v's dtype.
+    """
+    _check(q, k, v, causal, key_mask, query_mask, lsh_num_projs, block_size, sample_size)
+    if k.shape[2] <= min_seq_len:
+        return exact_attention(q, k, v, causal=causal, key_mask=key_mask)
+    settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator)
+    if causal:
+        return _causal_lse(q, k, v, key_mask, settings)[0]
+    return _lsh_attention(q, k, v, key_mask, query_mask, settings)
+
+
+def hyper_attention_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    lsh_num_projs: int = 7,
+    block_size: int = 256,
+    sample_size: int = 256,
+    min_seq_len: int = 4096,
+    key_mask: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`hyper_attention` and its log-sum-exp (B, H, Nq), by explicit softmaxes.
+
+    The same randomness as `hyper_attention` with the same generator state.
+    """
+    _check(q, k, v, causal, key_mask, query_mask, lsh_num_projs, block_size, sample_size)
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    if k.shape[2] <= min_seq_len:
+        bias = (
+            _causal_bias(k.shape[2], key_mask, dtype, q.device)
+            if causal
+            else _key_bias(key_mask, dtype)
+        )
+        return attention_lse(q, k, v, bias)
+    settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator)
+    if causal:
+        return _causal_lse(q, k, v, key_mask, settings)
+    return _lsh_attention_lse(q, k, v, key_mask, query_mask, settings)

@@ -1,0 +1,128 @@
+"""The Hyper context encoder against a plain PyTorch block written here."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xtimage.encoders.context import CONTEXT_ENCODERS, create_context_encoder
+from xtimage.errors import ConfigError
+
+
+def tiny(**kwargs):
+    settings = dict(dim=32, depth=2, heads=2) | kwargs
+    return create_context_encoder("hyper", **settings)
+
+
+def batch(n=24, dim=32, real=17, dtype=torch.float32):
+    tokens = torch.randn(2, n, dim, dtype=dtype)
+    positions = torch.stack(
+        torch.meshgrid(torch.arange(4), torch.arange(n // 4), indexing="ij"), -1
+    )
+    positions = positions.reshape(1, n, 2).expand(2, n, 2).clone()
+    mask = torch.ones(2, n, dtype=torch.bool)
+    mask[1, real:] = False
+    return tokens, positions, mask
+
+
+def sincos(positions, dim):
+    """The 2-D sin-cos table, entry by entry."""
+    quarter = dim // 4
+    out = torch.empty(*positions.shape[:2], dim, dtype=torch.float64)
+    for b, n in torch.cartesian_prod(
+        torch.arange(positions.shape[0]), torch.arange(positions.shape[1])
+    ):
+        row, col = positions[b, n].tolist()
+        for i in range(quarter):
+            freq = 10000 ** (-i / quarter)
+            out[b, n, i], out[b, n, quarter + i] = math.sin(row * freq), math.cos(row * freq)
+            out[b, n, 2 * quarter + i] = math.sin(col * freq)
+            out[b, n, 3 * quarter + i] = math.cos(col * freq)
+    return out
+
+
+def rms_norm(x, weight, eps=1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def reference(encoder, tokens, positions, mask, heads, causal):
+    """Pre-norm blocks: RMSNorm, SDPA attention, gated GELU MLP; then a final RMSNorm."""
+    x = tokens + sincos(positions, tokens.shape[-1]).to(tokens.dtype)
+    attn_mask = mask[:, None, None, :]
+    if causal:
+        attn_mask = attn_mask & torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()
+    for block in encoder.blocks:
+        h = rms_norm(x, block.norm1.weight)
+        q, k, v = (h @ block.attn.qkv.weight.T).chunk(3, dim=-1)
+        q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        x = x + a.transpose(1, 2).flatten(2) @ block.attn.proj.weight.T
+        h = rms_norm(x, block.norm2.weight)
+        gate, up = (h @ block.mlp.fc_in.weight.T).chunk(2, dim=-1)
+        x = x + (F.gelu(gate) * up) @ block.mlp.fc_out.weight.T
+    return rms_norm(x, encoder.norm.weight)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_exact_range_equals_plain_reference(causal):
+    encoder = tiny(causal=causal).double().eval()
+    for p in encoder.parameters():  # norms away from 1, so their weights count
+        torch.nn.init.normal_(p, 1.0 if p.dim() == 1 else 0.0, 0.3)
+    tokens, positions, mask = batch(dtype=torch.float64)
+    out, state = encoder(tokens, positions, mask)
+    ref = reference(encoder, tokens, positions, mask, heads=2, causal=causal)
+    assert state is None and out.shape == tokens.shape
+    torch.testing.assert_close(out[mask], ref[mask])
+
+
+def test_registered_global_and_refuses_state():
+    encoder = tiny()
+    assert "hyper" in CONTEXT_ENCODERS and not encoder.streamable
+    tokens, positions, mask = batch()
+    with pytest.raises(ConfigError, match="whole token sequence"):
+        encoder(tokens, positions, mask, state=torch.zeros(1))
+
+
+def test_padding_leaves_real_tokens_unchanged():
+    encoder = tiny().eval()
+    tokens, positions, mask = batch(n=24, real=24)
+    short, _ = encoder(tokens[:1, :16], positions[:1, :16])
+    padded = mask[:1].clone()
+    padded[:, 16:] = False
+    long, _ = encoder(tokens[:1], positions[:1], padded)
+    torch.testing.assert_close(long[:, :16], short)
+
+
+def test_lsh_range_trains_every_parameter_and_repeats_in_eval():
+    # 96 tokens with min_seq_len=32: the approximate path, with padding.
+    encoder = tiny(min_seq_len=32, block_size=16, sample_size=8, drop_path=0.1, dropout=0.1)
+    tokens, positions, mask = batch(n=96, real=70)
+    out, _ = encoder(tokens, positions, mask)
+    out[mask].square().mean().backward()
+    for name, p in encoder.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    encoder.eval()
+    first, _ = encoder(tokens, positions, mask)
+    second, _ = encoder(tokens, positions, mask)
+    assert torch.isfinite(first).all()
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    reseeded = tiny(min_seq_len=32, block_size=16, sample_size=8, seed=1).eval()
+    reseeded.load_state_dict(encoder.state_dict())
+    assert not torch.allclose(reseeded(tokens, positions, mask)[0], first)
+
+
+def test_bf16_autocast_close_to_float32():
+    encoder = tiny().eval()
+    tokens, positions, mask = batch()
+    full, _ = encoder(tokens, positions, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = encoder(tokens, positions, mask)
+    err = (low.float() - full)[mask].norm() / full[mask].norm()
+    assert err < 0.05
+
+
+@pytest.mark.parametrize(("dim", "heads"), [(30, 2), (32, 3)])
+def test_bad_width_raises_config_error(dim, heads):
+    with pytest.raises(ConfigError, match=f"dim={dim}"):
+        create_context_encoder("hyper", dim=dim, heads=heads)

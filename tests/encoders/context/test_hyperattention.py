@@ -1,0 +1,236 @@
+"""HyperAttention against plain softmax attention written here, in float64 where it helps."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xtimage.encoders.context.hyperattention import (
+    angular_hash,
+    attention_lse,
+    gray_rank,
+    hyper_attention,
+    hyper_attention_lse,
+    lsh_blocks,
+    merge_attention,
+)
+from xtimage.errors import ConfigError, InputError
+
+
+def reference(q, k, v, *, causal=False, key_mask=None):
+    """Plain softmax attention and log-sum-exp, masks as -inf scores."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Nq, Nk)
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], -math.inf)
+    if causal:
+        n = q.shape[2]
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -math.inf)
+    return scores.softmax(-1) @ v, scores.logsumexp(-1)
+
+
+def qkv(b=2, h=2, n=67, d=8, dtype=torch.float64):
+    return [torch.randn(b, h, n, d, dtype=dtype, requires_grad=True) for _ in range(3)]
+
+
+def right_padded(b, n, real):
+    """(b, n) mask: row 0 all real, row 1 real for its first ``real`` tokens."""
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[1, real:] = False
+    return mask
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 7])
+def test_gray_rank_orders_buckets_one_bit_apart(bits):
+    buckets = torch.arange(2**bits)
+    rank = gray_rank(buckets, bits)
+    assert torch.equal(rank.sort().values, buckets)  # a permutation
+    ordered = buckets[rank.argsort()]
+    flips = ordered[1:] ^ ordered[:-1]
+    assert all(bin(int(f)).count("1") == 1 for f in flips)
+
+
+def test_angular_hash_matches_a_plain_loop_and_ignores_scale():
+    x, proj = torch.randn(20, 6), torch.randn(6, 4)
+    expected = []
+    for row in x:
+        code = sum(2**r for r in range(4) if float(row @ proj[:, r]) > 0)
+        rank = 0
+        while code:  # inverse Gray code: XOR of all right shifts
+            rank ^= code
+            code >>= 1
+        expected.append(rank)
+    assert angular_hash(x, proj).tolist() == expected
+    assert torch.equal(angular_hash(3.5 * x, proj), angular_hash(x, proj))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_exact_path_equals_reference(causal):
+    q, k, v = qkv(n=37)
+    mask = right_padded(2, 37, 29)
+    ref_out, ref_lse = reference(q, k, v, causal=causal, key_mask=mask)
+    out = hyper_attention(q, k, v, causal=causal, key_mask=mask)
+    out2, lse = hyper_attention_lse(q, k, v, causal=causal, key_mask=mask)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(out2, ref_out)
+    torch.testing.assert_close(lse, ref_lse)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
+def test_lsh_path_with_one_block_equals_exact_with_gradients(causal, padded):
+    # min_seq_len=8 sends 67 tokens down the LSH path (and the causal recursion through
+    # odd lengths 67, 17, 9); block_size >= N puts every key in the query's block.
+    n = 67
+    q, k, v = qkv(n=n)
+    mask = right_padded(2, n, 50) if padded else None
+    settings = dict(causal=causal, lsh_num_projs=5, block_size=128, sample_size=16, min_seq_len=8)
+    out = hyper_attention(q, k, v, key_mask=mask, query_mask=mask, **settings)
+    out_lse, lse = hyper_attention_lse(q, k, v, key_mask=mask, query_mask=mask, **settings)
+    ref_out, ref_lse = reference(q, k, v, causal=causal, key_mask=mask)
+    real = torch.ones(2, n, dtype=torch.bool) if mask is None else mask
+    real = real[:, None, :].expand(2, 2, n)  # (B, H, N)
+    torch.testing.assert_close(out[real], ref_out[real])
+    torch.testing.assert_close(out_lse[real], ref_out[real])
+    torch.testing.assert_close(lse[real], ref_lse[real])
+
+    weight = torch.randn_like(ref_out) * real[..., None]
+    grads = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref_out * weight).sum(), (q, k, v))
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padded_keys_get_no_weight_in_blocks_or_samples(causal):
+    # Many blocks and samples; padded values are huge, so any weight on them shows.
+    n = 200
+    q, k, v = (torch.randn(2, 2, n, 8) for _ in range(3))
+    v = v.clamp(-1, 1)
+    mask = right_padded(2, n, 120)
+    v[1, :, 120:] = 1e6
+    out = hyper_attention(
+        q, k, v, causal=causal, block_size=32, sample_size=16, min_seq_len=16, key_mask=mask,
+        query_mask=mask, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert torch.isfinite(out).all()
+    assert out[0].abs().max() <= 1 and out[1, :, :120].abs().max() <= 1
+
+
+def test_merge_of_disjoint_key_sets_equals_attention_over_all():
+    q, k, v = qkv(n=30)
+    part = torch.rand(30) < 0.4
+    none = torch.full((30,), -math.inf, dtype=torch.float64)
+    bias_a = torch.zeros(30, dtype=torch.float64).masked_fill(~part, -math.inf)
+    bias_b = torch.zeros(30, dtype=torch.float64).masked_fill(part, -math.inf)
+    out, lse = merge_attention(*attention_lse(q, k, v, bias_a), *attention_lse(q, k, v, bias_b))
+    ref_out, ref_lse = reference(q, k, v)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(lse, ref_lse)
+
+    # An empty part (no keys) weighs nothing and keeps gradients finite.
+    out, lse = merge_attention(*attention_lse(q, k, v), *attention_lse(q, k, v, none))
+    torch.testing.assert_close(out, ref_out)
+    grads = torch.autograd.grad(out.sum() + lse.sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref_out.sum() + ref_lse.sum(), (q, k, v))
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_sampled_residual_is_unbiased():
+    # One sequence repeated along the batch: the hash (shared directions) sorts every
+    # copy alike, the samples differ, so batch means estimate the expectation.
+    copies, n, d, block, samples = 3000, 128, 8, 16, 8
+    torch.manual_seed(1)
+    q, k, v = (
+        0.5 * torch.randn(1, 1, n, d, dtype=torch.float64).expand(copies, 1, n, d) for _ in range(3)
+    )
+    mask = torch.ones(copies, n, dtype=torch.bool)
+    mask[:, 100:] = False  # padding: never sampled
+    blocks = lsh_blocks(
+        q, k, v, projections=torch.randn(d, 4, dtype=torch.float64), block_size=block,
+        sample_size=samples, key_mask=mask, query_mask=mask,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    S = blocks.block_keys
+    scale = d**-0.5
+
+    # Sampled part per sorted query: sum of exp(score + bias) and of exp(score + bias) v.
+    weights = torch.exp(
+        blocks.q @ blocks.k[..., S:, :].transpose(-2, -1) * scale + blocks.bias[..., S:]
+    )
+    est_z = weights.sum(-1)  # (C, 1, G, L)
+    est_num = weights @ blocks.v[..., S:, :]  # (C, 1, G, L, D)
+
+    # Exact residual: every real key outside the query's own block.
+    keys, values, bias = blocks.k[0, 0, :, :S], blocks.v[0, 0, :, :S], blocks.bias[0, 0, :, 0, :S]
+    G = keys.shape[0]
+    all_k, all_v, all_bias = keys.reshape(-1, d), values.reshape(-1, d), bias.reshape(-1)
+    outside = torch.arange(G * S)[None, :] // S != torch.arange(G)[:, None]  # (G, G*S)
+    res_bias = all_bias + torch.zeros(G, G * S, dtype=torch.float64).masked_fill(
+        ~outside, -math.inf
+    )
+    exact_w = torch.exp(blocks.q[0, 0] @ all_k.T * scale + res_bias[:, None, :])  # (G, L, G*S)
+    exact_z, exact_num = exact_w.sum(-1), exact_w @ all_v
+
+    for est, exact in ((est_z, exact_z), (est_num, exact_num)):
+        mean, err = est.mean(0)[0], est.std(0)[0] / math.sqrt(copies)
+        real = torch.isfinite(exact) & (err > 0)
+        z = ((mean - exact) / err)[real]
+        assert z.abs().max() < 5, f"sampled residual biased: max |z| = {z.abs().max():.1f}"
+    torch.testing.assert_close(est_z.mean(0)[0], exact_z, rtol=0.03, atol=0)
+
+
+def clustered(n, seed, d=32):
+    """Keys from 16 Gaussian clusters; each query a near copy of a random key, so each
+    row of attention is dominated by a few large entries, the case LSH is built for."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 4 * F.normalize(torch.randn(16, d, generator=g), dim=-1)
+    keys = centres[torch.randint(16, (n,), generator=g)] + 2 * torch.randn(n, d, generator=g)
+    queries = keys[torch.randperm(n, generator=g)] + 0.01 * torch.randn(n, d, generator=g)
+    values = torch.randn(n, d, generator=g)
+    return (x[None, None] for x in (queries, keys, values))
+
+
+def relative_error(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(("n", "projs"), [(8192, 7), (16384, 9)])
+def test_clustered_inputs_beat_uniform_sampling_with_the_same_key_budget(n, projs):
+    # 8k at the release's settings; at 16k, two more hash bits keep buckets (n / 2**R
+    # keys) well under a block, which near copies need to land in the same block.
+    q, k, v = clustered(n, seed=0)
+    exact = F.scaled_dot_product_attention(q, k, v)
+    approx = hyper_attention(
+        q, k, v, lsh_num_projs=projs, block_size=256, sample_size=256, min_seq_len=4096,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    budget = torch.randint(n, (512,), generator=torch.Generator().manual_seed(1))
+    uniform = F.scaled_dot_product_attention(q, k[:, :, budget], v[:, :, budget])
+    hyper_err, uniform_err = relative_error(approx, exact), relative_error(uniform, exact)
+    assert uniform_err > 1.0  # the large entries are missed by uniform sampling
+    assert hyper_err <= 0.5 * uniform_err
+    assert hyper_err <= 0.5
+
+
+def test_bf16_inputs_match_float32_closely():
+    q, k, v = (torch.randn(1, 2, 600, 16).bfloat16() for _ in range(3))
+    settings = dict(block_size=64, sample_size=32, min_seq_len=64)
+    low = hyper_attention(q, k, v, generator=torch.Generator().manual_seed(3), **settings)
+    high = hyper_attention(
+        q.float(), k.float(), v.float(), generator=torch.Generator().manual_seed(3), **settings
+    )
+    assert low.dtype == torch.bfloat16
+    assert relative_error(low.float(), high) < 0.02
+
+
+def test_bad_settings_and_shapes_raise_user_errors():
+    q = torch.randn(1, 1, 10, 4)
+    with pytest.raises(ConfigError, match="block_size"):
+        hyper_attention(q, q, q, block_size=0)
+    with pytest.raises(InputError, match="as many queries as keys"):
+        hyper_attention(q, q[:, :, :5], q[:, :, :5], causal=True)
+    with pytest.raises(InputError, match="key_mask"):
+        hyper_attention(q, q, q, key_mask=torch.ones(1, 9, dtype=torch.bool))
