@@ -85,11 +85,18 @@ class XT(nn.Module):
             The maps (NCHW, shallow to deep) and tokens (k, T, D), row-major in each core.
         """
         maps = self.region_encoder(regions)
+        return maps, self.tokenizer(self._core(maps[-1]))  # (k, T, D)
+
+    def _core(self, deepest: torch.Tensor) -> torch.Tensor:
+        """Crop the deepest map's margin cells: (k, C, r, r) -> (k, C, s, s)."""
         m = self.margin // self.region_encoder.stride
-        deepest = maps[-1]
         side = deepest.shape[-1] - 2 * m
-        core = deepest[..., m : m + side, m : m + side]  # (k, C, s, s)
-        return maps, self.tokenizer(core)  # (k, T, D)
+        return deepest[..., m : m + side, m : m + side]
+
+    def encode_cells(self, regions: torch.Tensor) -> torch.Tensor:
+        """Pooled cells before the token projection, (k, T, C): what a frozen backbone
+        contributes, cached on disk by `xtimage.engine.cache.TokenCache`."""
+        return self.tokenizer.cells(self._core(self.region_encoder(regions)[-1]))
 
     def encode_tokens(self, regions: torch.Tensor) -> torch.Tensor:
         """Tokens only, (k, T, D)."""

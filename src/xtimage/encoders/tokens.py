@@ -49,6 +49,13 @@ class RegionTokenizer(nn.Module):
         Returns:
             (N, g * g, dim), row-major inside each region; g = pool, or s without pooling.
         """
+        return self.project(self.cells(maps))
+
+    def cells(self, maps: torch.Tensor) -> torch.Tensor:
+        """Pooled, flattened cells before the projection: (N, C, s, s) -> (N, g * g, C).
+
+        Parameter-free, so a frozen backbone's cells can be cached on disk.
+        """
         side = maps.shape[-1]
         if self.pool is not None and self.pool != side:
             if side % self.pool:
@@ -57,5 +64,8 @@ class RegionTokenizer(nn.Module):
                     f"divisor of {side} (e.g. 1) or pool=None"
                 )
             maps = F.adaptive_avg_pool2d(maps, self.pool)  # (N, C, g, g): means of blocks
-        tokens = rearrange(maps, "n c h w -> n (h w) c")  # (N, g*g, C)
-        return self.norm(self.proj(tokens))  # (N, g*g, dim)
+        return rearrange(maps, "n c h w -> n (h w) c")  # (N, g*g, C)
+
+    def project(self, cells: torch.Tensor) -> torch.Tensor:
+        """(N, T, C) cells -> (N, T, dim) tokens."""
+        return self.norm(self.proj(cells))

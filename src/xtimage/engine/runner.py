@@ -173,6 +173,16 @@ class Engine:
             layout.valid(regions).to(self.device),
         )
 
+    def encode_cells(self, image: Image) -> torch.Tensor:
+        """Pooled cells of every region before the token projection, (n * T, C), no grad."""
+        source = self.source(image)
+        layout = self.model.layout(source.height, source.width)
+        parts = []
+        with torch.no_grad(), self._amp():
+            for _, _, pixels in self._chunks(source, layout, list(range(layout.plan.num_regions))):
+                parts.append(self.model.encode_cells(pixels).flatten(0, 1))  # (k*T, C)
+        return torch.cat(parts).to(self.dtype)
+
     def _contextualise_all(self, items: Sequence[ImageTokens], tokens=None) -> tuple:
         tokens = tokens if tokens is not None else [it.tokens for it in items]
         x, pos, mask = pad_batch(tokens, [it.positions for it in items], [it.valid for it in items])
@@ -297,7 +307,48 @@ class Engine:
         sources = [self.source(im) for im in images]
         items = [self.encode(s, kp, seed) for s, kp in zip(sources, keep, strict=True)]
         leaves = [it.tokens.detach().requires_grad_() for it in items]
-        ctx, mask = self._contextualise_all(items, leaves)
+        loss = self._context_and_head_step(sources, items, leaves, targets, seed)
+        for source, item, leaf in zip(sources, items, leaves, strict=True):
+            self._backward_tokens(source, item, leaf.grad, seed)
+        return loss
+
+    def frozen_step(
+        self,
+        images: Sequence[Image],
+        targets: torch.Tensor | Sequence[dict[str, torch.Tensor]],
+        image_keys: Sequence[str],
+        cache,
+    ) -> float:
+        """Train the token projection, context encoder and head on cached frozen features.
+
+        Args:
+            images: B images (read only when their features are not cached yet, and for
+                dense heads' skip maps).
+            targets: as in `exact_step`.
+            image_keys: one stable key per image for the cache.
+            cache: a `TokenCache` built on this model.
+        """
+        sources = [self.source(im) for im in images]
+        items, tokens = [], []
+        for source, key in zip(sources, image_keys, strict=True):
+            layout = self.model.layout(source.height, source.width)
+            cells = cache.cells(self, source, key)  # (n, C)
+            regions = list(range(layout.plan.num_regions))
+            tokens.append(self.model.tokenizer.project(cells))  # (n, D), with autograd
+            items.append(
+                ImageTokens(
+                    layout,
+                    regions,
+                    tokens[-1],
+                    layout.positions().to(self.device),
+                    layout.valid().to(self.device),
+                )
+            )
+        return self._context_and_head_step(sources, items, tokens, targets, seed=None)
+
+    def _context_and_head_step(self, sources, items, tokens, targets, seed) -> float:
+        """Context + head + loss with autograd on ``tokens``; backward to them."""
+        ctx, mask = self._contextualise_all(items, tokens)
         if self.model.head.dense:
             loss = self._dense_decoder_pass(sources, items, ctx, targets, seed)
         else:
@@ -306,8 +357,6 @@ class Engine:
                 loss = self.model.head.loss(logits.to(self.dtype), targets.to(self.device))
             loss.backward()
             loss = loss.item()
-        for source, item, leaf in zip(sources, items, leaves, strict=True):
-            self._backward_tokens(source, item, leaf.grad, seed)
         return loss
 
     def _dense_decoder_pass(self, sources, items, ctx, targets, seed) -> float:
