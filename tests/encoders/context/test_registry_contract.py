@@ -19,6 +19,7 @@ TINY_CONFIGS = {
     "transformer_xl": dict(dim=DIM, depth=2, heads=2, segment_len=8, mem_len=12, causal=True),
     "windowed": dict(dim=DIM, depth=2, heads=2, window=6, num_global=1),
     "mamba": dict(dim=DIM, depth=2, d_state=8, bidirectional=False),
+    "hyper": dict(dim=DIM, depth=2, heads=2, min_seq_len=16, block_size=8, sample_size=4),
 }
 
 NAMES = CONTEXT_ENCODERS.names()
