@@ -1,0 +1,1 @@
+"""Data sets: built-in synthetic tasks and users' own folders."""

@@ -1,0 +1,361 @@
+"""Built-in synthetic large-image tasks that need both fine detail and far context.
+
+xT (Gupta et al., "xT: Nested Tokenization for Larger Context in Large Images", ICML
+2024) claims that a model which sees the whole image at full resolution beats one that
+sees a crop and one that sees the image downsampled. These tasks make that claim
+testable without a download: each is drawn from ``(seed, index)`` alone, at any size,
+and is built so that each baseline provably lacks what it needs.
+
+The scene: a flat background with non-overlapping *objects* (disks and rectangles) and
+one or two *keys* (a ring, a plus sign), all filled with one of ``textures`` fine
+textures of period 2 px (1-px stripes across or down, a checkerboard, and their
+phase-shifted copies). Every texture has the same mean and the same contrast, and every
+shape is aligned to the 2-px grid, so box-averaging by any even factor turns every
+texture into the same flat grey: the downsampled image shows where the objects are, never
+which texture they carry. Each key lies inside one region cell of the ``region`` grid;
+object textures are drawn independently and uniformly.
+
+- ``segmentation``: mask 1 on the objects whose texture equals the ring key's (the key
+  itself is 0). Everywhere outside the key's region the answer depends on the key.
+- ``classification``: two keys (ring A, plus B) in different regions; the label is
+  ``(texture(A) + texture(B)) mod textures``. Any one region is independent of the
+  label, so per-region predictions fused after the fact are at chance.
+- ``detection``: boxes and centre points of the objects whose texture equals the key's.
+
+`SyntheticTask.ceilings` evaluates the optimal blind predictors; docs/synthetic.md
+gives the argument and the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from xtimage.errors import ConfigError
+
+KINDS = ("segmentation", "classification", "detection")
+
+# Period-2 textures on the absolute pixel grid: the fraction of full contrast per pixel.
+_PATTERNS = (
+    lambda y, x: (y % 2 == 0) * 1.0,  # stripes across
+    lambda y, x: (x % 2 == 0) * 1.0,  # stripes down
+    lambda y, x: ((y + x) % 2 == 0) * 1.0,  # checkerboard
+    lambda y, x: np.full(y.shape, 0.5),  # flat: the texture's mean, no contrast
+    lambda y, x: (y % 2 == 1) * 1.0,  # phase-shifted copies of the first two
+    lambda y, x: (x % 2 == 1) * 1.0,
+)
+
+BACKGROUND = 0.1
+OBJECT_MEAN = 0.45
+KEY_MEAN = 0.75  # keys are brighter than objects: easy to find even when downsampled
+CONTRAST = 0.25  # textures swing by -/+ CONTRAST around their mean
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One synthetic image and its ground truth.
+
+    Attributes:
+        image: (C, H, W) float32 in [0, 1].
+        mask: (H, W) int64 segmentation target, or None.
+        label: class index, or None.
+        boxes: (n, 4) float32 boxes ``(x0, y0, x1, y1)``, end exclusive, or None.
+        points: (n, 2) float32 box centres ``(x, y)``, or None.
+        texture: (H, W) int64 texture of every pixel, 0 on the background and
+            ``1 + texture index`` on objects and keys; an auxiliary target.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray | None = None
+    label: int | None = None
+    boxes: np.ndarray | None = None
+    points: np.ndarray | None = None
+    texture: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A shape on the half-resolution (2-px) grid: its cells and its texture."""
+
+    top: int  # half-res cell coordinates of the bounding box
+    left: int
+    cells: np.ndarray  # (h, w) bool
+    texture: int
+
+
+@dataclass(frozen=True)
+class _Scene:
+    keys: list[_Shape]
+    key_cells: list[int]  # region-cell index of each key
+    objects: list[_Shape]
+
+
+def _disk(radius: float) -> np.ndarray:
+    """A filled disk of 2-px cells, cropped to its bounding box."""
+    n = 2 * math.ceil(radius)
+    c = (n - 1) / 2
+    y, x = np.mgrid[:n, :n]
+    disk = (y - c) ** 2 + (x - c) ** 2 <= radius**2
+    rows, cols = np.flatnonzero(disk.any(1)), np.flatnonzero(disk.any(0))
+    return disk[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+class SyntheticTask(torch.utils.data.Dataset):
+    """A synthetic task of images that need fine detail and far context.
+
+    ``sample(index)`` depends only on ``(seed, index)``.
+
+    Args:
+        kind: "segmentation", "classification" or "detection".
+        size: image side, or (height, width), in pixels.
+        region: region side of the xT model the task is designed for; keys lie inside
+            one cell of this grid and object sizes scale with it.
+        channels: image channels (all equal).
+        seed: the task's seed.
+        length: number of samples (``len``).
+        textures: number of texture kinds, 2 to 6.
+        objects: objects per image; default 1.25 per region cell.
+        radius: (min, max) object half-size as a fraction of ``region``.
+        noise: standard deviation of the Gaussian pixel noise.
+    """
+
+    def __init__(
+        self,
+        kind: str = "segmentation",
+        *,
+        size: int | tuple[int, int] = 512,
+        region: int = 128,
+        channels: int = 3,
+        seed: int = 0,
+        length: int = 1000,
+        textures: int = 3,
+        objects: int | None = None,
+        radius: tuple[float, float] = (0.1, 0.2),
+        noise: float = 0.03,
+    ) -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"unknown synthetic task kind '{kind}'; known: {', '.join(KINDS)}")
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        if min(height, width, region, channels, length) <= 0:
+            raise ConfigError(
+                f"size {size}, region {region}, channels {channels} and length {length} "
+                "must be positive"
+            )
+        if region % 2:
+            raise ConfigError(f"region must be even (shapes lie on a 2-px grid), got {region}")
+        if not 2 <= textures <= len(_PATTERNS):
+            raise ConfigError(f"textures must be 2 to {len(_PATTERNS)}, got {textures}")
+        if not 0 < radius[0] <= radius[1] < 0.5:
+            raise ConfigError(f"radius must be 0 < min <= max < 0.5 (of region), got {radius}")
+        self.grid = (height // region, width // region)  # complete region cells
+        keys = 2 if kind == "classification" else 1
+        if self.grid[0] * self.grid[1] < keys:
+            raise ConfigError(
+                f"a {kind} task needs {keys} complete {region} px region(s) in the image, "
+                f"but {height} x {width} holds {self.grid[0] * self.grid[1]}; "
+                "use a larger size or a smaller region"
+            )
+        self.kind, self.height, self.width = kind, height, width
+        self.region, self.channels, self.seed, self.length = region, channels, seed, length
+        self.textures, self.radius, self.noise = textures, radius, noise
+        self.objects = (
+            objects if objects is not None else math.ceil(1.25 * height * width / region**2)
+        )
+        self.num_classes = {"segmentation": 2, "classification": textures, "detection": 1}[kind]
+
+    def __len__(self) -> int:
+        return self.length
+
+    # --- scene layout ---------------------------------------------------------------
+
+    def _scene(self, index: int) -> _Scene:
+        rng = np.random.default_rng([self.seed, index])
+        half_h, half_w = self.height // 2, self.width // 2  # the 2-px grid
+        taken = np.zeros((half_h, half_w), dtype=bool)
+        cells = rng.permutation(self.grid[0] * self.grid[1])
+        keys, key_cells = [], []
+        for cell in cells[: 2 if self.kind == "classification" else 1]:
+            cells_hw = _disk(0.3 * self.region / 2)  # radius 0.3 region, in 2-px cells
+            n = cells_hw.shape[0]
+            row, col = divmod(int(cell), self.grid[1])
+            span = self.region // 2 - n
+            top = row * self.region // 2 + int(rng.integers(0, span + 1))
+            left = col * self.region // 2 + int(rng.integers(0, span + 1))
+            keys.append(_Shape(top, left, cells_hw, int(rng.integers(self.textures))))
+            key_cells.append(int(cell))
+            taken[top : top + n, left : left + n] |= cells_hw
+        objects = []
+        lo, hi = (r * self.region / 2 for r in self.radius)
+        for _ in range(20 * self.objects):
+            if len(objects) == self.objects:
+                break
+            if rng.random() < 0.5:
+                cells_hw = _disk(rng.uniform(lo, hi))
+            else:
+                h, w = (2 * round(rng.uniform(lo, hi)) for _ in range(2))
+                cells_hw = np.ones((max(h, 1), max(w, 1)), dtype=bool)
+            h, w = cells_hw.shape
+            if h + 2 > half_h or w + 2 > half_w:
+                continue
+            top, left = int(rng.integers(1, half_h - h)), int(rng.integers(1, half_w - w))
+            texture = int(rng.integers(self.textures))
+            if (taken[top - 1 : top + h + 1, left - 1 : left + w + 1] & _grow(cells_hw)).any():
+                continue  # keep a gap of one 2-px cell between shapes
+            taken[top : top + h, left : left + w] |= cells_hw
+            objects.append(_Shape(top, left, cells_hw, texture))
+        return _Scene(keys, key_cells, objects)
+
+    def _draw(self, scene: _Scene) -> np.ndarray:
+        """Per-pixel shape id (0 background, 1.. keys then objects), (H, W) int64."""
+        ids = np.zeros((self.height, self.width), dtype=np.int64)
+        for i, s in enumerate(scene.keys + scene.objects, start=1):
+            full = np.kron(s.cells, np.ones((2, 2), dtype=bool))  # 2-px cells -> pixels
+            h, w = full.shape
+            ids[2 * s.top : 2 * s.top + h, 2 * s.left : 2 * s.left + w][full] = i
+        return ids
+
+    # --- samples ----------------------------------------------------------------------
+
+    def sample(self, index: int, permutation: np.ndarray | None = None) -> Sample:
+        """The sample at ``index``.
+
+        Args:
+            index: any integer; samples past ``len`` exist too.
+            permutation: optional relabelling of the textures (texture t is drawn as
+                ``permutation[t]``), for tests that the ground truth and the
+                downsampled image do or do not change.
+        """
+        scene = self._scene(index)
+        shapes = scene.keys + scene.objects
+        ids = self._draw(scene)
+        texture_of = np.array([-1] + [s.texture for s in shapes])  # by shape id
+        if permutation is not None:
+            texture_of[1:] = np.asarray(permutation)[texture_of[1:]]
+        tex = texture_of[ids]  # (H, W), -1 on the background
+        y, x = np.mgrid[: self.height, : self.width]
+        bright = np.zeros((self.height, self.width))
+        for t in range(self.textures):
+            bright = np.where(tex == t, _PATTERNS[t](y, x), bright)
+        mean = np.where(ids > len(scene.keys), OBJECT_MEAN, KEY_MEAN)
+        value = np.where(tex >= 0, mean + CONTRAST * (2 * bright - 1), BACKGROUND)
+        rng = np.random.default_rng([self.seed, index, 1])
+        value = value + self.noise * rng.standard_normal(value.shape)
+        image = np.repeat(np.clip(value, 0, 1)[None].astype(np.float32), self.channels, 0)
+        texture = (tex + 1).astype(np.int64)
+
+        key_textures = texture_of[1 : 1 + len(scene.keys)]
+        is_object = ids > len(scene.keys)
+        target = is_object & (tex == key_textures[0])
+        if self.kind == "segmentation":
+            return Sample(image, mask=target.astype(np.int64), texture=texture)
+        if self.kind == "classification":
+            label = int(key_textures.sum() % self.textures)
+            return Sample(image, label=label, texture=texture)
+        boxes = [
+            (2 * s.left, 2 * s.top, 2 * (s.left + s.cells.shape[1]), 2 * (s.top + s.cells.shape[0]))
+            for s, t in zip(scene.objects, texture_of[1 + len(scene.keys) :], strict=True)
+            if t == key_textures[0]
+        ]
+        boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+        points = np.stack([boxes[:, [0, 2]].mean(1), boxes[:, [1, 3]].mean(1)], axis=1)
+        return Sample(image, boxes=boxes, points=points, texture=texture)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} outside a task of {self.length} samples")
+        s = self.sample(index)
+        out = {"image": torch.from_numpy(s.image), "texture": torch.from_numpy(s.texture)}
+        if s.mask is not None:
+            out["mask"] = torch.from_numpy(s.mask)
+        if s.label is not None:
+            out["label"] = torch.tensor(s.label)
+        if s.boxes is not None:
+            out["boxes"] = torch.from_numpy(s.boxes)
+            out["points"] = torch.from_numpy(s.points)
+        return out
+
+    # --- ceilings ---------------------------------------------------------------------
+
+    def ceilings(self, n: int = 200) -> dict[str, float]:
+        """Best scores of a crop-only and a downsample predictor, over samples ``0..n-1``.
+
+        Each is the score of the optimal *blind* predictor: one that knows everything
+        the baseline can see, and nothing else. Scores are pooled over the ``n``
+        samples: foreground IoU (segmentation), top-1 accuracy (classification), point
+        F1 (detection, an object counted once at the region of its centre). See
+        docs/synthetic.md for why these predictors are optimal.
+
+        Returns:
+            ``{"crop": ..., "downsample": ...}``.
+        """
+        if (self.height / self.region) % 2 or (self.width / self.region) % 2:
+            warnings.warn(
+                f"image {self.height} x {self.width} over region {self.region} is not an "
+                "even downsample factor: the downsampled image keeps a trace of the textures "
+                "and the downsample ceiling is a lower bound",
+                stacklevel=2,
+            )
+        if self.kind == "classification":
+            labels = np.array([self.sample(i).label for i in range(n)])
+            best = np.bincount(labels, minlength=self.textures).max() / n
+            return {"crop": float(best), "downsample": float(best)}
+        counts = np.zeros((2, 2, 3))  # (predictor, choice, [tp/inter, pred, truth])
+        for i in range(n):
+            self._tally(i, counts)
+        if self.kind == "segmentation":
+            score = counts[..., 0] / np.maximum(counts[..., 1] + counts[..., 2] - counts[..., 0], 1)
+        else:
+            score = 2 * counts[..., 0] / np.maximum(counts[..., 1] + counts[..., 2], 1)
+        return {"crop": float(score[0].max()), "downsample": float(score[1].max())}
+
+    def _tally(self, index: int, counts: np.ndarray) -> None:
+        """Add one sample's counts for the blind predictors' two choices each.
+
+        Choice 0 predicts only what is certain (the key region for crop, nothing for
+        downsample); choice 1 also predicts every object whose texture it cannot see.
+        """
+        scene = self._scene(index)
+        sample = self.sample(index)
+        r = self.region
+        key_row, key_col = divmod(scene.key_cells[0], self.grid[1])
+        if self.kind == "segmentation":
+            ids = self._draw(scene)
+            target = sample.mask.astype(bool)
+            is_object = ids > len(scene.keys)
+            in_key_region = np.zeros_like(target)
+            in_key_region[key_row * r : (key_row + 1) * r, key_col * r : (key_col + 1) * r] = True
+            certain = target & in_key_region
+            guess = certain | (is_object & ~in_key_region)
+            truth = target.sum()
+            for j, pred in enumerate((certain, guess)):
+                counts[0, j] += ((pred & target).sum(), pred.sum(), truth)
+            counts[1, 1] += (truth, is_object.sum(), truth)
+            counts[1, 0, 2] += truth
+            return
+        key_texture = scene.keys[0].texture
+        centres = [
+            (2 * s.top + s.cells.shape[0], 2 * s.left + s.cells.shape[1]) for s in scene.objects
+        ]
+        hit = np.array([s.texture == key_texture for s in scene.objects], dtype=bool)
+        in_key = np.array([(y // r, x // r) == (key_row, key_col) for y, x in centres], dtype=bool)
+        truth = hit.sum()
+        certain = hit & in_key
+        guess = certain | ~in_key
+        for j, pred in enumerate((certain, guess)):
+            counts[0, j] += ((pred & hit).sum(), pred.sum(), truth)
+        counts[1, 1] += (truth, len(hit), truth)
+        counts[1, 0, 2] += truth
+
+
+def _grow(cells: np.ndarray) -> np.ndarray:
+    """The cells and their 8 neighbours, padded by one cell: (h, w) -> (h + 2, w + 2)."""
+    h, w = cells.shape
+    out = np.zeros((h + 2, w + 2), dtype=bool)
+    for dy in range(3):
+        for dx in range(3):
+            out[dy : dy + h, dx : dx + w] |= cells
+    return out

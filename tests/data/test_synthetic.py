@@ -1,0 +1,208 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from xtimage.data.synthetic import SyntheticTask
+from xtimage.errors import ConfigError
+from xtimage.metrics import SegmentationMeter
+
+BG = 0.1  # background level, read off the images below
+
+
+def _signature(image, pixels):
+    """Texture of a set of pixels read off the image alone: the sign of each 2x2 phase
+    (even/odd row, even/odd col) against the set's mean; the same for the same texture
+    at any brightness."""
+    ys, xs = np.nonzero(pixels)
+    values = image[ys, xs]
+    phase = (ys % 2) * 2 + xs % 2
+    means = np.array([values[phase == p].mean() for p in range(4)])
+    return tuple(np.sign(np.round(means - values.mean(), 3)).astype(int))
+
+
+def _components(image, where):
+    labels, n = ndimage.label(where & (image > BG + 0.05), structure=np.ones((3, 3)))
+    return [labels == i for i in range(1, n + 1)]
+
+
+def _is_key(image, comp):
+    return image[comp].mean() > 0.6
+
+
+@pytest.fixture(scope="module")
+def seg():
+    return SyntheticTask("segmentation", size=256, region=64, textures=4, noise=0.0, seed=3)
+
+
+def test_deterministic_and_seeded(seg):
+    a, b = seg.sample(5), SyntheticTask(**_args(seg)).sample(5)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    other = SyntheticTask(**(_args(seg) | {"seed": 4})).sample(5)
+    assert not np.array_equal(a.image, other.image)
+    assert a.image.dtype == np.float32 and a.image.shape == (3, 256, 256)
+    assert a.image.min() >= 0 and a.image.max() <= 1
+    assert a.mask.dtype == np.int64 and set(np.unique(a.mask)) <= {0, 1}
+
+
+def _args(t):
+    return dict(
+        kind=t.kind,
+        size=(t.height, t.width),
+        region=t.region,
+        textures=t.textures,
+        noise=t.noise,
+        seed=t.seed,
+    )
+
+
+def test_mask_is_the_objects_textured_like_the_key(seg):
+    """Ground truth checked from pixels alone: key = the bright component."""
+    for i in range(6):
+        s = seg.sample(i)
+        image = s.image[0]
+        comps = _components(image, np.ones_like(image, dtype=bool))
+        keys = [c for c in comps if _is_key(image, c)]
+        assert len(keys) == 1
+        key_sig = _signature(image, keys[0])
+        assert not s.mask[keys[0]].any()
+        n_target = 0
+        for c in comps:
+            if c is keys[0]:
+                continue
+            same = _signature(image, c) == key_sig
+            assert s.mask[c].all() if same else not s.mask[c].any()
+            n_target += same
+        covered = np.zeros_like(s.mask, dtype=bool)
+        for c in comps:
+            covered |= c
+        assert not s.mask[~covered].any()
+
+
+def test_texture_map_agrees_with_pixels(seg):
+    s = seg.sample(2)
+    image = s.image[0]
+    for t in range(1, seg.textures + 1):
+        comps = _components(image, s.texture == t)
+        assert len({_signature(image, c) for c in comps}) <= 1
+
+
+def test_downsampled_image_carries_no_trace_of_texture(seg):
+    """Area-downsampling by the region factor erases the textures exactly: relabelling
+    the textures changes the full image but not the downsampled one, nor the mask."""
+    f = seg.height // seg.region
+    for i in range(4):
+        a = seg.sample(i)
+        b = seg.sample(i, permutation=np.array([2, 3, 1, 0]))
+        assert not np.array_equal(a.image, b.image)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        down = [torch.nn.functional.avg_pool2d(torch.from_numpy(s.image), f) for s in (a, b)]
+        torch.testing.assert_close(down[0], down[1], rtol=0, atol=1e-6)
+
+
+def _crop_predictor_from_pixels(task, n):
+    """The optimal crop-only predictor, region by region, from that region's pixels only:
+    where the region shows the key, predict the objects with its texture; elsewhere
+    either nothing (choice 0) or every object (choice 1)."""
+    meters = [SegmentationMeter(2), SegmentationMeter(2)]
+    r = task.region
+    for i in range(n):
+        s = task.sample(i)
+        image = s.image[0]
+        preds = [np.zeros_like(s.mask), np.zeros_like(s.mask)]
+        for top in range(0, task.height, r):
+            for left in range(0, task.width, r):
+                inside = np.zeros_like(image, dtype=bool)
+                inside[top : top + r, left : left + r] = True
+                comps = _components(image, inside)
+                keys = [c for c in comps if _is_key(image, c)]
+                objects = [c for c in comps if not _is_key(image, c)]
+                for c in objects:
+                    if keys:
+                        hit = _signature(image, c) == _signature(image, keys[0])
+                        preds[0][c] = preds[1][c] = hit
+                    else:
+                        preds[1][c] = 1
+        for meter, pred in zip(meters, preds, strict=True):
+            meter.update(torch.from_numpy(pred)[None], torch.from_numpy(s.mask)[None])
+    return max(m.iou()[1].item() for m in meters)
+
+
+def test_crop_ceiling_equals_a_pixel_level_blind_predictor(seg):
+    n = 12
+    want = _crop_predictor_from_pixels(seg, n)
+    assert seg.ceilings(n)["crop"] == pytest.approx(want, abs=1e-9)
+
+
+def test_downsample_ceiling_bounds_a_real_downsample_predictor(seg):
+    """A predictor that sees the area-downsampled image: every object block, upsampled."""
+    n, f = 12, seg.height // seg.region
+    meter = SegmentationMeter(2)
+    for i in range(n):
+        s = seg.sample(i)
+        down = torch.nn.functional.avg_pool2d(torch.from_numpy(s.image[:1]), f)[0]
+        obj = (down > (BG + 0.45) / 2) & (down < 0.6)  # object blocks, not key blocks
+        pred = obj.repeat_interleave(f, 0).repeat_interleave(f, 1).long()
+        meter.update(pred[None], torch.from_numpy(s.mask)[None])
+    ceiling = seg.ceilings(n)["downsample"]
+    assert meter.iou()[1].item() <= ceiling
+    assert meter.iou()[1].item() > ceiling - 0.1
+
+
+def test_ceilings_are_near_one_over_textures():
+    """With K textures an uninformed guess gets about 1/K of the object area right."""
+    for k in (3, 4):
+        c = SyntheticTask(size=256, region=64, textures=k, seed=1).ceilings(30)
+        assert 0.8 / k < c["downsample"] <= c["crop"] < 1.5 / k
+
+
+def test_classification_label_and_ceiling():
+    task = SyntheticTask("classification", size=256, region=64, textures=3, noise=0.0)
+    assert task.num_classes == 3
+    for i in range(6):
+        s = task.sample(i)
+        image = s.image[0]
+        keys = [c for c in _components(image, image > 0) if _is_key(image, c)]
+        assert len(keys) == 2
+        cells = {tuple(np.argwhere(k)[0] // task.region) for k in keys}
+        assert len(cells) == 2  # two different regions
+        textures = [int(s.texture[k][0]) - 1 for k in keys]
+        assert s.label == sum(textures) % 3
+    c = task.ceilings(60)
+    labels = np.array([task.sample(i).label for i in range(60)])
+    assert c["crop"] == c["downsample"] == np.bincount(labels).max() / 60
+
+
+def test_detection_boxes_are_the_target_objects():
+    task = SyntheticTask("detection", size=256, region=64, textures=3, noise=0.0, seed=2)
+    seg = SyntheticTask("segmentation", size=256, region=64, textures=3, noise=0.0, seed=2)
+    for i in range(4):
+        d, s = task.sample(i), seg.sample(i)
+        np.testing.assert_array_equal(d.image, s.image)
+        slices = ndimage.find_objects(ndimage.label(s.mask)[0])
+        want = sorted((sx.start, sy.start, sx.stop, sy.stop) for sy, sx in slices)
+        assert sorted(map(tuple, d.boxes.astype(int).tolist())) == want
+        np.testing.assert_allclose(d.points, (d.boxes[:, :2] + d.boxes[:, 2:]) / 2)
+    c = task.ceilings(20)
+    assert 0 < c["downsample"] <= c["crop"] < 1
+
+
+def test_any_size_and_getitem():
+    task = SyntheticTask(size=(200, 330), region=64, channels=2, length=3)
+    item = task[2]
+    assert item["image"].shape == (2, 200, 330) and item["mask"].shape == (200, 330)
+    assert item["mask"].dtype == torch.int64 and len(task) == 3
+    with pytest.raises(IndexError):
+        task[3]
+    with pytest.warns(UserWarning, match="even downsample factor"):
+        task.ceilings(2)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"kind": "panoptic"}, {"textures": 7}, {"region": 63}, {"size": 100, "region": 128}],
+)
+def test_bad_config_raises(kwargs):
+    with pytest.raises(ConfigError):
+        SyntheticTask(**kwargs)
