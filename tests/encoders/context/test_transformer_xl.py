@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from xtimage.encoders.context import create_context_encoder, detach_state
-from xtimage.encoders.context.layers import masked_bias
 from xtimage.encoders.context.transformer_xl import TransformerXL
 from xtimage.errors import ConfigError, InputError
 
@@ -35,7 +34,8 @@ def banded_reference(model, tokens, positions, mask, causal):
     if causal:
         allowed &= j <= i
     allowed |= i == j  # any finite value for masked rows, which have no key
-    attn_mask = masked_bias(model.rel_pos(positions, positions), allowed[:, None])[:, None]
+    bias = model.rel_pos(positions, positions)  # (B, H, n, n)
+    attn_mask = bias.masked_fill(~allowed[:, None], float("-inf"))[:, None]
     h = tokens
     for block in model.blocks:
         h = block(h[:, None], h, attn_mask)[:, 0]

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from xtimage.encoders.context import create_context_encoder, detach_state
-from xtimage.encoders.context.layers import masked_bias
 from xtimage.encoders.context.windowed import MIN_BLOCK, WindowedContext
 from xtimage.errors import ConfigError
 
@@ -40,7 +39,7 @@ def dense_reference(model, tokens, positions, mask, window, causal, num_global):
     allowed |= torch.eye(G + n, dtype=torch.bool)  # any finite value for rows with no key
     bias = torch.zeros(B, model.blocks[0].attn.heads, G + n, G + n, dtype=torch.float64)
     bias[:, :, G:, G:] = model.rel_pos(positions, positions)
-    attn_mask = masked_bias(bias, allowed[:, None])[:, None]  # (B, 1, H, G + n, G + n)
+    attn_mask = bias.masked_fill(~allowed[:, None], float("-inf"))[:, None]  # (B, 1, H, G+n, G+n)
     h = tokens
     if G:
         h = torch.cat([model.global_tokens.expand(B, G, D), tokens], dim=1)

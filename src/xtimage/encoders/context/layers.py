@@ -74,8 +74,11 @@ def unfold_windows(x: torch.Tensor, size: int, step: int) -> torch.Tensor:
 
 
 def masked_bias(bias: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Float attention mask: ``bias`` where ``allowed``, ``-inf`` elsewhere (broadcasting)."""
-    return bias.masked_fill(~allowed, float("-inf"))
+    """Float attention mask: ``bias`` where ``allowed``, ``-inf`` elsewhere (broadcasting).
+
+    Fills ``bias`` in place and returns it: it holds N * K * H floats, too many to copy.
+    """
+    return bias.masked_fill_(~allowed, float("-inf"))
 
 
 def relative_bucket(offset: torch.Tensor, buckets: int, max_distance: int) -> torch.Tensor:
@@ -120,6 +123,7 @@ class RelativePositionBias2d(nn.Module):
     def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """(..., Lq, 2), (..., Lk, 2) int positions -> bias (..., H, Lq, Lk)."""
         side, far = 2 * self.buckets - 1, self.max_distance
+        q_pos, k_pos = q_pos.int(), k_pos.int()  # int32 offsets: half the memory of int64
         index = None
         for axis in (0, 1):
             offset = q_pos[..., :, None, axis] - k_pos[..., None, :, axis]  # (..., Lq, Lk)

@@ -179,20 +179,20 @@ class TransformerXL(ContextEncoder):
         bias = self.rel_pos(q_pos, unfold_windows(ctx_pos, M + L, L))  # (B, S, H, L, K)
         attn_mask = masked_bias(bias, allowed[:, :, None])  # (B, S, H, L, K)
 
+        end = offset + n
+        keep = max(0, (end // L) * L - M) - (offset - cached)  # first slot the next call needs
         h = tokens
-        inputs = []
+        kept = []
         for block, cache in zip(self.blocks, state["hidden"], strict=True):
             layer_in = torch.cat([cache, h], dim=1)  # (B, cached + n, D)
-            inputs.append(layer_in)
+            kept.append(layer_in[:, keep:].clone())
             ctx = pad_tokens(layer_in, left, right)  # (B, S * L + M, D)
             h = block(ctx[:, M:].reshape(B, S, L, D), ctx, attn_mask)  # (B, S, L, D)
             h = h.reshape(B, S * L, D)[:, phase : phase + n]  # (B, n, D)
 
-        end = offset + n
-        keep = max(0, (end // L) * L - M) - (offset - cached)  # first cached slot still needed
         new_state = {
             "offset": end,
-            "hidden": [x[:, keep:].clone() for x in inputs],
+            "hidden": kept,
             "positions": all_pos[:, keep:].clone(),
             "mask": all_mask[:, keep:].clone(),
         }

@@ -181,11 +181,13 @@ class WindowedContext(ContextEncoder):
                 attn_mask.new_zeros(B, 1, 1, 1, G + n), g_allowed[:, None, None, None]
             )
 
+        keep = all_mask.shape[1] - min(r, all_mask.shape[1])  # the next call needs the last r
         h = tokens
-        inputs = []
+        kept = []
         for block, carried in zip(self.blocks, cache["hidden"], strict=True):
             layer_in = torch.cat([carried, h], dim=1)  # (B, cached + n, D)
-            inputs.append(layer_in)
+            if self.streamable:
+                kept.append(layer_in[:, keep:].clone())
             ctx = pad_tokens(layer_in, left, right)  # (B, T, D)
             x = ctx[:, r : r + S * b].reshape(B, S, b, D)  # (B, S, b, D)
             h = block(x, ctx, attn_mask, extra=g).reshape(B, S * b, D)[:, :n]  # (B, n, D)
@@ -194,9 +196,8 @@ class WindowedContext(ContextEncoder):
 
         new_state = None
         if self.streamable:
-            keep = all_mask.shape[1] - min(r, all_mask.shape[1])  # the last r tokens
             new_state = {
-                "hidden": [x[:, keep:].clone() for x in inputs],
+                "hidden": kept,
                 "positions": all_pos[:, keep:].clone(),
                 "mask": all_mask[:, keep:].clone(),
             }
