@@ -14,7 +14,11 @@ context width, B images.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from xtimage.encoders.context.base import ContextEncoder, State
@@ -135,10 +139,57 @@ class XT(nn.Module):
         ctx, _ = self.contextualise(tokens, positions, mask)
         if not getattr(self.head, "dense", False):
             return self.head(ctx, mask)
-        n = layout.plan.num_regions
-        out = self.decode(maps, ctx.reshape(b * n, layout.tokens_per_region, self.dim))
+        n, regions = layout.plan.num_regions, list(range(layout.plan.num_regions))
+        windows = [self.token_windows(ctx[i], layout, regions, regions) for i in range(b)]
+        out = self.decode(maps, torch.cat(windows))  # (B*n, K, R, R)
         return stitch_regions(out.reshape(b, n, *out.shape[1:]), layout.plan)
 
-    def decode(self, maps: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-        """Dense head on regions: skip maps + contextualised tokens (k, T, D) -> (k, K, R, R)."""
-        return self.head(maps[:-1], tokens, self.region, self.margin, self.region_encoder.stride)
+    def token_windows(
+        self,
+        ctx: torch.Tensor,
+        layout: TokenLayout,
+        have: Sequence[int],
+        want: Sequence[int],
+    ) -> torch.Tensor:
+        """Contextualised tokens over each wanted region's whole window, as maps.
+
+        A region's core cells hold its own tokens; its margin cells hold its neighbours'
+        (zero past the image and for regions not in ``have``), so a dense decoder sees
+        the same tokens across a region border as a whole-image decoder would.
+
+        Args:
+            ctx: (len(have) * T, D) tokens of the regions ``have`` (sorted), region-major.
+            layout: the image's token layout.
+            have: the regions whose tokens ``ctx`` holds.
+            want: the regions to return windows for.
+
+        Returns:
+            (len(want), D, w, w) with ``w = side + 2 * margin / stride`` cells.
+        """
+        plan, side, d = layout.plan, layout.side, ctx.shape[-1]
+        if self.margin % layout.stride:
+            raise ConfigError(
+                f"margin {self.margin} must be a multiple of the token size {layout.stride} px "
+                f"for a dense head (pool fewer tokens or change the margin)"
+            )
+        m = self.margin // layout.stride
+        reach = -(-self.margin // plan.core)  # region rows a margin can reach into
+        rows = [r // plan.cols for r in want]
+        top, bottom = max(min(rows) - reach, 0), min(max(rows) + reach, plan.rows - 1)
+        lo, hi = top * plan.cols, (bottom + 1) * plan.cols
+        have_t = torch.as_tensor(list(have), dtype=torch.long)
+        a, b = int(torch.searchsorted(have_t, lo)), int(torch.searchsorted(have_t, hi))
+        band = ctx.new_zeros(hi - lo, side * side, d)  # (regions in band, T, D)
+        band[have_t[a:b] - lo] = ctx.reshape(-1, side * side, d)[a:b]
+        grid = rearrange(band, "(gr gc) (h w) d -> d (gr h) (gc w)", gc=plan.cols, h=side)
+        grid = F.pad(grid, (m, m, m, m))  # (D, band rows, cols) + margin cells
+        out = []
+        for r in want:
+            i, j = divmod(r, plan.cols)
+            y, x = (i - top) * side, j * side
+            out.append(grid[:, y : y + side + 2 * m, x : x + side + 2 * m])
+        return torch.stack(out)  # (k, D, w, w)
+
+    def decode(self, maps: list[torch.Tensor], windows: torch.Tensor) -> torch.Tensor:
+        """Dense head: skip maps + token windows (k, D, w, w) -> (k, K, R, R)."""
+        return self.head(maps[:-1], windows, self.region)

@@ -23,13 +23,13 @@ def inputs(k=2, region=32):
         torch.randn(k, 4, region // 4, region // 4, dtype=torch.float64),
         torch.randn(k, 6, region // 8, region // 8, dtype=torch.float64),
     ]
-    return skips, torch.randn(k, 4, 8, dtype=torch.float64)  # 2 x 2 tokens at stride 16
+    return skips, torch.randn(k, 8, 2, 2, dtype=torch.float64)  # 2 x 2 token cells
 
 
 def test_outputs_have_the_region_size_and_split_by_name():
     h = head()
     skips, tokens = inputs()
-    out = h(skips, tokens, region=32, stride=16)
+    out = h(skips, tokens, region=32)
     assert out.shape == (2, 5, 32, 32)
     parts = h.split(out)
     assert [p.shape[1] for p in parts.values()] == [3, 1, 1] and list(parts) == [
@@ -42,8 +42,8 @@ def test_outputs_have_the_region_size_and_split_by_name():
 def test_regions_are_decoded_independently():
     h = head()
     skips, tokens = inputs(k=3)
-    together = h(skips, tokens, region=32, stride=16)
-    alone = h([s[1:2] for s in skips], tokens[1:2], region=32, stride=16)
+    together = h(skips, tokens, region=32)
+    alone = h([s[1:2] for s in skips], tokens[1:2], region=32)
     torch.testing.assert_close(together[1:2], alone, rtol=1e-12, atol=1e-12)
 
 

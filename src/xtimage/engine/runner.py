@@ -255,17 +255,17 @@ class Engine:
         items = self.encode(source, keep)
         ctx, _ = self._contextualise_all([items])
         ctx = ctx[0]  # (n, D)
-        layout, plan, t = items.layout, items.layout.plan, items.layout.tokens_per_region
+        layout, plan = items.layout, items.layout.plan
         out = None
         if writer is None:
             out = torch.zeros(
                 self.model.head.out_channels, plan.height, plan.width, dtype=self.dtype
             )
         with self._amp():
-            for i, chunk, pixels in self._chunks(source, layout, items.regions):
+            for _, chunk, pixels in self._chunks(source, layout, items.regions):
                 maps, _ = self.model.encode(pixels)
-                rows = slice(i * self.region_batch * t, (i * self.region_batch + len(chunk)) * t)
-                pred = self.model.decode(maps, ctx[rows].reshape(len(chunk), t, -1)).to(self.dtype)
+                windows = self.model.token_windows(ctx, layout, items.regions, chunk)
+                pred = self.model.decode(maps, windows).to(self.dtype)
                 for j, region in enumerate(chunk):
                     core, src = self._core(plan, region)
                     values = pred[j][:, src[0], src[1]].cpu()
@@ -365,13 +365,14 @@ class Engine:
         normaliser = sum(self._valid_pixels(it) for it in items)
         total = 0.0
         for b, (source, item) in enumerate(zip(sources, items, strict=True)):
-            t = item.layout.tokens_per_region
+            n = len(item.regions) * item.layout.tokens_per_region
             for i, chunk, pixels in self._chunks(source, item.layout, item.regions):
-                start = i * self.region_batch
                 with self._chunk_rng(seed, i), self._amp():
                     maps, _ = self.model.encode(pixels)
-                    tok = ctx_leaf[b, start * t : (start + len(chunk)) * t]
-                    pred = self.model.decode(maps, tok.reshape(len(chunk), t, -1)).to(self.dtype)
+                    windows = self.model.token_windows(
+                        ctx_leaf[b, :n], item.layout, item.regions, chunk
+                    )
+                    pred = self.model.decode(maps, windows).to(self.dtype)
                 loss = self._chunk_loss(item, chunk, pred, targets[b]) / normaliser
                 loss.backward()
                 total += loss.item()
@@ -468,9 +469,10 @@ class Engine:
                         tokens.flatten(0, 1)[None], pos, valid, state
                     )
                     if head.dense:
-                        pred = self.model.decode(
-                            maps, ctx[0].reshape(len(chunk), -1, ctx.shape[-1])
-                        )
+                        # neighbours outside this chunk are not contextualised yet: their
+                        # margin cells are zero (streaming is the approximate mode)
+                        windows = self.model.token_windows(ctx[0], layout, chunk, chunk)
+                        pred = self.model.decode(maps, windows)
                 if head.dense:
                     loss = (
                         self._chunk_loss(item, chunk, pred.to(self.dtype), targets[b]) / normaliser

@@ -2,28 +2,29 @@
 
 The deepest map of the region encoder is replaced by the contextualised tokens (the xT
 dense design); shallower maps enter as skip connections. The decoder runs region by
-region, so the engine can stream it chunk by chunk; GroupNorm keeps each region's output
-independent of which other regions share its chunk. Several outputs at once (masks,
-heatmaps, regression maps), each with its own loss.
+region, so the engine can stream it chunk by chunk. Its normalisation is per pixel
+(LayerNorm over channels): a spatial norm (GroupNorm, or BatchNorm in training) would
+couple every pixel of a region and leave seams at region borders. Several outputs at
+once (masks, heatmaps, regression maps), each with its own loss.
 
-Dimension legend: k regions, T tokens per region (g x g), D token width, c decoder
-width, R region side, m margin cells at the deepest stride.
+Dimension legend: k regions, D token width, w token cells a window side, c decoder
+width, R region side.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torch import nn
 
 from xtimage.encoders.region import FeatureInfo
 from xtimage.errors import ConfigError
 
-LOSSES = ("ce", "bce", "l1", "mse")
+LOSSES = ("ce", "bce", "focal", "l1", "mse")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class DenseOutput:
     """One dense output: ``channels`` maps trained with ``loss``.
 
     ``ce``: class logits against an int64 (k, H, W) target; ``bce``: logits against a
-    float (k, channels, H, W) target in [0, 1]; ``l1``/``mse``: regression.
+    float (k, channels, H, W) target in [0, 1]; ``focal``: the same, with `focal_loss`
+    (heatmaps whose peaks are 1); ``l1``/``mse``: regression.
     """
 
     name: str
@@ -44,10 +46,25 @@ class DenseOutput:
             raise ConfigError(f"output '{self.name}': unknown loss '{self.loss}'; use {LOSSES}")
 
 
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+) -> torch.Tensor:
+    """Penalty-reduced focal loss of a heatmap, per element (CornerNet, Law & Deng 2018).
+
+    Where the target is 1 (a peak): ``-(1 - p)^alpha log p``; elsewhere
+    ``-(1 - y)^beta p^alpha log(1 - p)``, so pixels near a peak (y close to 1) are
+    hardly penalised. Computed from logits with log-sigmoids, without clamping.
+    """
+    p = torch.sigmoid(logits)
+    positive = -((1 - p) ** alpha) * F.logsigmoid(logits)
+    negative = -((1 - target) ** beta) * p**alpha * F.logsigmoid(-logits)
+    return torch.where(target >= 1, positive, negative)
+
+
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.GroupNorm(math.gcd(8, cout), cout),
+        LayerNorm2d(cout),
         nn.GELU(),
     )
 
@@ -87,33 +104,20 @@ class DenseHead(nn.Module):
         return self.out.out_channels
 
     def forward(
-        self,
-        skips: Sequence[torch.Tensor],
-        tokens: torch.Tensor,
-        region: int,
-        margin: int = 0,
-        stride: int = 32,
+        self, skips: Sequence[torch.Tensor], tokens: torch.Tensor, region: int
     ) -> torch.Tensor:
         """Decode one chunk of regions.
 
         Args:
             skips: skip maps (k, C_i, R / s_i, R / s_i), shallow to deep.
-            tokens: contextualised tokens (k, T, D) of the regions' cores.
+            tokens: contextualised tokens over each region's whole window, margin cells
+                included, as a map (k, D, w, w) (see `XT.token_windows`).
             region: region side R in pixels.
-            margin: margin in pixels; the token map is placed in the core and the
-                margin cells are zero (they carry no context).
-            stride: pixels per cell of the deepest encoder map.
 
         Returns:
             (k, sum of output channels, R, R) raw outputs (logits / regression).
         """
-        k, t, d = tokens.shape
-        g = math.isqrt(t)
-        x = self.proj(tokens.transpose(1, 2).reshape(k, d, g, g))  # (k, c, g, g)
-        core, m = (region - 2 * margin) // stride, margin // stride
-        if g != core:
-            x = F.interpolate(x, size=(core, core), mode="nearest")  # pooled tokens
-        x = F.pad(x, (m, m, m, m))  # (k, c, R/stride, R/stride)
+        x = self.proj(tokens)  # (k, c, w, w)
         for skip, lateral, fuse in zip(
             reversed(skips), reversed(self.lateral), reversed(self.fuse), strict=True
         ):
@@ -151,6 +155,8 @@ class DenseHead(nn.Module):
             elif spec.loss == "bce":
                 per_pixel = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
                 per_pixel = per_pixel.sum(1)
+            elif spec.loss == "focal":
+                per_pixel = focal_loss(pred, target).sum(1)
             elif spec.loss == "l1":
                 per_pixel = (pred - target).abs().sum(1)
             else:
