@@ -1,0 +1,279 @@
+"""Box head: focal loss, targets, decoding on hand-built maps, cross-border NMS, streaming."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from xtimage.encoders.context import IdentityContext
+from xtimage.encoders.region import FeatureInfo, RegionEncoder
+from xtimage.engine import Engine
+from xtimage.errors import ConfigError, InputError
+from xtimage.heads import DenseHead, DenseOutput
+from xtimage.heads.detection import (
+    ALPHA,
+    BoxCollector,
+    Boxes,
+    BoxHead,
+    box_targets,
+    decode_boxes,
+    detect,
+)
+from xtimage.heads.segmentation import focal_loss
+from xtimage.model import XT
+from xtimage.tiling import RegionPlan
+from xtimage.window import Window
+
+
+def reference_focal(logits, target, alpha=2.0, beta=4.0):
+    """CornerNet's loss written from probabilities, element by element, in float64."""
+    out = torch.empty_like(logits)
+    for i, (x, y) in enumerate(
+        zip(logits.flatten().tolist(), target.flatten().tolist(), strict=True)
+    ):
+        p = 1 / (1 + math.exp(-x))
+        if y == 1:
+            out.view(-1)[i] = -((1 - p) ** alpha) * math.log(p)
+        else:
+            out.view(-1)[i] = -((1 - y) ** beta) * p**alpha * math.log(1 - p)
+    return out
+
+
+def test_focal_loss_equals_cornernet_reference():
+    logits = torch.randn(2, 3, 5, 5, dtype=torch.float64) * 3
+    target = torch.rand(2, 3, 5, 5, dtype=torch.float64) * 0.9
+    target[0, 1, 2, 2] = target[1, 0, 4, 0] = 1.0
+    torch.testing.assert_close(focal_loss(logits, target), reference_focal(logits, target))
+
+
+def test_dense_head_focal_output_sums_focal_loss_on_valid_pixels():
+    head = DenseHead([FeatureInfo(4, 4)], 8, [DenseOutput("heat", 2, "focal")]).double()
+    out = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    target = torch.rand(2, 2, 8, 8, dtype=torch.float64)
+    target[0, 0, 3, 3] = 1.0
+    valid = torch.rand(2, 8, 8) > 0.3
+    expected = (reference_focal(out, target).sum(1) * valid).sum()
+    torch.testing.assert_close(head.loss_sum(out, {"heat": target}, valid), expected)
+
+
+# ------------------------------------------------------------------------- targets
+
+
+def test_box_targets_by_hand():
+    # box 20 x 16 with centre (20, 28): the peak is pixel row 28, col 20
+    t = box_targets(torch.tensor([[10.0, 20.0, 30.0, 36.0]]), torch.tensor([1]), 2, 64, 48)
+    heat, size, offset = t["heatmap"], t["size"], t["offset"]
+    assert heat.shape == (2, 64, 48) and heat[0].max() == 0
+    assert heat[1, 28, 20] == 1 and (heat[1] < 1).sum() == heat[1].numel() - 1
+    sx, sy = ALPHA * 20 / 6, ALPHA * 16 / 6
+    assert heat[1, 28, 21].item() == pytest.approx(math.exp(-1 / (2 * sx**2)), rel=1e-6)
+    assert heat[1, 30, 20].item() == pytest.approx(math.exp(-4 / (2 * sy**2)), rel=1e-6)
+    # the footprint is cut at ceil(3 sigma) pixels from the peak
+    rx, ry = math.ceil(3 * sx), math.ceil(3 * sy)
+    assert heat[1, 28, 20 + rx] > 0 and heat[1, 28, 20 + rx + 1] == 0
+    assert heat[1, 28 + ry, 20] > 0 and heat[1, 28 + ry + 1, 20] == 0
+    assert size[:, 28, 20].tolist() == [20, 16] and size[:, 28, 22].tolist() == [20, 16]
+    assert offset[:, 28, 20].tolist() == [-0.5, -0.5]  # centre (20, 28) - pixel centre
+    assert offset[:, 27, 22].tolist() == [20 - 22.5, 28 - 27.5]
+    assert size[:, 0, 0].tolist() == [0, 0]  # outside every footprint
+
+
+def test_box_targets_overlap_keeps_the_max_and_the_owner():
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [14.0, 14.0, 26.0, 26.0], [50, 50, 70, 70]])
+    t = box_targets(boxes, torch.tensor([0, 0, 1]), 2, 64, 64)
+    # same centre (20, 20): the smaller box owns the shared peak
+    assert t["heatmap"][0, 20, 20] == 1 and t["size"][:, 20, 20].tolist() == [12, 12]
+    # a box whose centre (60, 60) lies outside a 56 x 56 crop draws nothing
+    cropped = box_targets(boxes[2:], torch.tensor([1]), 2, 56, 56)
+    assert cropped["heatmap"].max() == 0
+
+
+def test_box_targets_reject_bad_boxes():
+    with pytest.raises(InputError, match="empty"):
+        box_targets(torch.tensor([[5.0, 5.0, 5.0, 9.0]]), torch.tensor([0]), 1, 16, 16)
+    with pytest.raises(InputError, match="label 3"):
+        box_targets(torch.tensor([[1.0, 1.0, 5.0, 9.0]]), torch.tensor([3]), 2, 16, 16)
+
+
+# ------------------------------------------------------------------------- decoding
+
+
+def test_decode_hand_built_heatmap():
+    heat = torch.zeros(2, 10, 12)
+    heat[0, 3, 4] = 0.9
+    heat[0, 3, 5] = 0.8  # next to a higher pixel: not a peak
+    heat[1, 7, 9] = 0.6
+    heat[1, 1, 1] = 0.05  # below the threshold
+    size = torch.zeros(2, 10, 12)
+    size[:, 3, 4] = torch.tensor([4.0, 2.0])
+    size[:, 7, 9] = torch.tensor([2.0, 6.0])
+    offset = torch.zeros(2, 10, 12)
+    offset[:, 3, 4] = torch.tensor([0.25, -0.5])
+    found = decode_boxes(heat, size, offset, threshold=0.1, k=10)
+    # centre (4 + 0.5 + 0.25, 3 + 0.5 - 0.5) = (4.75, 3.0); (9.5, 7.5)
+    expected = torch.tensor([[2.75, 2.0, 6.75, 4.0], [8.5, 4.5, 10.5, 10.5]])
+    torch.testing.assert_close(found.boxes, expected)
+    assert found.labels.tolist() == [0, 1]
+    assert found.scores.tolist() == pytest.approx([0.9, 0.6])
+    top1 = decode_boxes(heat, size, offset, threshold=0.1, k=1)
+    assert len(top1) == 1 and top1.scores.item() == pytest.approx(0.9)
+    assert len(decode_boxes(heat, size, offset, threshold=0.95)) == 0
+
+
+def test_targets_decode_back_to_their_boxes():
+    boxes = torch.tensor([[3.0, 4.0, 17.0, 12.0], [30.5, 6.0, 45.0, 29.0], [8.0, 40.0, 28.0, 61.5]])
+    labels = torch.tensor([0, 2, 1])
+    t = box_targets(boxes, labels, 3, 64, 64)
+    found = decode_boxes(t["heatmap"], t["size"], t["offset"], threshold=0.5)
+    order = torch.argsort(found.labels)
+    torch.testing.assert_close(found.boxes[order], boxes[torch.argsort(labels)])
+    assert found.scores.tolist() == [1.0, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------------- borders
+
+
+def symmetric_maps(boxes, height, width, num_classes=1):
+    """Raw head outputs whose heatmap is a gaussian symmetric about each continuous
+    centre, as a well-trained model gives: a centre on a pixel border ties two pixels, on
+    a corner four."""
+    heat = torch.zeros(num_classes, height, width, dtype=torch.float64)
+    size = torch.zeros(2, height, width, dtype=torch.float64)
+    offset = torch.zeros(2, height, width, dtype=torch.float64)
+    y, x = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64) + 0.5,
+        torch.arange(width, dtype=torch.float64) + 0.5,
+        indexing="ij",
+    )
+    for x1, y1, x2, y2 in boxes:
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        g = torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * 2.0**2))
+        owned = g > heat.amax(0)
+        heat[0] = torch.maximum(heat[0], g)
+        size[0][owned], size[1][owned] = x2 - x1, y2 - y1
+        offset[0][owned], offset[1][owned] = (cx - x)[owned], (cy - y)[owned]
+    logits = torch.logit(heat.clamp(1e-6, 1 - 1e-6))
+    return torch.cat([logits, size, offset]).float().numpy()  # (K + 4, H, W)
+
+
+def feed_cores(collector, maps, plan):
+    for region in range(plan.num_regions):
+        core = plan.core_window(region).intersect(Window(0, 0, plan.height, plan.width))
+        collector.write(core, maps[:, core.top : core.bottom, core.left : core.right])
+
+
+def assert_same_boxes(found, expected):
+    assert found.shape == expected.shape
+    order = sorted(range(len(found)), key=lambda i: found[i].tolist())
+    torch.testing.assert_close(found[order], expected, atol=1e-4, rtol=0)
+
+
+def test_objects_on_core_borders_and_corners_are_found_once():
+    plan = RegionPlan(200, 190, region=96, margin=16)  # cores of 64: borders at 64, 128
+    boxes = [
+        (54.0, 20.5, 74.0, 36.5),  # centre (64, 28.5): on a vertical border, 2 ties
+        (100.5, 118.0, 116.5, 138.0),  # centre (108.5, 128): on a horizontal border
+        (118.0, 54.0, 138.0, 74.0),  # centre (128, 64): on a corner, 4 ties in 4 cores
+        (52.0, 90.5, 76.6, 106.5),  # centre x = 64.3: peak at col 64, a lesser one at 63
+        (20.5, 150.5, 40.5, 170.5),  # inside one core
+        (150.5, 20.5, 180.5, 40.5),  # inside the last, partial core column
+    ]
+    maps = symmetric_maps(boxes, 200, 190)
+    raw = BoxCollector(1, threshold=0.3, iou=1.0)  # no suppression: the duplicates
+    feed_cores(raw, maps, plan)
+    assert len(raw.finish()) == 2 + 2 + 4 + 2 + 1 + 1
+    collector = BoxCollector(1, threshold=0.3)
+    feed_cores(collector, maps, plan)
+    expected = torch.tensor(sorted(boxes))
+    assert_same_boxes(collector.finish().boxes, expected)
+    # and the whole image in one window finds the same boxes
+    whole = BoxCollector(1, threshold=0.3)
+    whole.write(Window(0, 0, 200, 190), maps)
+    assert_same_boxes(whole.finish().boxes, expected)
+
+
+def test_collector_checks_channels_and_abort_drops_boxes():
+    collector = BoxCollector(2)
+    with pytest.raises(ConfigError, match="expects 6 channels"):
+        collector.write(Window(0, 0, 8, 8), np.zeros((5, 8, 8), np.float32))
+    maps = symmetric_maps([(2.0, 2.0, 10.0, 10.0)], 16, 16)
+    collector = BoxCollector(1)
+    collector.write(Window(0, 0, 16, 16), maps)
+    collector.abort()
+    assert len(collector.finish()) == 0
+
+
+def test_boxes_as_detections():
+    boxes = Boxes(torch.tensor([[1.0, 2.0, 5.0, 10.0]]), torch.tensor([0.5]), torch.tensor([1]))
+    (d,) = boxes.detections(["a", "b"])
+    assert (d.box, d.row, d.col, d.score, d.label) == ((2.0, 1.0, 10.0, 5.0), 6.0, 3.0, 0.5, "b")
+
+
+# ------------------------------------------------------------------------- with the model
+
+
+def tiny_xt(num_classes=2):
+    encoder = RegionEncoder(
+        "convnext_atto", region=64, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), out_indices=(0, 1, 2)
+    )  # stride 16
+    head = BoxHead(encoder.feature_info[:-1], 16, num_classes, channels=8)
+    return XT(encoder, IdentityContext(16), head, region=64, margin=16).double()
+
+
+def test_streamed_detection_equals_the_whole_model_cut_into_cores():
+    model = tiny_xt().eval()
+    image = torch.randn(3, 90, 110, dtype=torch.float64)
+    with torch.no_grad():
+        whole = model(image[None])[0]  # (K + 4, H, W)
+    assert whole.shape == (6, 90, 110)
+    plan = model.plan(90, 110)
+    expected = BoxCollector(2, threshold=0.05)
+    feed_cores(expected, whole.numpy(), plan)
+    expected = expected.finish()
+    found = detect(Engine(model, region_batch=3), image, threshold=0.05)
+    assert len(found) == len(expected) > 0
+    torch.testing.assert_close(found.boxes, expected.boxes, atol=1e-4, rtol=0)
+    assert torch.equal(found.labels, expected.labels)
+
+
+def test_box_loss_by_hand_and_exact_gradients_equal_all_at_once():
+    model = tiny_xt()
+    image = torch.randn(3, 90, 110, dtype=torch.float64)
+    boxes = torch.tensor([[10.0, 12.0, 40.0, 30.0], [60.0, 50.0, 100.0, 88.0]])
+    targets = box_targets(boxes, torch.tensor([0, 1]), 2, 90, 110)
+    targets = {k: v.double() for k, v in targets.items()}
+    out = model(image[None])  # (1, 6, H, W)
+    heat, size, offset = out[:, :2], out[:, 2:4], out[:, 4:]
+    weight = targets["heatmap"].amax(0)
+    ref = (
+        reference_focal(heat[0].detach(), targets["heatmap"]).sum()
+        + 0.1 * ((size[0] - targets["size"]).abs().sum(0) * weight).sum()
+        + ((offset[0] - targets["offset"]).abs().sum(0) * weight).sum()
+    )
+    valid = torch.ones(1, 90, 110, dtype=torch.bool)
+    loss = model.head.loss_sum(out, {k: v[None] for k, v in targets.items()}, valid)
+    torch.testing.assert_close(loss.detach(), ref)
+
+    model.zero_grad()
+    (loss / (90 * 110)).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    step = Engine(model, region_batch=4).exact_step([image], [targets])
+    assert step == pytest.approx(loss.item() / (90 * 110), rel=1e-9)
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-7, atol=1e-10)
+
+
+def test_heatmap_starts_at_the_prior():
+    model = tiny_xt().eval()
+    out = model(torch.zeros(1, 3, 64, 64, dtype=torch.float64))
+    assert out[0, :2].sigmoid().mean().item() == pytest.approx(0.1, abs=0.05)
+
+
+def test_detect_needs_a_box_head():
+    encoder = RegionEncoder("convnext_atto", region=64, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16))
+    head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 2, "ce")], channels=8)
+    model = XT(encoder, IdentityContext(16), head, region=64)
+    with pytest.raises(ConfigError, match="BoxHead"):
+        detect(Engine(model), torch.zeros(3, 64, 64))
