@@ -239,3 +239,15 @@ def test_registered_context_encoders_stream_like_the_whole_sequence(name, kwargs
     for k in (1, 5, 12):
         logits = Engine(model, region_batch=k).classify([image])
         torch.testing.assert_close(logits, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_a_reader_source_with_read_ahead_gives_the_tensor_results():
+    from xtimage.io import ArrayReader
+
+    model = tiny_xt(GlobalAttention, dense=True, margin=32).eval()
+    (image,) = images((130, 170))
+    expected = Engine(model, region_batch=4).segment(image)
+    reader = ArrayReader(image.numpy())
+    for read_ahead in (True, False):
+        out = Engine(model, region_batch=4, read_ahead=read_ahead).segment(reader)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)

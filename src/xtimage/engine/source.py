@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 from xtimage.errors import InputError
 from xtimage.io.base import Reader, read_padded
+from xtimage.io.prefetch import Prefetcher
 from xtimage.tiling import RegionPlan
 from xtimage.window import Window
 
@@ -62,7 +62,9 @@ class RegionSource:
                 window.bottom - inside.bottom,
             )
             return F.pad(crop, pad).to(self.dtype)
-        array = read_padded(self.image, window)
+        return self._to_tensor(read_padded(self.image, window))
+
+    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
         if self.transform is not None:
             array = self.transform(array)
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.dtype)
@@ -72,20 +74,19 @@ class RegionSource:
         return torch.stack([self.read(plan.window(i)) for i in indices])
 
     def chunks(
-        self, plan: RegionPlan, chunks: Iterable[range], read_ahead: bool = True
-    ) -> Iterator[tuple[range, torch.Tensor]]:
-        """Yield (regions, pixels) per chunk; the next chunk is read on a thread meanwhile."""
-        if not read_ahead:
+        self, plan: RegionPlan, chunks: Sequence[Sequence[int]], read_ahead: bool = True
+    ) -> Iterator[tuple[Sequence[int], torch.Tensor]]:
+        """Yield (regions, pixels (k, C, R, R)) per chunk of region indices.
+
+        From a reader, windows are decoded ahead on threads (`Prefetcher`, up to two
+        chunks ahead) while the model works on the current chunk.
+        """
+        if isinstance(self.image, torch.Tensor) or not read_ahead:
             for chunk in chunks:
                 yield chunk, self.regions(plan, chunk)
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xt-read") as pool:
-            it = iter(chunks)
-            chunk = next(it, None)
-            pending = pool.submit(self.regions, plan, chunk) if chunk is not None else None
-            while chunk is not None:
-                pixels = pending.result()
-                nxt = next(it, None)
-                pending = pool.submit(self.regions, plan, nxt) if nxt is not None else None
-                yield chunk, pixels
-                chunk = nxt
+        windows = (plan.window(i) for chunk in chunks for i in chunk)
+        depth = 2 * max((len(c) for c in chunks), default=1)
+        reads = iter(Prefetcher(self.image, windows, workers=2, depth=depth))
+        for chunk in chunks:
+            yield chunk, torch.stack([self._to_tensor(next(reads)[1]) for _ in chunk])
