@@ -1,0 +1,237 @@
+"""iNaturalist 2018 classification, whole or by supercategory (the xT paper's Reptilia).
+
+Data set: Van Horn et al., "The iNaturalist Species Classification and Detection
+Dataset", CVPR 2018. xT (Gupta et al., ICML 2024) trains and scores on the Reptilia
+subset (284 species; 22,754 training and 852 validation images) at 512 px, with 256 px
+regions.
+
+On disk (the public release's layout; ``root`` is the folder given)::
+
+    root/train2018.json  root/val2018.json       COCO-style, see below
+    root/train_val2018/<supercategory>/<category id>/<hash>.jpg
+
+Each JSON holds ``images [{id, file_name, width, height, license, rights_holder}]``,
+``annotations [{id, image_id, category_id}]`` (one per image) and all 8,142
+``categories [{id, name, supercategory, kingdom, phylum, class, order, family,
+genus}]`` (in both files); ``file_name`` is relative to ``root``.
+
+Classes are the categories of the chosen supercategory, indexed in the order of their
+ids; since both files list every category, train and val agree. `save_class_map`
+writes the index -> category map so that a model's outputs stay readable (and a later
+run can insist on the same classes with ``class_map=``).
+
+`inat_transform` is the training recipe's pixel pipeline: random resized crops, flips
+and RandAugment for training; resize and centre crop for evaluation; ImageNet
+normalisation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xtimage.data.coco import check_entry, load_json, unique_ids
+from xtimage.errors import ConfigError, InputError
+from xtimage.io import open_reader
+from xtimage.io.atomic import atomic_path
+from xtimage.window import Window
+
+SPLITS = {"train": "train2018.json", "val": "val2018.json"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class INaturalist(torch.utils.data.Dataset):
+    """Images and species labels of iNaturalist 2018, optionally one supercategory.
+
+    Args:
+        root: the data set folder (JSONs and ``train_val2018/``).
+        split: "train" or "val".
+        supercategory: keep only this supercategory's categories and images (e.g.
+            "Reptilia"); None: all.
+        class_map: a file from `save_class_map`; its classes and their order are used,
+            and an image whose category it lacks is an error.
+        transform: applied to each image, a uint8 (3, H, W) tensor (e.g.
+            `inat_transform`); None: float32 in [0, 1].
+        annotation_file: read this JSON instead of ``root/{split}2018.json``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        supercategory: str | None = None,
+        class_map: str | Path | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        annotation_file: str | Path | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown iNaturalist split '{split}'; use {', '.join(SPLITS)}")
+        self.root = Path(root)
+        self.transform = transform
+        path = Path(annotation_file) if annotation_file is not None else self.root / SPLITS[split]
+        self.annotation_file = path
+        data = load_json(path, ("images", "annotations", "categories"))
+        self.supercategory, subset, self.categories = _choose_classes(
+            path, data["categories"], supercategory, class_map
+        )
+        index = {c["id"]: i for i, c in enumerate(self.categories)}
+        labels = _image_labels(path, data)
+        self.samples: list[tuple[Path, int]] = []  # (image file, class index)
+        for img in data["images"]:
+            category = labels.get(img["id"])
+            if category is None or category not in subset:
+                continue
+            if category not in index:
+                raise InputError(
+                    f"{path}: image {img['id']} has category {category}, which the class map "
+                    f"{class_map} lacks; rebuild the class map from this data"
+                )
+            self.samples.append((self.root / img["file_name"], index[category]))
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names by index."""
+        return [c["name"] for c in self.categories]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """``image`` (3, H, W), float32 in [0, 1] or the transform's output, and
+        ``label`` () int64."""
+        path, label = self.samples[index]
+        reader = open_reader(path)
+        try:
+            pixels = reader.read_region(Window(0, 0, reader.height, reader.width))
+        finally:
+            reader.close()
+        if pixels.shape[0] == 1:  # some iNaturalist JPEGs are greyscale
+            pixels = np.repeat(pixels, 3, 0)
+        image = torch.from_numpy(np.ascontiguousarray(pixels[:3]))  # (3, H, W) uint8
+        image = self.transform(image) if self.transform is not None else image.float() / 255
+        return {"image": image, "label": torch.tensor(label)}
+
+    def save_class_map(self, path: str | Path) -> Path:
+        """Write the classes as JSON: index, category id, name and taxonomy of each."""
+        classes = [{"index": i, **c} for i, c in enumerate(self.categories)]
+        with atomic_path(path) as temp:
+            temp.write_text(
+                json.dumps({"supercategory": self.supercategory, "classes": classes}, indent=1)
+            )
+        return Path(path)
+
+
+def _choose_classes(
+    path: Path,
+    categories: list[dict[str, Any]],
+    supercategory: str | None,
+    class_map: str | Path | None,
+) -> tuple[str | None, set[int], list[dict[str, Any]]]:
+    """The supercategory, the ids of its categories, and the classes in index order
+    (the class map's, else the supercategory's categories by id)."""
+    for i, cat in enumerate(categories):
+        check_entry(path, f"categories[{i}]", cat, {"id": int, "name": str, "supercategory": str})
+    unique_ids(path, "categories", categories)
+    mapped = None
+    if class_map is not None:
+        mapped_super, mapped = read_class_map(class_map)
+        if supercategory is not None and supercategory != mapped_super:
+            raise ConfigError(
+                f"supercategory '{supercategory}' differs from the class map's "
+                f"'{mapped_super}' ({class_map})"
+            )
+        supercategory = mapped_super
+    known = sorted({c["supercategory"] for c in categories})
+    if supercategory is not None and supercategory not in known:
+        raise ConfigError(
+            f"supercategory '{supercategory}' is not in {path}; known: {', '.join(known)}"
+        )
+    chosen = sorted(
+        (c for c in categories if supercategory in (None, c["supercategory"])),
+        key=lambda c: c["id"],
+    )
+    subset = {c["id"] for c in chosen}
+    if mapped is not None:
+        by_id = {c["id"]: c for c in categories}
+        missing = [c["id"] for c in mapped if c["id"] not in by_id]
+        if missing:
+            raise InputError(
+                f"{class_map}: category ids {missing[:5]} are not in {path}; the class map "
+                "belongs to another data set"
+            )
+        chosen = [by_id[c["id"]] for c in mapped]
+    return supercategory, subset, chosen
+
+
+def _image_labels(path: Path, data: dict[str, Any]) -> dict[int, int]:
+    """Image id -> category id, checking images and annotations (one label an image)."""
+    for i, img in enumerate(data["images"]):
+        check_entry(path, f"images[{i}]", img, {"id": int, "file_name": str})
+    images = unique_ids(path, "images", data["images"])
+    labels: dict[int, int] = {}
+    for i, ann in enumerate(data["annotations"]):
+        check_entry(
+            path, f"annotations[{i}]", ann, {"id": int, "image_id": int, "category_id": int}
+        )
+        where = f"annotations[{i}] (id {ann['id']})"
+        if ann["image_id"] not in images:
+            raise InputError(f"{path}: {where}: image_id {ann['image_id']} is not in images")
+        previous = labels.setdefault(ann["image_id"], ann["category_id"])
+        if previous != ann["category_id"]:
+            raise InputError(
+                f"{path}: {where}: image {ann['image_id']} is labelled both "
+                f"{previous} and {ann['category_id']}; iNaturalist has one label per image"
+            )
+    return labels
+
+
+def read_class_map(path: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
+    """The supercategory and the categories (in class-index order) of a class map
+    written by `INaturalist.save_class_map`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such class map")
+    try:
+        data = json.loads(path.read_text())
+        classes = data["classes"]
+        if [c["index"] for c in classes] != list(range(len(classes))):
+            raise ValueError("indices are not 0, 1, 2, ...")
+        return data["supercategory"], [
+            {k: v for k, v in c.items() if k != "index"} for c in classes
+        ]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{path}: not a class map written by save_class_map ({exc})") from exc
+
+
+def inat_transform(size: int, train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The pixel pipeline of the training recipe, on uint8 (3, H, W) tensors.
+
+    Training: random resized crop to ``size``, horizontal flip, RandAugment (torchvision's
+    defaults: 2 operations of magnitude 9); evaluation: resize the shorter side to
+    ``size / 0.875`` and crop the centre. Both end in float32 with ImageNet's mean and
+    standard deviation.
+    """
+    from torchvision.transforms import v2
+
+    if train:
+        steps = [
+            v2.RandomResizedCrop(size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandAugment(),
+        ]
+    else:
+        steps = [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(
+        [*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )

@@ -1,0 +1,165 @@
+"""iNaturalist 2018: the fixture read by pycocotools and by our loader; class maps; recipe."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from xtimage.data.inaturalist import INaturalist, inat_transform, read_class_map
+from xtimage.errors import ConfigError, InputError
+
+from .inat_fixture import CATEGORIES, COUNTS, REPTILIA, write_inat_fixture
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    return write_inat_fixture(tmp_path_factory.mktemp("inat"))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_fixture_is_read_by_pycocotools(fx, split, capsys):
+    coco = COCO(str(fx.root / f"{split}2018.json"))
+    capsys.readouterr()
+    assert len(coco.getImgIds()) == sum(COUNTS[split].values())
+    assert sorted(coco.getCatIds()) == sorted(c[0] for c in CATEGORIES)  # all, in both
+    for category, n in COUNTS[split].items():
+        assert len(coco.getImgIds(catIds=[category])) == n
+    reptiles = [
+        c["id"] for c in coco.loadCats(coco.getCatIds()) if c["supercategory"] == "Reptilia"
+    ]
+    assert reptiles == REPTILIA
+    for img in coco.loadImgs(coco.getImgIds()):
+        with Image.open(fx.root / img["file_name"]) as im:
+            assert im.size == (img["width"], img["height"])
+
+
+def test_reptilia_subset_and_labels(fx):
+    data = INaturalist(fx.root, "train", supercategory="Reptilia")
+    assert data.num_classes == 3 and data.classes == [
+        "Crotalus atrox",
+        "Chelonia mydas",
+        "Anolis carolinensis",
+    ]
+    assert len(data) == sum(COUNTS["train"][c] for c in REPTILIA)
+    for i, (path, _) in enumerate(data.samples):
+        name = path.relative_to(fx.root).as_posix()
+        sample = data[i]
+        assert REPTILIA[sample["label"].item()] == fx.labels["train"][name]
+        image = sample["image"]
+        with Image.open(path) as im:
+            expected = np.asarray(im.convert("RGB")).transpose(2, 0, 1) / 255
+        assert image.dtype == torch.float32 and image.shape == expected.shape
+        np.testing.assert_allclose(image.numpy(), expected, atol=1e-6)
+        if name == fx.greyscale:
+            assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+def test_no_supercategory_keeps_everything(fx):
+    data = INaturalist(fx.root, "train")
+    assert data.num_classes == len(CATEGORIES) and len(data) == sum(COUNTS["train"].values())
+    ids = [c["id"] for c in data.categories]
+    assert ids == sorted(ids)
+
+
+def test_class_map_round_trip_keeps_train_and_val_aligned(fx, tmp_path):
+    train = INaturalist(fx.root, "train", supercategory="Reptilia")
+    path = train.save_class_map(tmp_path / "classes.json")
+    supercategory, classes = read_class_map(path)
+    assert supercategory == "Reptilia" and [c["id"] for c in classes] == REPTILIA
+    assert classes[0]["genus"] == "Crotalus" and classes[1]["order"] == "Testudines"
+    val = INaturalist(fx.root, "val", class_map=path)
+    assert val.supercategory == "Reptilia" and val.classes == train.classes
+    for path_, label in val.samples:
+        assert REPTILIA[label] == fx.labels["val"][path_.relative_to(fx.root).as_posix()]
+
+
+def test_class_map_order_is_obeyed(fx, tmp_path):
+    train = INaturalist(fx.root, "train", supercategory="Reptilia")
+    path = train.save_class_map(tmp_path / "classes.json")
+    data = json.loads(path.read_text())
+    data["classes"] = [dict(c, index=i) for i, c in enumerate(reversed(data["classes"]))]
+    path.write_text(json.dumps(data))
+    reordered = INaturalist(fx.root, "train", class_map=path)
+    assert [s[1] for s in reordered.samples] == [2 - s[1] for s in train.samples]
+
+
+def test_errors_name_the_value_and_the_fix(fx, tmp_path):
+    with pytest.raises(ConfigError, match="'Reptiles' is not in .*known: Aves, Plantae, Reptilia"):
+        INaturalist(fx.root, "train", supercategory="Reptiles")
+    with pytest.raises(ConfigError, match="unknown iNaturalist split 'test'"):
+        INaturalist(fx.root, "test")
+    path = INaturalist(fx.root, "train", supercategory="Reptilia").save_class_map(
+        tmp_path / "c.json"
+    )
+    with pytest.raises(ConfigError, match="differs from the class map's 'Reptilia'"):
+        INaturalist(fx.root, "val", supercategory="Aves", class_map=path)
+    data = json.loads(path.read_text())
+    data["classes"] = data["classes"][:2]
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="category 1010, which the class map"):
+        INaturalist(fx.root, "train", class_map=path)
+
+
+def edited(fx, tmp_path, edit):
+    data = json.loads((fx.root / "train2018.json").read_text())
+    edit(data)
+    path = tmp_path / "train2018.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["annotations"].append({"id": 99, "image_id": 0, "category_id": 205}),
+            r"annotations\[9\] \(id 99\): image 0 is labelled both 200 and 205",
+        ),
+        (
+            lambda d: d["annotations"][3].update(image_id=1234),
+            r"annotations\[3\] \(id 3\): image_id 1234 is not in images",
+        ),
+        (
+            lambda d: d["categories"][2].pop("supercategory"),
+            r"categories\[2\] has supercategory=None",
+        ),
+        (lambda d: d["images"][4].update(file_name=7), r"images\[4\] has file_name=7"),
+    ],
+)
+def test_bad_entries_name_the_file_and_the_entry(fx, tmp_path, edit, message):
+    path = edited(fx, tmp_path, edit)
+    with pytest.raises(InputError, match=message) as info:
+        INaturalist(fx.root, annotation_file=path)
+    assert str(path) in str(info.value)
+
+
+def test_recipe_transforms():
+    grey = torch.full((3, 40, 60), 128, dtype=torch.uint8)
+    evaluate = inat_transform(32, train=False)
+    out = evaluate(grey)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    expected = (128 / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )
+    torch.testing.assert_close(out.mean((1, 2)), expected, atol=1e-5, rtol=0)
+    image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
+    assert torch.equal(evaluate(image), evaluate(image))
+    train = inat_transform(32, train=True)
+    torch.manual_seed(0)
+    a = train(image)
+    b = train(image)
+    assert a.shape == (3, 32, 32) and not torch.equal(a, b)
+
+
+def test_transform_is_applied_to_uint8(fx):
+    seen = []
+    data = INaturalist(
+        fx.root,
+        "val",
+        supercategory="Reptilia",
+        transform=lambda x: seen.append(x.dtype) or x.float(),
+    )
+    assert data[0]["image"].shape[0] == 3 and seen == [torch.uint8]
