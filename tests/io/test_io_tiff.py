@@ -147,3 +147,25 @@ def test_read_padded_and_levels_past_the_border(jpeg_pyramid):
         reader.read_region(Window(0, 0, 5, 5), level=3)
     with pytest.raises(InputError, match="outside level 1"):
         reader.read_region(Window(290, 0, 20, 5), level=1)
+
+
+def test_tile_cache_decodes_each_tile_once_within_its_budget(tmp_path):
+    image = smooth_image(512, 512, 3, "uint8")
+    path = write_tiff_pyramid(tmp_path / "c.tif", image, tile=128, compression="zlib", levels=1)
+    window = Window(100, 100, 200, 200)  # 3 x 3 tiles
+    cached, uncached = TiffReader(path), TiffReader(path, cache_mb=0)
+    for reader in (cached, uncached):
+        first = reader.read_region(window)
+        once = reader.bytes_read
+        assert np.array_equal(reader.read_region(window), first)
+        assert np.array_equal(first, image[:, 100:300, 100:300])
+    assert cached.bytes_read == once and uncached.bytes_read == 2 * once
+    tile_bytes = 128 * 128 * 3
+    small = TiffReader(path, cache_mb=4.5 * tile_bytes / 2**20)  # room for 4 tiles
+    small.read_region(Window(0, 0, 512, 512))
+    assert len(small._cache) == 4 and small._cache.nbytes == 4 * tile_bytes
+    before = small.bytes_read
+    small.read_region(Window(384, 384, 128, 128))  # the last tile read: still cached
+    assert small.bytes_read == before
+    small.read_region(Window(0, 0, 128, 128))  # the first: evicted long ago
+    assert small.bytes_read > before

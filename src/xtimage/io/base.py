@@ -142,8 +142,10 @@ def read_padded(reader: Reader, window: Window, level: int = 0, fill: Any = 0) -
     lv = reader.levels[level] if 0 <= level < len(reader.levels) else None
     if lv is None:
         check_window(reader, window, level)  # raises the clear error
-    out = np.full((reader.channels, window.height, window.width), fill, dtype=reader.dtype)
     inside = window.intersect(Window(0, 0, lv.height, lv.width))
+    if inside == window:
+        return reader.read_region(window, level)  # no padding: skip the fill and the copy
+    out = np.full((reader.channels, window.height, window.width), fill, dtype=reader.dtype)
     if inside is not None:
         rows, cols = inside.shift(-window.top, -window.left).slices()
         out[:, rows, cols] = reader.read_region(inside, level)

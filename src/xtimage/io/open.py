@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from xtimage.errors import ConfigError, InputError
+from xtimage.errors import ConfigError, InputError, require
 from xtimage.io.array import ArrayReader
 from xtimage.io.base import Reader
 from xtimage.io.geotiff import GeoTiffReader
@@ -24,8 +24,7 @@ def _open_tiff_family(path: Path) -> Reader:
     """A GeoTIFF to rasterio (when installed), any other TIFF to tifffile."""
     import importlib.util
 
-    import tifffile
-
+    tifffile = require("tifffile", "tiff", "reading TIFF files")
     try:
         with tifffile.TiffFile(path) as tif:
             geotiff = tif.is_geotiff

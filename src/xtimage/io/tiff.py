@@ -7,6 +7,11 @@ which releases the GIL. Uncompressed contiguous pages are memory-mapped instead.
 Nothing of the image is read when the file is opened beyond its directory (IFDs and the
 tile offset tables).
 
+Decoded tiles are kept in a small LRU cache (``cache_mb``, shared by all threads): region
+windows with a margin are never tile-aligned, and in raster order each tile is needed by
+up to four neighbouring regions, two of them a row of regions apart. A cache that holds a
+row of tiles decodes each tile once; its fixed budget keeps memory flat in image size.
+
 Pyramid levels are those tifffile finds for the series: OME-TIFF sub-IFDs, the reduced
 pages of SVS-style files, or pages marked as reduced resolution. Pixel size comes from
 OME-XML (``PhysicalSizeX/Y``), an Aperio description (``MPP``), or resolution tags in
@@ -20,6 +25,7 @@ import math
 import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,12 +61,74 @@ class _Page:
         return self.planes * self.samples
 
 
+class _TileCache:
+    """Decoded tiles, least recently used out first, kept in preallocated slots.
+
+    The slots of each tile shape are one array of ``budget`` bytes, allocated on first
+    use, so the cache's memory is fixed however many tiles pass through. (Keeping the
+    decoded arrays themselves scatters them over the worker threads' malloc arenas, and
+    the process grows with the length of the run.) Copies in and out happen under the
+    lock, so a slot is never overwritten while it is read.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._slabs: dict[tuple, np.ndarray] = {}  # (shape, dtype) -> (slots, *shape)
+        self._lru: OrderedDict[tuple[int, int], tuple[tuple, int]] = OrderedDict()
+        self._used: dict[tuple, int] = {}  # slots in use per slab
+        self._lock = threading.Lock()
+
+    def copy_to(self, key: tuple[int, int], src: tuple[slice, slice], dst: np.ndarray) -> bool:
+        """Copy the cached tile's ``src`` part into ``dst`` (samples first); False on a miss."""
+        with self._lock:
+            where = self._lru.get(key)
+            if where is None:
+                return False
+            self._lru.move_to_end(key)
+            dst[:] = self._slabs[where[0]][where[1]][src].transpose(2, 0, 1)
+            return True
+
+    def put(self, key: tuple[int, int], tile: np.ndarray) -> None:
+        """Keep a copy of ``tile`` (h, w, samples), evicting the least recently used."""
+        kind = (tile.shape, tile.dtype.str)
+        with self._lock:
+            if kind not in self._slabs:
+                count = self.budget // tile.nbytes
+                if count == 0:
+                    return
+                self._slabs[kind] = np.empty((count, *tile.shape), tile.dtype)
+                self._used[kind] = 0
+            if key in self._lru:
+                return
+            if self._used[kind] < len(self._slabs[kind]):
+                slot = self._used[kind]
+                self._used[kind] += 1
+            else:  # the least recently used tile of this shape gives up its slot
+                old = next(k for k, (knd, _) in self._lru.items() if knd == kind)
+                slot = self._lru.pop(old)[1]
+            self._slabs[kind][slot] = tile
+            self._lru[key] = (kind, slot)
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(slab.nbytes for slab in self._slabs.values())
+
+    def clear(self) -> None:
+        self._slabs.clear()
+        self._lru.clear()
+        self._used.clear()
+
+
 class TiffReader:
     """Reader of (pyramidal, tiled) TIFF, OME-TIFF, BigTIFF and SVS via tifffile.
 
     Args:
         path: the TIFF file.
         series: index of the image series in the file (0: the main image).
+        cache_mb: budget of the decoded-tile cache in MiB (0: no cache).
 
     Attributes:
         bytes_read: encoded bytes read from the file by `read_region` so far (all
@@ -69,7 +137,7 @@ class TiffReader:
 
     backend = "tiff"
 
-    def __init__(self, path: str | Path, series: int = 0) -> None:
+    def __init__(self, path: str | Path, series: int = 0, cache_mb: float = 32) -> None:
         tifffile = require("tifffile", "tiff", "reading TIFF files")
         self.path = str(path)
         if not Path(path).is_file():
@@ -96,6 +164,7 @@ class TiffReader:
         self._fd = os.open(path, os.O_RDONLY)
         self._lock = threading.Lock()
         self.bytes_read = 0
+        self._cache = _TileCache(int(cache_mb * 2**20))
 
     def _describe(self, tif: Any, path: str | Path, series: int) -> None:
         if not 0 <= series < len(tif.series):
@@ -150,12 +219,11 @@ class TiffReader:
         if any(page is None for page in level.pages):
             raise InputError(f"{path}: pages of the image are missing; the file is truncated")
         key = level.keyframe
-        _, _, length, width, samples = key.shaped
-        planes = key.shaped[0]
-        seg_h, seg_w = (
-            (key.tilelength, key.tilewidth) if key.is_tiled else (key.rowsperstrip, width)
-        )
-        seg_h = min(seg_h, length) if not key.is_tiled else seg_h
+        planes, _, length, width, samples = key.shaped
+        if key.is_tiled:
+            seg_h, seg_w = key.tilelength, key.tilewidth
+        else:  # strips: whole rows; one strip may declare more rows than the image has
+            seg_h, seg_w = min(key.rowsperstrip, length), width
         grid_w = math.ceil(width / seg_w)
         per_plane = math.ceil(length / seg_h) * grid_w
         pages = []
@@ -208,22 +276,28 @@ class TiffReader:
             out[:] = block.transpose(0, 3, 1, 2).reshape(out.shape)
             return
         sh, sw = page.seg_height, page.seg_width
+        top, left, bottom, right = window.top, window.left, window.bottom, window.right
         for plane in range(page.planes):
-            for ty in range(window.top // sh, (window.bottom - 1) // sh + 1):
-                for tx in range(window.left // sw, (window.right - 1) // sw + 1):
+            channels = slice(plane * page.samples, (plane + 1) * page.samples)
+            for ty in range(top // sh, (bottom - 1) // sh + 1):
+                y0, y1 = max(top, ty * sh), min(bottom, (ty + 1) * sh)
+                for tx in range(left // sw, (right - 1) // sw + 1):
+                    x0, x1 = max(left, tx * sw), min(right, (tx + 1) * sw)
                     index = plane * page.per_plane + ty * page.grid_width + tx
-                    seg = self._segment(page, index, level)  # (seg_h, seg_w, samples) or None
-                    tile = Window(ty * sh, tx * sw, sh, sw).intersect(window)
-                    dst_r, dst_c = tile.shift(-window.top, -window.left).slices()
-                    src_r, src_c = tile.shift(-ty * sh, -tx * sw).slices()
-                    dst = out[plane * page.samples : (plane + 1) * page.samples, dst_r, dst_c]
+                    src = slice(y0 - ty * sh, y1 - ty * sh), slice(x0 - tx * sw, x1 - tx * sw)
+                    dst = out[channels, y0 - top : y1 - top, x0 - left : x1 - left]
+                    key = (id(page), index)
+                    if self._cache.copy_to(key, src, dst):
+                        continue
+                    seg = self._decode(page, index, level)  # (seg_h, seg_w, samples) or None
                     if seg is None:
                         dst[:] = self.nodata or 0
                     else:
-                        dst[:] = seg[src_r, src_c].transpose(2, 0, 1)
+                        dst[:] = seg[src].transpose(2, 0, 1)
+                        self._cache.put(key, seg)
 
-    def _segment(self, page: _Page, index: int, level: int) -> np.ndarray | None:
-        """Decoded segment ``index`` as (seg_h, seg_w, samples); None when it is empty."""
+    def _decode(self, page: _Page, index: int, level: int) -> np.ndarray | None:
+        """Read and decode segment ``index``; None when the file stores it as empty."""
         offset, count = int(page.offsets[index]), int(page.counts[index])
         if count == 0:
             return None
@@ -257,6 +331,7 @@ class TiffReader:
             os.close(self._fd)
             self._fd = None
             self._tif.close()
+            self._cache.clear()
 
     def __enter__(self) -> TiffReader:
         return self
