@@ -90,3 +90,13 @@ def test_xt_info_text_for_a_slide(svs, capsys):
     assert "pixel size  0.499 x 0.499 um" in out
     assert "level 1     128 x 160 px, downsample 4" in out
     assert "regions     6 = 2 x 3 of 256 px" in out
+
+
+def test_windows_are_fresh_arrays_the_caller_may_modify(tmp_path):
+    image = np.arange(4 * 6, dtype=np.float32).reshape(1, 4, 6)
+    Image.fromarray(image[0].astype(np.uint8)).save(tmp_path / "a.png")
+    for reader in (ArrayReader(image), open_reader(tmp_path / "a.png")):
+        whole = Window(0, 0, 4, 6)  # a full-width window: slicing alone would give a view
+        first = reader.read_region(whole)
+        first += 100
+        assert np.array_equal(reader.read_region(whole), image.astype(reader.dtype))

@@ -56,7 +56,7 @@ class ArrayReader:
     def read_region(self, window: Window, level: int = 0) -> np.ndarray:
         check_window(self, window, level)
         rows, cols = window.slices()
-        return np.ascontiguousarray(self._array[:, rows, cols])
+        return self._array[:, rows, cols].copy()  # the caller owns it: never a view
 
     def close(self) -> None:
         pass

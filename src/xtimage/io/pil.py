@@ -79,7 +79,7 @@ class PilReader:
     def read_region(self, window: Window, level: int = 0) -> np.ndarray:
         check_window(self, window, level)
         rows, cols = window.slices()
-        return np.ascontiguousarray(self._load()[:, rows, cols])
+        return self._load()[:, rows, cols].copy()  # the caller owns it: never a view
 
     def close(self) -> None:
         self._array = None
