@@ -88,7 +88,7 @@ def test_segments_with_carried_state_equal_the_whole_sequence(with_mask):
     mask = (torch.rand(2, 37) > 0.25) if with_mask else None
     tokens.requires_grad_()
     whole, whole_state = enc(tokens, positions, mask)
-    pieces, state = run_in_pieces(enc, tokens, positions, mask, [5, 1, 13, 18])
+    pieces, state = run_in_pieces(enc, tokens, positions, mask, [5, 0, 1, 13, 18])
     real = torch.ones(2, 37, dtype=torch.bool) if mask is None else mask
     assert torch.allclose(pieces[real], whole[real], atol=1e-10)
     for got, want in zip(state, whole_state, strict=True):

@@ -277,6 +277,8 @@ class MambaContext(ContextEncoder):
                 f"mamba state has {len(state)} layers, the encoder {len(self.layers)}; "
                 "pass the state this encoder returned for the previous segment"
             )
+        if tokens.shape[1] == 0:  # an empty segment leaves the state as it is
+            return self.norm(tokens), state
         if bool(mask.all()):
             mask = None  # nothing to skip: the faster path
         x = tokens
