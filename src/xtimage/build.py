@@ -1,0 +1,245 @@
+"""The one builder: a `RunConfig` turned into a model and its data sets.
+
+Every constant of a run lives in the config; this module is the only place that turns it
+into constructor calls (SAM's ``_build_sam`` habit), so `xt train`, `xt predict` and a
+checkpoint all rebuild the same model. The baselines of Gupta et al. (ICML 2024) come out
+of the same builder: ``crop`` is xT with context ``none``, ``downsample`` the image shrunk
+to one region (`xtimage.baselines.Downsampled`).
+
+Data sets are built by name from `DATASETS`; the task issues register theirs (xView3,
+COCO, iNaturalist) the same way as ``synthetic`` and ``folder`` below. A builder returns
+the training and validation sets; each sample is a dict with ``image`` (C, H, W) float and
+the task's target (``label``, ``mask``, or ``boxes`` with ``labels``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from xtimage.config import DataConfig, ModelConfig, RunConfig
+from xtimage.errors import ConfigError
+from xtimage.model import XT
+from xtimage.registry import Registry
+
+
+def dense_outputs(config: ModelConfig) -> list:
+    """The dense head's outputs: the config's, or the head family's default."""
+    from xtimage.heads import DenseOutput
+
+    if config.outputs:
+        out = []
+        for i, spec in enumerate(config.outputs):
+            try:
+                out.append(DenseOutput(**spec))
+            except TypeError as exc:
+                raise ConfigError(
+                    f"model.outputs[{i}] = {spec!r}: {exc}; give name, channels, loss, weight"
+                ) from None
+        return out
+    return [DenseOutput("mask", config.num_classes, "ce")]
+
+
+def build_head(config: ModelConfig, skips: list, dim: int) -> nn.Module:
+    """The task head over ``dim``-wide tokens and the encoder's skip maps."""
+    from xtimage.heads import ClassificationHead, DenseHead
+
+    if config.head == "classification":
+        return ClassificationHead(
+            dim, config.num_classes, pool=config.class_pool, label_smoothing=config.label_smoothing
+        )
+    if config.head == "detection":
+        from xtimage.heads.detection import BoxHead
+
+        return BoxHead(skips, dim, config.num_classes, channels=config.decoder_channels)
+    return DenseHead(skips, dim, dense_outputs(config), channels=config.decoder_channels)
+
+
+def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Module:
+    """The model a `ModelConfig` describes: an `XT`, or `Downsampled` around one.
+
+    Args:
+        config: the architecture.
+        load_pretrained: read ``config.pretrained`` (off when a checkpoint's weights
+            follow, so that predicting never needs the original backbone file).
+    """
+    from xtimage.baselines import Downsampled
+    from xtimage.encoders.context import create_context_encoder
+    from xtimage.encoders.region import RegionEncoder
+
+    config.check()
+    encoder = RegionEncoder(
+        config.backbone,
+        region=config.region,
+        in_chans=config.in_chans,
+        subregion=config.subregion,
+        pretrained=config.pretrained if load_pretrained else None,
+        frozen=config.frozen,
+        **config.backbone_kwargs,
+    )
+    if config.baseline == "crop":
+        context = create_context_encoder("none", dim=config.dim)
+    else:
+        context = create_context_encoder(config.context, dim=config.dim, **config.context_kwargs)
+    head = build_head(config, encoder.feature_info[:-1], config.dim)
+    model = XT(encoder, context, head, region=config.region, margin=config.margin, pool=config.pool)
+    return Downsampled(model) if config.baseline == "downsample" else model
+
+
+def unwrap(model: nn.Module) -> XT:
+    """The `XT` inside a model (a baseline wrapper or DistributedDataParallel)."""
+    while not isinstance(model, XT):
+        model = model.model if hasattr(model, "model") else model.module
+    return model
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class Datasets:
+    """A run's samples: ``train`` (map-style, optionally with ``plan(epoch)`` giving the
+    keys of an epoch in order), ``val`` (map-style, whole images), and class names."""
+
+    train: Any
+    val: Any
+    classes: list[str] | None = None
+
+
+DATASETS: Registry[Datasets] = Registry("data set kind")
+
+
+def build_datasets(config: RunConfig) -> Datasets:
+    """The training and validation sets of ``config.data`` (builder by ``data.kind``)."""
+    return DATASETS.get(config.data.kind)(config.model, config.data)
+
+
+@DATASETS.register("synthetic")
+def synthetic(model: ModelConfig, data: DataConfig) -> Datasets:
+    """The built-in texture-key task of ``model.head``'s family (`xtimage.data.synthetic`)."""
+    from xtimage.data.synthetic import SyntheticTask
+
+    common = dict(
+        kind=model.head, size=data.size, region=model.region, channels=model.in_chans, **data.params
+    )
+    try:
+        train = SyntheticTask(seed=data.seed, length=data.train_samples, **common)
+        val = SyntheticTask(seed=data.seed + 1, length=max(data.val_samples, 1), **common)
+    except TypeError as exc:
+        raise ConfigError(f"data.params {data.params}: {exc}") from None
+    if model.num_classes != train.num_classes:
+        raise ConfigError(
+            f"the synthetic {model.head} task has {train.num_classes} classes but "
+            f"model.num_classes={model.num_classes}; set model.num_classes={train.num_classes}"
+        )
+    if model.head == "detection":
+        train, val = _Boxed(train), _Boxed(val)
+    return Datasets(train, val)
+
+
+class _Boxed(torch.utils.data.Dataset):
+    """Synthetic detection samples with the class of every box (one class: 0)."""
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+
+    def __len__(self) -> int:
+        return len(self.task)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        sample = self.task[index]
+        sample["labels"] = torch.zeros(len(sample["boxes"]), dtype=torch.long)
+        return sample
+
+
+@DATASETS.register("folder")
+def folder(model: ModelConfig, data: DataConfig) -> Datasets:
+    """A user's folder (`xtimage.data.folder.FolderDataset`) with a held-out share or a
+    separate validation folder; ``data.window`` trains on random windows."""
+    from xtimage.data.folder import FolderDataset
+
+    if data.root is None:
+        raise ConfigError("data.kind=folder needs data.root=<folder> (see configs/folder_template)")
+    kw = dict(task=model.head, classes=model.classes, **data.params)
+    full = FolderDataset(data.root, **kw)
+    classes = full.classes
+    if data.val_root is not None:
+        train_idx = list(range(len(full)))
+        val = FolderDataset(data.val_root, **{**kw, "classes": classes})
+    else:
+        order = np.random.default_rng([data.seed, 7]).permutation(len(full))
+        n_val = round(len(full) * data.val_fraction) if len(full) > 1 else 0
+        train_idx = sorted(order[n_val:].tolist())
+        val = torch.utils.data.Subset(full, sorted(order[:n_val].tolist()))
+    if classes is not None and len(classes) != model.num_classes:
+        raise ConfigError(
+            f"{data.root} has {len(classes)} classes ({', '.join(classes[:10])}) but "
+            f"model.num_classes={model.num_classes}; set model.num_classes={len(classes)}"
+        )
+    if data.window is not None:
+        train = Windows(full, train_idx, data.window, data.train_samples, data.seed)
+    else:
+        train = torch.utils.data.Subset(full, train_idx)
+    return Datasets(train, val, classes)
+
+
+class Windows(torch.utils.data.Dataset):
+    """Random training windows of some images of a `FolderDataset`, planned per epoch.
+
+    Keys are ``(image index, Window)`` pairs from `RandomWindowSampler`; a window past the
+    border is read padded.
+    """
+
+    def __init__(self, dataset: Any, indices: list[int], window: int, n: int, seed: int) -> None:
+        from xtimage.data.sampling import RandomWindowSampler
+
+        self.dataset, self.indices = dataset, indices
+        sizes = [dataset.image_sizes[i] for i in indices]
+        self.sampler = RandomWindowSampler(sizes, window, n, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def plan(self, epoch: int) -> list[tuple[int, Any]]:
+        """The epoch's windows, in order: depends on (seed, epoch) only."""
+        self.sampler.set_epoch(epoch)
+        return [(self.indices[i], window) for i, window in self.sampler]
+
+    def __getitem__(self, key: tuple[int, Any]) -> dict[str, torch.Tensor]:
+        index, window = key
+        return self.dataset.read(index, window)
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+def sample_targets(sample: dict[str, Any], model: ModelConfig) -> Any:
+    """A sample's training target in the engine's form.
+
+    Classification: the label (int64 scalar). Segmentation: ``{output name: target}``,
+    each read from the sample key of the same name. Detection: `box_targets` of the
+    sample's ``boxes`` and ``labels`` at the image size.
+    """
+    if model.head == "classification":
+        return torch.as_tensor(_key(sample, "label", model), dtype=torch.long)
+    if model.head == "detection":
+        from xtimage.heads.detection import box_targets
+
+        _, height, width = sample["image"].shape
+        boxes = _key(sample, "boxes", model)
+        labels = sample.get("labels", torch.zeros(len(boxes), dtype=torch.long))
+        return box_targets(boxes, labels, model.num_classes, height, width)
+    return {o.name: torch.as_tensor(_key(sample, o.name, model)) for o in dense_outputs(model)}
+
+
+def _key(sample: dict[str, Any], key: str, model: ModelConfig) -> Any:
+    if key not in sample:
+        raise ConfigError(
+            f"a {model.head} model needs '{key}' in every sample, but the data set gives "
+            f"{', '.join(sorted(sample))}; match model.head / model.outputs to the data"
+        )
+    return sample[key]

@@ -1,0 +1,430 @@
+"""Run configuration: typed sections, YAML presets and ``key.sub=value`` overrides.
+
+One small dataclass per concern (the nanoGPT ``GPTConfig`` habit, one level up): `ModelConfig`
+rebuilds the architecture and travels inside every checkpoint, `DataConfig` says where the
+samples come from, `TrainConfig` how the loop runs. `RunConfig` holds the three. Models
+never see these objects; `xtimage.build` turns them into constructor calls.
+
+A YAML file gives any subset of the keys; everything else keeps its default. Command-line
+overrides use dotted keys, ``train.lr=3e-4`` or ``model.context_kwargs.depth=2``, and values
+are read as YAML scalars. An unknown key or a value of the wrong type is a `ConfigError`
+that names the key and lists the allowed ones. The resolved config (`to_dict`) is saved in
+every run folder and reproduces the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xtimage.errors import ConfigError, InputError
+
+HEADS = ("classification", "segmentation", "detection")
+BASELINES = ("xt", "crop", "downsample")
+MODES = ("auto", "direct", "exact", "streaming", "frozen")
+AMP = ("auto", "none", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
+
+# Where `xt train NAME` finds presets: the repository's configs/ folder.
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class ModelConfig:
+    """The architecture; enough to rebuild the model without its weights.
+
+    Attributes:
+        backbone: timm model name of the region encoder.
+        backbone_kwargs: extra ``timm.create_model`` arguments (``depths``, ``dims``...).
+        pretrained: local weights file of the backbone, or None.
+        frozen: keep the backbone fixed (eval mode, no gradients); train context + head.
+        in_chans: image channels.
+        region: region side in pixels.
+        margin: context pixels each region reads around the core it owns.
+        subregion: sub-region side when the backbone takes a smaller input, or None.
+        pool: tokens per region side after pooling, or None (every cell a token).
+        context: context encoder name (``none``, ``xl``, ``hyper``, ``mamba``, ``windowed``).
+        context_kwargs: its arguments besides ``dim`` (depth, heads, segment_len...).
+        dim: token width of the context encoder.
+        head: task family: "classification", "segmentation" or "detection" (a centre
+            heatmap whose peaks are the points).
+        num_classes: classes (segmentation: including background 0).
+        classes: class names, or None (indices).
+        class_pool: classification pooling, "mean" or "attention".
+        label_smoothing: classification loss smoothing.
+        decoder_channels: width of the dense decoder.
+        outputs: dense outputs as ``{name, channels, loss, weight}``; empty: the head
+            family's default (``mask`` ce over ``num_classes``, or ``center`` bce).
+        baseline: "xt", "crop" (context none) or "downsample" (the image shrunk to one
+            region).
+    """
+
+    backbone: str = "convnext_atto"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
+    frozen: bool = False
+    in_chans: int = 3
+    region: int = 128
+    margin: int = 0
+    subregion: int | None = None
+    pool: int | None = None
+    context: str = "xl"
+    context_kwargs: dict[str, Any] = field(default_factory=dict)
+    dim: int = 128
+    head: str = "segmentation"
+    num_classes: int = 2
+    classes: list[str] | None = None
+    class_pool: str = "mean"
+    label_smoothing: float = 0.0
+    decoder_channels: int = 32
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    baseline: str = "xt"
+
+    def check(self) -> None:
+        _choice("model.head", self.head, HEADS)
+        _choice("model.baseline", self.baseline, BASELINES)
+        _choice("model.class_pool", self.class_pool, ("mean", "attention"))
+        _positive("model.num_classes", self.num_classes)
+        if self.classes is not None and len(self.classes) != self.num_classes:
+            raise ConfigError(
+                f"model.classes has {len(self.classes)} names for model.num_classes="
+                f"{self.num_classes}; give one name per class"
+            )
+        if self.baseline == "downsample" and self.margin:
+            raise ConfigError("model.baseline=downsample sees one region: set model.margin=0")
+
+
+@dataclass
+class DataConfig:
+    """Where training and validation samples come from.
+
+    Attributes:
+        kind: data set builder (see `xtimage.build.DATASETS`): "synthetic", "folder", ...
+        root: the training folder (folder data sets).
+        val_root: the validation folder; None: hold out ``val_fraction`` of ``root``.
+        val_fraction: share of ``root`` held out when there is no ``val_root``.
+        size: synthetic image side in pixels.
+        window: train on random windows of this side (folder data); None: whole images.
+        train_samples: synthetic images (or random windows) per epoch.
+        val_samples: synthetic validation images.
+        augment: flips, 90-degree turns and photometric jitter on training samples.
+        jitter: strength of the photometric jitter.
+        point_radius: detection: radius in pixels of each point's target disk, and the
+            suppression distance between predicted peaks.
+        seed: the data's seed (synthetic scenes, held-out split, windows).
+        params: further keyword arguments of the data set (e.g. synthetic ``textures``).
+    """
+
+    kind: str = "synthetic"
+    root: str | None = None
+    val_root: str | None = None
+    val_fraction: float = 0.2
+    size: int = 256
+    window: int | None = None
+    train_samples: int = 64
+    val_samples: int = 16
+    augment: bool = True
+    jitter: float = 0.1
+    point_radius: int = 4
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        _positive("data.size", self.size)
+        _positive("data.train_samples", self.train_samples)
+        _positive("data.point_radius", self.point_radius)
+        if self.val_samples < 0:
+            raise ConfigError(f"data.val_samples must be >= 0, got {self.val_samples}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    """How the loop runs.
+
+    Attributes:
+        epochs: passes over the training set (ignored when ``steps`` is set).
+        steps: optimizer steps in all, or None (``epochs`` decides).
+        batch_size: images per micro-batch over all processes (each of W processes
+            takes ``batch_size / W``; a checkpoint resumes on any W that divides it).
+        accumulate: micro-batches per optimizer step.
+        optimizer: "adamw" or "sgd".
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (not on norms and biases).
+        momentum: SGD momentum.
+        warmup: optimizer steps of linear warm-up before the cosine decay.
+        min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
+        clip: clip the global gradient norm to this, or None.
+        mode: "auto" (direct when a batch's regions fit in ``region_batch``, else
+            exact), "direct" (all regions at once, full autograd), "exact" (streamed,
+            exact gradients), "streaming" (Transformer-XL style, detached memory),
+            "frozen" (cached features of a frozen backbone; needs model.frozen).
+        region_batch: regions encoded at once by the streaming engine.
+        amp: "auto" (bf16 on a GPU that has it, else float32), "none", "bf16", "fp16".
+        seed: seed of the model's initialisation, data order and augmentation.
+        eval_every: evaluate every N optimizer steps; 0: after each epoch.
+        checkpoint_every: save the last checkpoint every N steps; 0: at each evaluation.
+        log_every: write a metrics row every N steps.
+        workers: data-loader worker processes.
+        device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"...
+        out: run folder: config, metrics.jsonl, checkpoints/.
+        max_minutes: stop (after a checkpoint) when this much time has passed, or None.
+        progress: show a progress bar.
+        metric: evaluation metric that picks the best checkpoint; None: the task's own.
+    """
+
+    epochs: int = 1
+    steps: int | None = None
+    batch_size: int = 4
+    accumulate: int = 1
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup: int = 0
+    min_lr_ratio: float = 0.0
+    clip: float | None = 5.0
+    mode: str = "auto"
+    region_batch: int = 16
+    amp: str = "auto"
+    seed: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 10
+    workers: int = 0
+    device: str = "auto"
+    out: str = "runs/xt"
+    max_minutes: float | None = None
+    progress: bool = True
+    metric: str | None = None
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size", "accumulate", "region_batch", "log_every"):
+            _positive(f"train.{name}", getattr(self, name))
+        if self.steps is not None:
+            _positive("train.steps", self.steps)
+        _choice("train.mode", self.mode, MODES)
+        _choice("train.amp", self.amp, AMP)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        for name in ("warmup", "eval_every", "checkpoint_every", "workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or (self.clip is not None and self.clip <= 0):
+            raise ConfigError(f"train.lr ({self.lr}) and train.clip ({self.clip}) must be > 0")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: model, data and training loop."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check(self) -> RunConfig:
+        """Check every section's values; returns self."""
+        self.model.check()
+        self.data.check()
+        self.train.check()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (YAML/JSON ready)."""
+        return dataclasses.asdict(self)
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; use one of {', '.join(allowed)}")
+
+
+def _positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+
+
+# ---------------------------------------------------------------------------- typed merge
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the type ``hint`` (int -> float widening allowed)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(
+            f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})"
+        )
+    if hint is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0] if args else Any) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {
+            str(k): _coerce(f"{key}.{k}", v, args[1] if args else Any) for k, v in value.items()
+        }
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(
+            f"{key}: expected {_type_name(hint)}, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _merge(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    """Set ``values`` (a nested mapping) on the dataclass ``obj``, checking keys and types."""
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        current = getattr(obj, _field(obj, key, path))
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section '{path}' must be a mapping, got {value!r}")
+            _merge(current, value, f"{path}.")
+        else:
+            setattr(obj, key, _coerce(path, value, hints[key]))
+
+
+def _field(obj: Any, key: str, path: str) -> str:
+    """``key`` if ``obj`` has that field, else the error that lists the allowed keys."""
+    names = [f.name for f in dataclasses.fields(obj)]
+    if key not in names:
+        where = path.rsplit(".", 1)[0] if "." in path else "the top level"
+        raise ConfigError(
+            f"unknown config key '{path}'; allowed under {where}: {', '.join(sorted(names))}"
+        )
+    return key
+
+
+def _parse_value(raw: str, hint: Any) -> Any:
+    """An override's text as a value: YAML, except that text fields keep the text."""
+    if hint in (str, str | None):
+        return None if hint is not str and raw.strip() in ("null", "~", "None") else raw
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        try:
+            return float(raw)  # YAML 1.1 reads "3e-4" (no dot) as text
+        except ValueError:
+            return value
+    return value
+
+
+def set_override(config: RunConfig, text: str) -> None:
+    """Apply one ``key.sub=value`` override; a key inside a dict field adds or replaces it.
+
+    Example: ``train.lr=3e-4``, ``model.context_kwargs.depth=2``, ``model.classes=[a, b]``.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not key=value, e.g. train.lr=3e-4")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"override key '{key}' has an empty part; write e.g. train.lr=1e-3")
+    obj: Any = config
+    for i, part in enumerate(parts):
+        path = ".".join(parts[: i + 1])
+        hint = typing.get_type_hints(type(obj))[_field(obj, part, path)]
+        child = getattr(obj, part)
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(child):
+                raise ConfigError(f"'{path}' is a section; set one of its keys, e.g. {path}.x=1")
+            setattr(obj, part, _coerce(path, _parse_value(raw, hint), hint))
+            return
+        if isinstance(child, dict):  # the rest of the key goes inside the mapping
+            values = copy.deepcopy(child)
+            inner = values
+            for sub in parts[i + 1 : -1]:
+                inner = inner.setdefault(sub, {})
+                if not isinstance(inner, dict):
+                    raise ConfigError(f"'{key}': '{sub}' holds a value, not a mapping")
+            inner[parts[-1]] = _parse_value(raw, Any)
+            setattr(obj, part, _coerce(path, values, hint))
+            return
+        if not dataclasses.is_dataclass(child):
+            raise ConfigError(f"'{path}' is a value ({child!r}), not a section")
+        obj = child
+
+
+def find_preset(name: str | Path) -> Path:
+    """A config file by path, or a preset name from ``configs/`` (``synthetic_seg``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = CONFIG_DIR / f"{name}.yaml"
+    if preset.is_file():
+        return preset
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    raise InputError(
+        f"config '{name}' is neither a file nor a preset; presets: {', '.join(known) or '(none)'}"
+    )
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """The resolved config: defaults, then a YAML file (or mapping), then overrides.
+
+    Args:
+        source: a YAML file, a preset name, a mapping of sections, or None (defaults).
+        overrides: ``key.sub=value`` strings applied last.
+    """
+    config = RunConfig()
+    if source is not None:
+        if isinstance(source, dict):
+            values = source
+        else:
+            path = find_preset(source)
+            try:
+                values = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: expected sections model/data/train, got {values!r}")
+        _merge(config, values, "")
+    for text in overrides or []:
+        set_override(config, text)
+    return config.check()
+
+
+def save_config(config: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically)."""
+    from xtimage.io.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as temp:
+        temp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """A `RunConfig` from `RunConfig.to_dict` output (e.g. read from a checkpoint)."""
+    config = RunConfig()
+    _merge(config, values, "")
+    return config.check()

@@ -1,0 +1,143 @@
+"""Several processes, one run: `torchrun` set-up, gradient and metric reduction, sharding.
+
+Launch with ``torchrun --nproc_per_node N -m xtimage.cli train ...`` (add ``--nnodes``
+and a rendezvous for several machines). Each process reads ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK`` from the environment and joins a process group: NCCL on GPU, gloo on CPU.
+
+The model is not wrapped in DistributedDataParallel. The streaming engine runs several
+backward passes per step (exact mode re-encodes every chunk), which DDP's one-backward
+hooks do not fit; instead each process accumulates the gradient of its share, weighted by
+its loss normaliser (images, or valid pixels), and `reduce_gradients` all-reduces the
+weighted sums and the normalisers in one flat buffer and divides. The result equals the
+one-process gradient of the same global batch, whatever the shares (tested against one
+process with gloo). Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from xtimage.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes files and shows progress."""
+        return self.rank == 0
+
+
+def init_distributed(device_type: str = "cpu", timeout_minutes: float = 30.0) -> World:
+    """Join the process group `torchrun` describes in the environment, once.
+
+    Without ``WORLD_SIZE`` (or with 1) nothing is initialised and a one-process `World`
+    comes back.
+
+    Args:
+        device_type: "cuda" picks NCCL, anything else gloo.
+        timeout_minutes: how long a collective may wait for a slow process.
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise ConfigError(
+                f"WORLD_SIZE={size} but {', '.join(missing)} not set; launch with torchrun"
+            )
+        dist.init_process_group(
+            backend, timeout=datetime.timedelta(minutes=timeout_minutes), rank=rank, world_size=size
+        )
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def current_world() -> World:
+    """The `World` of an initialised process group, else one process."""
+    if dist.is_available() and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return World(dist.get_rank(), dist.get_world_size(), local)
+    return World()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes, in place (nothing to do alone)."""
+    if current_world().size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    """Wait for every process (nothing to do alone)."""
+    if current_world().size > 1:
+        dist.barrier()
+
+
+def reduce_gradients(
+    params: Sequence[torch.nn.Parameter], weighted_loss: float, normaliser: float
+) -> tuple[float, float]:
+    """Turn each process's weighted gradient sums into the global batch's mean gradient.
+
+    On entry, ``p.grad`` holds ``sum_i n_i * grad(loss_i)`` over this process's
+    micro-batches, where ``loss_i`` is normalised by ``n_i``; ``weighted_loss`` is
+    ``sum_i n_i * loss_i`` and ``normaliser`` is ``sum_i n_i``. Gradients, loss and
+    normaliser are summed over processes in one flat buffer, and the gradients divided by
+    the global normaliser. A parameter without a gradient here (its process had no
+    samples) counts as zero.
+
+    Returns:
+        The global mean loss and the global normaliser.
+    """
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    device = grads[0].device if grads else torch.device("cpu")
+    scalars = torch.tensor([weighted_loss, normaliser], dtype=torch.float32, device=device)
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [scalars])
+    all_reduce_sum(flat)
+    loss_sum, total = float(flat[-2]), float(flat[-1])
+    if total <= 0:
+        raise ConfigError("no training samples reached any process in this step")
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = (flat[offset : offset + g.numel()] / total).view_as(g).to(g.dtype)
+        offset += g.numel()
+    return loss_sum / total, total
+
+
+def shard(items: Sequence[T], world: World) -> list[T]:
+    """This process's items: every ``world.size``-th from ``world.rank``, none repeated.
+
+    Evaluation and prediction use it so that the whole set is covered exactly once (a
+    process may get one item fewer than another; nothing is padded).
+    """
+    return list(items[world.rank :: world.size])
+
+
+def gather_counts(values: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """Sum metric count tensors over processes (confusion matrices, hit counts)."""
+    return [all_reduce_sum(v) for v in values]
+
+
+def cleanup() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

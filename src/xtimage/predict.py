@@ -1,0 +1,628 @@
+"""Inference and scoring: a `Predictor` over any image, file or data set.
+
+The model does math; the predictor owns the user's conventions (SAM's ``SamPredictor``
+split): it loads a checkpoint, scales pixels as training did, streams regions through the
+`Engine` with bounded memory, turns raw outputs into answers (a class, a class map and a
+heatmap, boxes), writes them through the I/O writers, and scores them on a labelled set.
+`xt predict`, `xt eval` and the training loop's evaluation all go through it.
+
+Outputs for an input ``scene.tif`` (georeferenced inputs keep their CRS and transform):
+
+=============== ======================================================================
+classification  ``scene.json``: label, class name, probabilities
+segmentation    ``scene.mask.tif``: class map (uint8, tiled, pyramidal; GeoTIFF for a
+                GeoTIFF input); with ``heatmap``: ``scene.heatmap.tif``, float32
+                probability of the foreground (1 - p(class 0)) or of the first map
+detection       ``scene.boxes.csv`` and ``scene.boxes.geojson`` (WGS 84 for
+                georeferenced inputs, pixels otherwise)
+=============== ======================================================================
+
+Every file appears under its final name only when complete, so an input whose outputs
+all exist is done and is skipped unless ``overwrite`` is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from xtimage.build import dense_outputs, unwrap
+from xtimage.config import ModelConfig
+from xtimage.distributed import World, all_reduce_sum, current_world, shard
+from xtimage.engine import Engine, RegionSource
+from xtimage.errors import ConfigError, InputError
+from xtimage.io.base import Reader, check_channels, read_padded
+from xtimage.io.vector import Detection
+from xtimage.model import XT
+from xtimage.window import Window
+
+log = logging.getLogger(__name__)
+
+Image = str | Path | np.ndarray | torch.Tensor | Reader
+
+
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """Pixels as float32 the way the data sets give them: integers over their type's
+    maximum (uint8 / 255), floats unchanged."""
+    if np.issubdtype(pixels.dtype, np.integer):
+        return (pixels / np.iinfo(pixels.dtype).max).astype(np.float32)
+    return pixels.astype(np.float32, copy=False)
+
+
+def output_stem(path: Path) -> str:
+    """``scene.ome.tif`` -> ``scene``; ``a.b.png`` -> ``a.b``."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+@dataclass
+class Prediction:
+    """One image's answer; which fields are set depends on the head family.
+
+    Attributes:
+        kind: "classification", "segmentation" or "detection".
+        label: the predicted class (classification).
+        scores: class probabilities, (K,) (classification).
+        mask: class map (H, W) uint8/uint16 (segmentation, in-memory inputs only).
+        heatmap: foreground probability (H, W) float32 (segmentation, in memory).
+        detections: boxes as `Detection` (detection).
+        files: the files written (`Predictor.predict_file`).
+    """
+
+    kind: str
+    label: int | None = None
+    scores: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    heatmap: np.ndarray | None = None
+    detections: list[Detection] | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+class _ArrayWriter:
+    """A `Writer` into an in-memory (C, H, W) array."""
+
+    def __init__(self, channels: int, height: int, width: int, dtype: Any) -> None:
+        self.array = np.zeros((channels, height, width), dtype=dtype)
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        inside = window.intersect(Window(0, 0, self.array.shape[1], self.array.shape[2]))
+        if inside is not None:
+            rows, cols = inside.shift(-window.top, -window.left).slices()
+            self.array[(slice(None), *inside.slices())] = data[:, rows, cols]
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _DenseSink:
+    """The writer `Engine.segment` feeds: raw outputs -> class map (+ heatmap) writers.
+
+    The mask is the first ``ce`` output's argmax, else the first map's sigmoid >= 0.5;
+    the heatmap is 1 - p(class 0) of that ``ce`` output, else the first map's sigmoid.
+    """
+
+    def __init__(self, model: ModelConfig, mask, heatmap=None, bar: tqdm | None = None) -> None:
+        outputs = dense_outputs(model)
+        start, self.channels, self.ce = 0, None, False
+        for spec in outputs:
+            if spec.loss == "ce":
+                self.channels, self.ce = slice(start, start + spec.channels), True
+                break
+            start += spec.channels
+        if self.channels is None:
+            self.channels = slice(0, 1)
+        self.mask, self.heatmap, self.bar = mask, heatmap, bar
+
+    def write(self, window: Window, data: np.ndarray) -> None:
+        logits = torch.from_numpy(np.ascontiguousarray(data[self.channels]))  # (K, h, w)
+        if self.ce:
+            classes = logits.argmax(0)
+            fg = 1 - logits.softmax(0)[0] if self.heatmap is not None else None
+        else:
+            prob = logits[0].sigmoid()
+            classes, fg = (prob >= 0.5).long(), prob
+        self.mask.write(window, classes[None].numpy().astype(self.mask_dtype))
+        if self.heatmap is not None:
+            self.heatmap.write(window, fg[None].float().numpy())
+        if self.bar is not None:
+            self.bar.update(1)
+
+    @property
+    def mask_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.channels.stop - self.channels.start <= 255 else np.uint16)
+
+    def close(self) -> list[Path]:
+        paths = [self.mask.close()]
+        if self.heatmap is not None:
+            paths.append(self.heatmap.close())
+        return [p for p in paths if p is not None]
+
+    def abort(self) -> None:
+        self.mask.abort()
+        if self.heatmap is not None:
+            self.heatmap.abort()
+
+
+class Predictor:
+    """Predicts with a trained model on images of any size.
+
+    Args:
+        model: an `XT` or a baseline wrapper (`xtimage.build.build_model`).
+        config: the model's config (head family, classes, channels).
+        device: where the model runs.
+        region_batch: regions encoded at once (memory knob; results do not change).
+        autocast: e.g. ``torch.bfloat16`` on GPU; None: float32.
+        threshold: detection: least heatmap score of a box.
+        iou: detection: IoU above which overlapping boxes are suppressed, and the IoU a
+            box needs to match a true one when scoring.
+
+    Example:
+        >>> predictor = Predictor.from_checkpoint("runs/seg/checkpoints/best.safetensors")
+        >>> predictor.predict("slide.svs").mask          # in memory
+        >>> predictor.predict_file("scene.tif", "out/")  # streamed to out/scene.mask.tif
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ModelConfig,
+        *,
+        device: str | torch.device = "cpu",
+        region_batch: int = 16,
+        autocast: torch.dtype | None = None,
+        threshold: float = 0.3,
+        iou: float = 0.5,
+    ) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.autocast = autocast
+        self.threshold, self.iou = threshold, iou
+        self.kind = config.head
+        # The downsample baseline needs the whole image at once; XT streams.
+        self.engine = (
+            Engine(model, region_batch, self.device, autocast=autocast)
+            if isinstance(model, XT)
+            else None
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        region_batch: int = 16,
+        amp: str = "auto",
+        **kwargs: Any,
+    ) -> Predictor:
+        """Rebuild the model a checkpoint (or a run folder) describes and wrap it."""
+        from xtimage.checkpoint import load_model
+        from xtimage.train import resolve_amp, resolve_device
+
+        dev = resolve_device(device)
+        model, ckpt = load_model(path, dev)
+        autocast, fp16 = resolve_amp(amp, dev)
+        return cls(
+            model,
+            ckpt.config.model,
+            device=dev,
+            region_batch=region_batch,
+            autocast=torch.float16 if fp16 else autocast,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ sources
+
+    def _source(self, image: np.ndarray | torch.Tensor | Reader) -> RegionSource:
+        dtype = next(self.model.parameters()).dtype
+        if isinstance(image, torch.Tensor):
+            if image.ndim != 3 or image.shape[0] != self.config.in_chans:
+                raise InputError(
+                    f"expected a ({self.config.in_chans}, H, W) image tensor for this model, "
+                    f"got {tuple(image.shape)}"
+                )
+            return RegionSource(image.to(dtype), dtype=dtype)
+        if isinstance(image, np.ndarray):
+            from xtimage.io.array import ArrayReader
+
+            image = ArrayReader(image)
+        check_channels(image, self.config.in_chans)
+        return RegionSource(image, to_unit, dtype=dtype)
+
+    def _whole(self, source: RegionSource) -> torch.Tensor:
+        """The whole image as (1, C, H, W) on the device (the downsample baseline)."""
+        return source.read(Window(0, 0, source.height, source.width))[None].to(self.device)
+
+    def _amp(self):
+        import contextlib
+
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    # ------------------------------------------------------------------ raw passes
+
+    @torch.no_grad()
+    def _classify(self, source: RegionSource) -> np.ndarray:
+        if self.engine is not None:
+            logits = self.engine.classify([source])
+        else:
+            with self._amp():
+                logits = self.model(self._whole(source))
+        return logits.float().softmax(-1)[0].cpu().numpy()
+
+    @torch.no_grad()
+    def _dense(self, source: RegionSource, writer: Any) -> None:
+        """Raw dense outputs of every core window into ``writer``."""
+        if self.engine is not None:
+            self.engine.segment(source, writer=writer)
+            return
+        with self._amp():
+            out = self.model(self._whole(source))[0].float().cpu().numpy()
+        writer.write(Window(0, 0, source.height, source.width), out)
+
+    def _detect(self, source: RegionSource) -> list[Detection]:
+        from xtimage.heads.detection import BoxCollector
+
+        collector = BoxCollector(self.config.num_classes, threshold=self.threshold, iou=self.iou)
+        self._dense(source, collector)
+        return collector.finish().detections(self.config.classes)
+
+    # ------------------------------------------------------------------ public
+
+    def predict(self, image: Image) -> Prediction:
+        """Predict one image held in memory or read window by window.
+
+        Args:
+            image: a file path, a (C, H, W) array or tensor (integers are scaled to [0, 1]
+                as in training; tensors are used as they are), or an open `Reader`.
+
+        Returns:
+            The `Prediction`; segmentation maps are returned in memory (use
+            `predict_file` to stream them to disk for images too large for that).
+        """
+        if isinstance(image, str | Path):
+            from xtimage.io import open_reader
+
+            reader = open_reader(image)
+            try:
+                return self.predict(reader)
+            finally:
+                reader.close()
+        source = self._source(image)
+        if self.kind == "classification":
+            scores = self._classify(source)
+            return Prediction(self.kind, label=int(scores.argmax()), scores=scores)
+        if self.kind == "detection":
+            return Prediction(self.kind, detections=self._detect(source))
+        sink = _DenseSink(
+            self.config,
+            _ArrayWriter(1, source.height, source.width, np.int64),
+            _ArrayWriter(1, source.height, source.width, np.float32),
+        )
+        self._dense(source, sink)
+        mask = sink.mask.array[0].astype(sink.mask_dtype)
+        return Prediction(self.kind, mask=mask, heatmap=sink.heatmap.array[0])
+
+    def outputs(self, path: str | Path, out_dir: str | Path, heatmap: bool = False) -> list[Path]:
+        """The files `predict_file` writes for ``path``."""
+        stem, out_dir = output_stem(Path(path)), Path(out_dir)
+        if self.kind == "classification":
+            return [out_dir / f"{stem}.json"]
+        if self.kind == "detection":
+            return [out_dir / f"{stem}.boxes.csv", out_dir / f"{stem}.boxes.geojson"]
+        return [out_dir / f"{stem}.mask.tif"] + (
+            [out_dir / f"{stem}.heatmap.tif"] if heatmap else []
+        )
+
+    def predict_file(
+        self,
+        path: str | Path,
+        out_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        heatmap: bool = False,
+        progress: bool = False,
+    ) -> Prediction | None:
+        """Predict a file and write the outputs (see the module docstring) into ``out_dir``.
+
+        Returns:
+            The prediction with the files written, or None when they all existed already
+            and ``overwrite`` is off.
+        """
+        from xtimage.io import open_reader
+
+        path, out_dir = Path(path), Path(out_dir)
+        expected = self.outputs(path, out_dir, heatmap)
+        if not overwrite and all(p.exists() for p in expected):
+            log.info("%s: outputs exist, skipped (pass overwrite to redo)", path)
+            return None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        reader = open_reader(path)
+        try:
+            source = self._source(reader)
+            if self.kind == "classification":
+                return self._write_class(path, source, expected[0])
+            if self.kind == "detection":
+                return self._write_boxes(reader, source, expected)
+            return self._write_maps(reader, source, expected, progress)
+        finally:
+            reader.close()
+
+    def _write_class(self, path: Path, source: RegionSource, out: Path) -> Prediction:
+        from xtimage.io.atomic import atomic_path
+
+        scores = self._classify(source)
+        label = int(scores.argmax())
+        names = self.config.classes
+        record = {
+            "input": str(path),
+            "label": label,
+            "class": names[label] if names else str(label),
+            "scores": [round(float(s), 6) for s in scores],
+            "classes": names or [str(i) for i in range(len(scores))],
+        }
+        with atomic_path(out) as temp:
+            temp.write_text(json.dumps(record, indent=1) + "\n")
+        return Prediction(self.kind, label=label, scores=scores, files=[out])
+
+    def _write_boxes(self, reader: Reader, source: RegionSource, out: list[Path]) -> Prediction:
+        from xtimage.io.vector import write_csv, write_geojson
+
+        found = self._detect(source)
+        write_csv(out[0], found, geo=reader.geo)
+        write_geojson(out[1], found, geo=reader.geo)
+        return Prediction(self.kind, detections=found, files=out)
+
+    def _write_maps(
+        self, reader: Reader, source: RegionSource, out: list[Path], progress: bool
+    ) -> Prediction:
+        height, width = source.height, source.width
+        sink = _DenseSink(self.config, None)
+
+        def writer(path: Path, dtype: Any, resampling: str):
+            if reader.geo is not None:
+                from xtimage.io.geotiff_writer import GeoTiffWriter
+
+                mode = "nearest" if resampling == "nearest" else "average"
+                return GeoTiffWriter(path, height, width, 1, dtype, geo=reader.geo, resampling=mode)
+            from xtimage.io.tiff_writer import TiffWriter
+
+            return TiffWriter(
+                path, height, width, 1, dtype, resampling=resampling, pixel_size=reader.pixel_size
+            )
+
+        sink.mask = writer(out[0], sink.mask_dtype, "nearest")
+        try:
+            if len(out) > 1:
+                sink.heatmap = writer(out[1], np.float32, "mean")
+            regions = unwrap(self.model).plan(height, width).num_regions
+            with tqdm(
+                total=regions if self.engine is not None else 1,
+                desc=Path(reader.path or "image").name,
+                unit="region",
+                disable=not progress,
+                leave=False,
+            ) as bar:
+                sink.bar = bar
+                self._dense(source, sink)
+        except BaseException:
+            sink.abort()
+            raise
+        return Prediction(self.kind, files=sink.close())
+
+    def predict_files(
+        self,
+        inputs: Sequence[str | Path],
+        out_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        heatmap: bool = False,
+        progress: bool = True,
+        world: World | None = None,
+    ) -> dict[str, int]:
+        """Predict many files; with several processes each takes every W-th file.
+
+        Returns:
+            Counts of ``done`` and ``skipped`` files (this process's).
+        """
+        world = world or current_world()
+        mine = shard(list(inputs), world)
+        counts = {"done": 0, "skipped": 0}
+        bar = tqdm(mine, desc="predict", unit="file", disable=not (progress and world.main))
+        for path in bar:
+            result = self.predict_file(
+                path, out_dir, overwrite=overwrite, heatmap=heatmap, progress=progress
+            )
+            counts["skipped" if result is None else "done"] += 1
+        return counts
+
+    # ------------------------------------------------------------------ scoring
+
+    def evaluate(
+        self, dataset: Any, *, world: World | None = None, progress: bool = False
+    ) -> dict[str, Any]:
+        """The task's metric over a labelled data set (each process scores its share).
+
+        Segmentation: pooled IoU per class, mean IoU, foreground IoU (argmax of the mask
+        output). Classification: top-1 (and top-5 with more than 5 classes), macro P/R/F1.
+        Detection: precision, recall and F1 of boxes at score >= ``threshold``, matched
+        greedily by score at IoU >= ``iou``. The thresholds used are in ``thresholds``.
+        """
+        world = world or current_world()
+        scorer = _Scorer(self.config, self.iou)
+        indices = shard(range(len(dataset)), world)
+        for i in tqdm(indices, desc="eval", unit="image", disable=not (progress and world.main)):
+            sample = dataset[i]
+            scorer.update(self.predict(sample["image"]), sample)
+        out = scorer.compute()
+        out["thresholds"] = self.thresholds()
+        return out
+
+    def thresholds(self) -> dict[str, Any]:
+        """The decision rules that turn scores into answers."""
+        if self.kind == "classification":
+            return {"rule": "argmax"}
+        if self.kind == "detection":
+            return {"score": self.threshold, "nms_iou": self.iou, "match_iou": self.iou}
+        return {"rule": "argmax of the class logits (sigmoid >= 0.5 for a single map)"}
+
+    def score_files(self, dataset: Any, pred_dir: str | Path) -> dict[str, Any]:
+        """Score prediction files written by `predict_file` against a labelled folder set.
+
+        Each sample's image file names its prediction (``<stem>.mask.tif``, ``.json``,
+        ``.boxes.csv`` in ``pred_dir``).
+        """
+        scorer = _Scorer(self.config, self.iou)
+        for i in range(len(dataset)):
+            image = _image_path(dataset, i)
+            files = self.outputs(image, pred_dir)
+            missing = [p for p in files if not p.exists()]
+            if missing:
+                raise InputError(f"{missing[0]}: no prediction for {image}; run xt predict first")
+            scorer.update(_read_prediction(self.kind, files, self.config), dataset[i])
+        out = scorer.compute()
+        out["thresholds"] = self.thresholds()
+        return out
+
+
+class _Scorer:
+    """Accumulates a task's metric from predictions and samples; sums over processes."""
+
+    def __init__(self, config: ModelConfig, iou: float) -> None:
+        from xtimage.metrics import ClassificationMeter, SegmentationMeter
+
+        self.kind, self.iou, self.classes = config.head, iou, config.classes
+        k = config.num_classes
+        if self.kind == "classification":
+            self.meter = ClassificationMeter(k, topk=(1, 5) if k > 5 else (1,))
+        elif self.kind == "segmentation":
+            spec = next((o for o in dense_outputs(config) if o.loss == "ce"), None)
+            self.target = spec.name if spec is not None else dense_outputs(config)[0].name
+            self.meter = SegmentationMeter(spec.channels if spec is not None else 2)
+        else:
+            self.counts = torch.zeros(3, dtype=torch.float64)  # matched, predicted, true
+
+    def update(self, pred: Prediction, sample: dict[str, Any]) -> None:
+        if self.kind == "classification":
+            scores = torch.as_tensor(pred.scores)[None]
+            self.meter.update(scores, torch.as_tensor(sample["label"]).reshape(1))
+        elif self.kind == "segmentation":
+            target = torch.as_tensor(sample[self.target])
+            target = target[0] if target.ndim == 3 else target
+            self.meter.update(torch.from_numpy(pred.mask.astype(np.int64))[None], target[None])
+        else:
+            found = pred.detections or []
+            self.counts += torch.tensor(_match_boxes(found, sample, self.iou, self.classes))
+
+    def compute(self) -> dict[str, Any]:
+        if self.kind == "detection":
+            matched, predicted, true = all_reduce_sum(self.counts).tolist()
+            precision = matched / predicted if predicted else 0.0
+            recall = matched / true if true else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            return {"precision": precision, "recall": recall, "f1": f1, "boxes": int(predicted)}
+        meter = self.meter
+        if self.kind == "classification":
+            for tensor in (meter.confusion,):
+                all_reduce_sum(tensor)
+            hits = torch.tensor([meter.hits[k] for k in meter.topk] + [meter.count])
+            all_reduce_sum(hits)
+            meter.hits = dict(zip(meter.topk, hits[:-1].tolist(), strict=True))
+            meter.count = int(hits[-1])
+            return meter.compute()
+        all_reduce_sum(meter.confusion)
+        return meter.compute()
+
+
+def _match_boxes(
+    found: list[Detection], sample: dict[str, Any], iou: float, classes: list[str] | None
+) -> list[float]:
+    """(matched, predicted, true) for one image: greedy by score, same class, IoU >= iou."""
+    from torchvision.ops import box_iou
+
+    true = torch.as_tensor(sample.get("boxes", torch.zeros(0, 4)), dtype=torch.float32)
+    true = true.reshape(-1, 4)
+    labels = torch.as_tensor(sample.get("labels", torch.zeros(len(true))), dtype=torch.long)
+    if not found or not len(true):
+        return [0.0, float(len(found)), float(len(true))]
+    order = sorted(found, key=lambda d: -(d.score or 0.0))
+    boxes = torch.tensor([[d.box[1], d.box[0], d.box[3], d.box[2]] for d in order])  # x1y1x2y2
+    overlap = box_iou(boxes, true)  # (P, T)
+    taken = torch.zeros(len(true), dtype=torch.bool)
+    matched = 0
+    for p, d in enumerate(order):
+        same = labels == _label_index(d.label, classes)
+        cand = torch.where(~taken & same & (overlap[p] >= iou), overlap[p], -1.0)
+        if cand.max() >= 0:
+            taken[cand.argmax()] = True
+            matched += 1
+    return [float(matched), float(len(found)), float(len(true))]
+
+
+def _label_index(label: Any, classes: list[str] | None) -> int:
+    """A detection's class index from its label (an index, or a name in ``classes``)."""
+    if classes and label in classes:
+        return classes.index(label)
+    return int(label) if str(label).isdigit() else -1
+
+
+def _image_path(dataset: Any, index: int) -> Path:
+    """The image file of a folder data set's sample (through a `Subset`)."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset, index = dataset.dataset, dataset.indices[index]
+    records = getattr(dataset, "records", None)
+    if records is None:
+        raise ConfigError(
+            "prediction files can be scored only on a folder data set (data.kind=folder), "
+            "whose samples are files"
+        )
+    return Path(records[index].image)
+
+
+def _read_prediction(kind: str, files: list[Path], config: ModelConfig) -> Prediction:
+    """A `Prediction` read back from the files `Predictor.predict_file` wrote."""
+    if kind == "classification":
+        record = json.loads(files[0].read_text())
+        return Prediction(kind, label=record["label"], scores=np.asarray(record["scores"]))
+    if kind == "segmentation":
+        from xtimage.io import open_reader
+
+        reader = open_reader(files[0])
+        try:
+            mask = read_padded(reader, Window(0, 0, reader.height, reader.width))[0]
+        finally:
+            reader.close()
+        return Prediction(kind, mask=mask)
+    return Prediction(kind, detections=list(_read_boxes(files[0], config)))
+
+
+def _read_boxes(path: Path, config: ModelConfig) -> Iterable[Detection]:
+    import csv
+
+    names = config.classes
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            label: Any = row["label"]
+            if names and label in names:
+                label = names.index(label)
+            elif str(label).isdigit():
+                label = int(label)
+            box = tuple(float(row[k]) for k in ("top", "left", "bottom", "right"))
+            yield Detection.from_box(*box, score=float(row["score"] or 0), label=label)

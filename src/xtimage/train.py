@@ -1,0 +1,571 @@
+"""The training loop: `Trainer(config).fit()`, on one CPU or many GPUs, resumable exactly.
+
+xT's recipe (Gupta et al., "xT: Nested Tokenization for Larger Context in Large Images",
+ICML 2024): AdamW, a cosine learning rate per step after a linear warm-up, gradient
+clipping (5.0 in the release), on whole images cut into regions. One optimizer step:
+
+1. every process takes its share of the global batch (every W-th image) and runs
+   ``accumulate`` micro-batches in the chosen mode: *direct* (all regions at once, full
+   autograd; the release's way), *exact* (the engine streams regions, exact gradients),
+   *streaming* (Transformer-XL style, detached memory) or *frozen* (cached features of a
+   frozen backbone);
+2. gradients are summed weighted by each micro-batch's loss normaliser (images, or valid
+   pixels) and reduced over processes (`xtimage.distributed.reduce_gradients`), so the
+   result is the mean gradient of the global batch whatever the split;
+3. unscale (fp16), clip, set the learning rate, step.
+
+Resuming is exact: the order of an epoch depends on (seed, epoch) only, the augmentation
+of a sample on (seed, epoch, position) only (never on the worker or the process that
+loads it), and a checkpoint stores the model, optimizer, scaler, step, epoch, position in
+the epoch and the random generators. Checkpoints resume on any number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from xtimage.build import Datasets, build_datasets, build_model, sample_targets, unwrap
+from xtimage.checkpoint import load_weights, read_checkpoint, restore_training, save_checkpoint
+from xtimage.config import RunConfig, save_config
+from xtimage.distributed import World, all_reduce_sum, init_distributed, reduce_gradients
+from xtimage.errors import ConfigError
+from xtimage.model import XT
+
+log = logging.getLogger(__name__)
+
+BEST_METRIC = {"classification": "top1", "segmentation": "miou", "detection": "f1"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> CUDA when present (this process's local GPU under torchrun), else CPU."""
+    import os
+
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available; use cpu")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """The autocast dtype (None: float32) and whether fp16 (with a gradient scaler) is on.
+
+    "auto" is bf16 on a GPU that supports it and float32 elsewhere (CPU autocast is slow
+    and changes numerics for no gain in memory that matters here).
+    """
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None, False
+    if amp == "auto":
+        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (None, False)
+    if device.type != "cuda":
+        raise ConfigError(f"train.amp={amp} needs a GPU; on CPU use train.amp=none")
+    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+
+
+def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr`` over
+    ``warmup`` steps, then a cosine down to ``lr * min_ratio`` at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters, with weight decay on matrices and kernels only (not on
+    norms, biases, embeddings of one dimension)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), numpy's and Python's global generators."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class _Samples(torch.utils.data.Dataset):
+    """Training samples by key ``(epoch, position, item)``, augmented reproducibly.
+
+    The augmentation of a sample draws from a generator seeded by (seed, epoch,
+    position): the same in any worker, any process and after a resume.
+    """
+
+    def __init__(self, dataset: Any, augment: Any, seed: int) -> None:
+        self.dataset, self.augment, self.seed = dataset, augment, seed
+
+    def __getitem__(self, key: tuple[int, int, Any]) -> tuple[tuple[int, int, Any], dict]:
+        epoch, position, item = key
+        sample = self.dataset[item]
+        if self.augment is not None:
+            sample = self.augment(sample, rng=np.random.default_rng([self.seed, epoch, position]))
+        return key, sample
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+class _Log:
+    """Metrics rows to ``metrics.jsonl`` and, when installed, TensorBoard (rank 0)."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.board = None
+        if enabled:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is not None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, row: dict[str, Any], prefix: str) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.board is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key not in ("step", "epoch"):
+                    self.board.add_scalar(f"{prefix}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+class Trainer:
+    """Trains the model a `RunConfig` describes; see the module docstring.
+
+    Args:
+        config: the run (resolved; `xtimage.config.load_config`).
+        resume: a checkpoint file or run folder to continue from, or None. Its model
+            section must equal ``config.model``; the rest of ``config`` may change (more
+            steps, another number of processes...).
+        overwrite: allow a fresh run in a folder that already holds checkpoints.
+
+    Example:
+        >>> metrics = Trainer(load_config("synthetic_seg", ["train.steps=50"])).fit()
+    """
+
+    def __init__(
+        self, config: RunConfig, *, resume: str | Path | None = None, overwrite: bool = False
+    ) -> None:
+        self.config = config.check()
+        t = config.train
+        self.device = resolve_device(t.device)
+        self.world: World = init_distributed(self.device.type)
+        self.autocast, fp16 = resolve_amp(t.amp, self.device)
+        self.run_dir = Path(t.out)
+        ckpt = read_checkpoint(resume) if resume is not None else None
+        if ckpt is not None and config.model.classes is None:
+            config.model.classes = ckpt.config.model.classes  # filled in from the data
+        if ckpt is not None and ckpt.config.model != config.model:
+            raise ConfigError(
+                f"{ckpt.path}: the checkpoint's model section differs from the config's; "
+                f"resume with the run's own config (xt train --resume RUN_DIR)"
+            )
+        last = self.run_dir / "checkpoints" / "last.safetensors"
+        if ckpt is None and last.exists() and not overwrite:
+            raise ConfigError(
+                f"{self.run_dir} already holds a run ({last}); pass --resume {self.run_dir} "
+                f"to continue it, --overwrite to start again, or choose train.out=<new folder>"
+            )
+
+        seed_everything(t.seed)
+        self.model = build_model(config.model).to(self.device)
+        self.xt: XT = unwrap(self.model)
+        self.data: Datasets = build_datasets(config)
+        if self.data.classes is not None and config.model.classes is None:
+            config.model.classes = list(self.data.classes)
+        self.mode = self._check_mode(t.mode, fp16)
+        self.engine = None
+        if isinstance(self.model, XT):
+            from xtimage.engine import Engine
+
+            self.engine = Engine(self.model, t.region_batch, self.device, autocast=self.autocast)
+        self.cache = None
+        if self.mode == "frozen":
+            from xtimage.engine.cache import TokenCache
+
+            self.cache = TokenCache(self.run_dir / "token_cache", self.xt)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = param_groups(self.model, t.weight_decay)
+        if t.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=t.lr)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+
+        self.step, self.epoch, self.position = 0, 0, 0
+        self.best: float | None = None
+        self.metrics: dict[str, Any] = {}
+        self.metric_name = t.metric or BEST_METRIC[config.model.head]
+        if ckpt is not None:
+            load_weights(self.model, ckpt)
+            restore_training(ckpt, self.optimizer, self.scaler)
+            self.step, self.epoch, self.position = ckpt.step, ckpt.epoch, ckpt.position
+            self.best, self.metrics = ckpt.state.get("best"), ckpt.metrics
+            log.info("resumed %s at step %d (epoch %d, +%d)", ckpt.path, *self._where())
+        self.total_steps = t.steps or t.epochs * self.steps_per_epoch
+        if self.world.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / "config.yaml")
+
+    def _where(self) -> tuple[int, int, int]:
+        return self.step, self.epoch, self.position
+
+    def _check_mode(self, mode: str, fp16: bool) -> str:
+        model = self.config.model
+        if model.baseline == "downsample" and mode not in ("auto", "direct"):
+            raise ConfigError(
+                f"train.mode={mode}: the downsample baseline runs one region per image; use "
+                f"train.mode=direct"
+            )
+        if mode == "frozen":
+            if not model.frozen:
+                raise ConfigError("train.mode=frozen needs model.frozen=true")
+            if self.config.data.augment:
+                raise ConfigError(
+                    "train.mode=frozen caches each sample's features; augmentation makes "
+                    "every epoch new: set data.augment=false"
+                )
+        if mode == "streaming" and not self.xt.context.streamable:
+            raise ConfigError(
+                f"train.mode=streaming needs a streamable context encoder; "
+                f"'{model.context}' is global: use train.mode=exact"
+            )
+        if fp16 and mode != "direct":
+            raise ConfigError(
+                "train.amp=fp16 needs a gradient scaler, which only train.mode=direct has; "
+                "use train.amp=bf16 with the streaming engine"
+            )
+        return mode
+
+    @property
+    def steps_per_epoch(self) -> int:
+        t = self.config.train
+        return math.ceil(math.ceil(len(self.data.train) / t.batch_size) / t.accumulate)
+
+    # ------------------------------------------------------------------ data
+
+    def plan(self, epoch: int) -> list[Any]:
+        """The keys of an epoch's training samples, in order (a function of seed, epoch)."""
+        train = self.data.train
+        if hasattr(train, "plan"):
+            return list(train.plan(epoch))
+        seed = self.config.train.seed
+        return np.random.default_rng([seed, epoch]).permutation(len(train)).tolist()
+
+    def _loader(self, batches: list[list[Any]], first: int) -> torch.utils.data.DataLoader:
+        """This process's share of batches ``first...`` of the epoch: every W-th image."""
+        t, d, w = self.config.train, self.config.data, self.world
+        b = t.batch_size
+        shares = [
+            [(self.epoch, k * b + j, batch[j]) for j in range(w.rank, len(batch), w.size)]
+            for k, batch in enumerate(batches)
+            if k >= first
+        ]
+        augment = None
+        if d.augment:
+            from xtimage.data.sampling import Augment
+
+            augment = Augment(jitter=d.jitter)
+        return torch.utils.data.DataLoader(
+            _Samples(self.data.train, augment, t.seed),
+            batch_sampler=shares,
+            collate_fn=_as_list,
+            num_workers=t.workers,
+            generator=torch.Generator().manual_seed(t.seed),  # not the global generator
+            pin_memory=self.device.type == "cuda",
+        )
+
+    # ------------------------------------------------------------------ one step
+
+    def _amp(self) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def _micro_step(self, keyed: list[tuple[tuple, dict]]) -> tuple[float, float]:
+        """Forward and backward one micro-batch; returns (loss * n, n), ``n`` its loss
+        normaliser. Leaves ``sum_i n_i * grad_i`` in ``.grad`` (see `reduce_gradients`)."""
+        if not keyed:
+            return 0.0, 0.0
+        head = self.config.model.head
+        images = [s["image"] for _, s in keyed]
+        targets = [sample_targets(s, self.config.model) for _, s in keyed]
+        if head == "classification":
+            n = float(len(images))
+        else:
+            n = float(sum(im.shape[-2] * im.shape[-1] for im in images))
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, 1 / n)
+        mode = self._mode(images)
+        if mode == "direct":
+            loss = self._direct_step(images, targets)
+        else:
+            batch = torch.stack(targets) if head == "classification" else targets
+            if mode == "exact":
+                loss = self.engine.exact_step(images, batch)
+            elif mode == "streaming":
+                loss = self.engine.streaming_step(images, batch)
+            else:
+                d = self.config.data
+                keys = [f"{d.kind}:{d.seed}:{key[2]}" for key, _ in keyed]
+                loss = self.engine.frozen_step(images, batch, keys, self.cache)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        torch._foreach_mul_(grads, n)
+        return float(loss) * n, n
+
+    def _mode(self, images: list[torch.Tensor]) -> str:
+        """The mode of a micro-batch: "auto" is direct when its regions fit in
+        ``region_batch`` (and images share a size), else exact."""
+        if self.mode != "auto":
+            return self.mode
+        if self.engine is None:
+            return "direct"
+        same = all(im.shape == images[0].shape for im in images)
+        regions = sum(self.xt.plan(*im.shape[-2:]).num_regions for im in images)
+        return "direct" if same and regions <= self.config.train.region_batch else "exact"
+
+    def _direct_step(self, images: list[torch.Tensor], targets: list[Any]) -> float:
+        """All regions of the micro-batch at once with full autograd; returns the loss."""
+        if any(im.shape != images[0].shape for im in images):
+            raise ConfigError(
+                "train.mode=direct stacks a batch, but its images differ in size; use "
+                "train.mode=exact, or train on windows of one size (data.window)"
+            )
+        x = torch.stack(images).to(self.device, non_blocking=True)  # (B, C, H, W)
+        head = self.xt.head
+        with self._amp():
+            out = self.model(x)
+        if not head.dense:
+            loss = head.loss(out.float(), torch.stack(targets).to(self.device))
+        else:
+            stacked = {k: torch.stack([t[k] for t in targets]).to(self.device) for k in targets[0]}
+            valid = torch.ones(x.shape[0], *x.shape[-2:], dtype=torch.bool, device=self.device)
+            loss = head.loss_sum(out.float(), stacked, valid) / valid.numel()
+        self.scaler.scale(loss).backward()
+        return loss.item()
+
+    def _optimizer_step(self, weighted_loss: float, normaliser: float) -> tuple[float, float]:
+        """Reduce, unscale, clip, step; returns the global loss and gradient norm."""
+        t = self.config.train
+        loss, _ = reduce_gradients(self.params, weighted_loss, normaliser)
+        self.scaler.unscale_(self.optimizer)
+        max_norm = t.clip if t.clip is not None else float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        lr = lr_at(
+            self.step, lr=t.lr, warmup=t.warmup, total=self.total_steps, min_ratio=t.min_lr_ratio
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return loss, norm
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, until_step: int | None = None) -> dict[str, Any]:
+        """Train to ``train.steps`` (or ``train.epochs``), evaluating and checkpointing.
+
+        Args:
+            until_step: pause after this optimizer step (a checkpoint is written; a new
+                `Trainer` with ``resume`` continues exactly).
+
+        Returns:
+            ``step``, ``epoch``, ``loss`` (mean of the last logged steps), ``metrics``
+            (the last evaluation), ``best`` (the best value of ``metric``), ``run_dir``.
+        """
+        t = self.config.train
+        main = self.world.main
+        logger = _Log(self.run_dir, main)
+        start = time.monotonic()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=not (t.progress and main),
+            dynamic_ncols=True,
+        )
+        recent: list[float] = []
+        last_loss: float | None = None
+        seen, tick = 0, time.monotonic()
+        evaluated_at = checkpointed_at = -1
+        stop = self.step >= self.total_steps
+        try:
+            while not stop:
+                items = self.plan(self.epoch)
+                batches = [items[i : i + t.batch_size] for i in range(0, len(items), t.batch_size)]
+                first = self.position // t.batch_size
+                micro, weighted, normaliser = 0, 0.0, 0.0
+                self.model.train()
+                for k, keyed in enumerate(self._loader(batches, first), start=first):
+                    if micro == 0:
+                        self.optimizer.zero_grad(set_to_none=True)
+                    w, n = self._micro_step(keyed)
+                    weighted, normaliser, micro = weighted + w, normaliser + n, micro + 1
+                    seen += len(batches[k])
+                    last_batch = k == len(batches) - 1
+                    if micro < t.accumulate and not last_batch:
+                        continue
+                    loss, norm = self._optimizer_step(weighted, normaliser)
+                    micro, weighted, normaliser = 0, 0.0, 0.0
+                    self.position = (k + 1) * t.batch_size
+                    if last_batch:
+                        self.epoch, self.position = self.epoch + 1, 0
+                    recent.append(loss)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", epoch=self.epoch)
+                    if self.step % t.log_every == 0 or self.step == self.total_steps:
+                        last_loss = sum(recent) / len(recent)
+                        row = {
+                            "step": self.step,
+                            "epoch": self.epoch,
+                            "loss": last_loss,
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "grad_norm": norm,
+                            "images_per_s": seen / max(time.monotonic() - tick, 1e-9),
+                            "time_s": time.monotonic() - start,
+                        }
+                        logger.write(row, "train")
+                        recent, seen, tick = [], 0, time.monotonic()
+                    due_eval = (t.eval_every and self.step % t.eval_every == 0) or (
+                        not t.eval_every and last_batch
+                    )
+                    if due_eval:
+                        self._evaluate(logger)
+                        evaluated_at = self.step
+                    if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or (
+                        not t.checkpoint_every and due_eval
+                    ):
+                        self.save()
+                        checkpointed_at = self.step
+                    stop = (
+                        self.step >= self.total_steps
+                        or (until_step is not None and self.step >= until_step)
+                        or self._out_of_time(start)
+                    )
+                    if stop:
+                        break
+            if self.step >= self.total_steps and evaluated_at != self.step:
+                self._evaluate(logger)
+            if checkpointed_at != self.step:
+                self.save()
+        finally:
+            bar.close()
+            logger.close()
+        if recent:
+            last_loss = sum(recent) / len(recent)
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": last_loss,
+            "metrics": self.metrics,
+            "best": self.best,
+            "run_dir": str(self.run_dir),
+        }
+
+    def _out_of_time(self, start: float) -> bool:
+        """Whether ``max_minutes`` has passed, agreed by every process."""
+        limit = self.config.train.max_minutes
+        if limit is None:
+            return False
+        late = torch.tensor([float(time.monotonic() - start > 60 * limit)])
+        return bool(all_reduce_sum(late) > 0)
+
+    # ------------------------------------------------------------------ eval, save
+
+    def evaluate(self) -> dict[str, Any]:
+        """The task's metrics on the validation set (every process scores its share)."""
+        from xtimage.predict import Predictor
+
+        if not len(self.data.val):
+            return {}
+        t = self.config.train
+        predictor = Predictor(
+            self.model,
+            self.config.model,
+            device=self.device,
+            region_batch=t.region_batch,
+            autocast=self.autocast,
+        )
+        try:
+            return predictor.evaluate(self.data.val, world=self.world)
+        finally:
+            self.model.train()
+
+    def _evaluate(self, logger: _Log) -> None:
+        metrics = self.evaluate()
+        if not metrics:
+            return
+        self.metrics = metrics
+        logger.write({"step": self.step, "epoch": self.epoch, **_scalars(metrics)}, "val")
+        value = metrics.get(self.metric_name)
+        if value is None:
+            raise ConfigError(
+                f"train.metric={self.metric_name!r} is not among the evaluation's metrics: "
+                f"{', '.join(sorted(_scalars(metrics)))}"
+            )
+        if self.best is None or value > self.best:
+            self.best = value
+            if self.world.main:
+                save_checkpoint(
+                    self.run_dir / "checkpoints" / "best.safetensors",
+                    self.model,
+                    self.config,
+                    step=self.step,
+                    epoch=self.epoch,
+                    position=self.position,
+                    metrics=metrics,
+                )
+
+    def save(self) -> Path:
+        """Write ``checkpoints/last.safetensors`` (rank 0), enough to resume exactly."""
+        path = self.run_dir / "checkpoints" / "last.safetensors"
+        if self.world.main:
+            save_checkpoint(
+                path,
+                self.model,
+                self.config,
+                step=self.step,
+                epoch=self.epoch,
+                position=self.position,
+                metrics=self.metrics,
+                optimizer=self.optimizer,
+                scaler=self.scaler,
+                extra={"best": self.best, "metric": self.metric_name},
+            )
+        return path
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The single-number metrics (lists and the thresholds left out)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}

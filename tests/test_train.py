@@ -1,0 +1,136 @@
+"""The training loop: schedule, exact resume, gradient accumulation, run-folder rules."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from xtimage.config import load_config
+from xtimage.errors import ConfigError
+from xtimage.train import Trainer, lr_at
+
+TINY = [
+    "model.region=64",
+    "model.dim=32",
+    "model.backbone_kwargs={depths: [1, 1, 1, 1], dims: [8, 8, 16, 16]}",
+    "model.context_kwargs={depth: 1, heads: 2}",
+    "model.decoder_channels=8",
+    "data.size=128",
+    "data.val_samples=1",
+    "train.progress=false",
+    "train.log_every=1",
+]
+
+
+def tiny(tmp_path, *overrides):
+    return load_config(None, [*TINY, f"train.out={tmp_path}", *overrides])
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    kw = dict(lr=1.0, warmup=4, total=14, min_ratio=0.1)
+    assert [lr_at(s, **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(4, **kw) == pytest.approx(1.0)
+    assert lr_at(9, **kw) == pytest.approx(0.55)  # halfway: (1 + 0.1) / 2
+    assert lr_at(14, **kw) == pytest.approx(0.1) and lr_at(99, **kw) == pytest.approx(0.1)
+    for s in range(5, 14):  # cos(pi * progress), independently
+        expected = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 4) / 10))
+        assert lr_at(s, **kw) == pytest.approx(expected)
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("mode", ["direct", "exact"])
+def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, mode):
+    """Stopped after step 4 (mid-epoch: 3 batches an epoch), with two loader workers,
+    augmentation and stochastic depth on: the resumed run ends with the same weights."""
+    overrides = [
+        f"train.mode={mode}",
+        "train.steps=6",
+        "train.batch_size=2",
+        "train.workers=2",
+        "train.eval_every=3",
+        "data.train_samples=6",
+        "data.augment=true",
+        "model.backbone_kwargs.drop_path_rate=0.2",
+    ]
+    whole = Trainer(tiny(tmp_path / "whole", *overrides))
+    whole.fit()
+    first = Trainer(tiny(tmp_path / "split", *overrides))
+    first.fit(until_step=4)
+    assert (first.step, first.epoch, first.position) == (4, 1, 2)
+    resumed = Trainer(tiny(tmp_path / "split", *overrides), resume=tmp_path / "split")
+    assert resumed.step == 4
+    resumed.fit()
+    a, b = _weights(whole), _weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert not torch.equal(a["head.out.weight"], first.model.state_dict()["head.out.weight"])
+
+
+def _step_one_grads(tmp_path, *overrides):
+    trainer = Trainer(
+        tiny(
+            tmp_path,
+            "train.optimizer=sgd",
+            "train.clip=null",
+            "data.augment=false",
+            "data.train_samples=4",
+            "train.steps=1",
+            *overrides,
+        )  # fmt: skip
+    )
+    trainer.fit()
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("head", ["segmentation", "classification"])
+def test_accumulated_micro_batches_give_the_whole_batch_gradient(tmp_path, head):
+    task = [f"model.head={head}"] + (["model.num_classes=3"] if head == "classification" else [])
+    whole = _step_one_grads(tmp_path / "a", "train.batch_size=4", *task)
+    # micro-batches of 2 and 1 image: unequal normalisers must still weigh right
+    parts = _step_one_grads(
+        tmp_path / "b", "train.batch_size=2", "train.accumulate=3", "data.train_samples=3", *task
+    )
+    whole3 = _step_one_grads(tmp_path / "c", "train.batch_size=3", "data.train_samples=3", *task)
+    assert len(whole) > 10
+    for name, expected in whole3.items():  # float32 sums in another order: scale-aware atol
+        atol = 1e-5 * float(expected.abs().max()) + 1e-9
+        torch.testing.assert_close(parts[name], expected, rtol=1e-5, atol=atol, msg=name)
+    assert any(not torch.allclose(whole[n], whole3[n]) for n in whole)  # other data, other grad
+
+
+def test_run_folder_files_and_refusal_to_overwrite(tmp_path):
+    config = tiny(tmp_path, "train.steps=2", "train.batch_size=2", "data.train_samples=2")
+    result = Trainer(config).fit()
+    assert result["step"] == 2 and set(result["metrics"]) >= {"miou", "foreground_iou"}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2] and all(r["loss"] > 0 for r in train_rows)
+    assert any("miou" in r for r in rows)
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {
+        "best.safetensors",
+        "last.safetensors",
+    }
+    assert load_config(tmp_path / "config.yaml") == config
+    with pytest.raises(ConfigError, match="already holds a run"):
+        Trainer(config)
+    Trainer(config, overwrite=True)  # allowed when asked
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.amp=fp16"], "needs a GPU"),
+        (["model.context=hyper", "train.mode=streaming"], "needs a streamable context"),
+        (["train.mode=frozen"], "needs model.frozen=true"),
+        (["model.baseline=downsample", "train.mode=exact"], "use train.mode=direct"),
+        (["model.num_classes=3"], "set model.num_classes=2"),
+    ],
+)
+def test_inconsistent_runs_fail_before_training(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(tiny(tmp_path, *overrides))
