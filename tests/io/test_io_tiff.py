@@ -160,6 +160,9 @@ def test_tile_cache_decodes_each_tile_once_within_its_budget(tmp_path):
         assert np.array_equal(reader.read_region(window), first)
         assert np.array_equal(first, image[:, 100:300, 100:300])
     assert cached.bytes_read == once and uncached.bytes_read == 2 * once
+    cached.forget_tiles()
+    assert np.array_equal(cached.read_region(window), first)
+    assert cached.bytes_read == 2 * once
     tile_bytes = 128 * 128 * 3
     small = TiffReader(path, cache_mb=4.5 * tile_bytes / 2**20)  # room for 4 tiles
     small.read_region(Window(0, 0, 512, 512))

@@ -116,6 +116,12 @@ class _TileCache:
     def nbytes(self) -> int:
         return sum(slab.nbytes for slab in self._slabs.values())
 
+    def forget(self) -> None:
+        """Drop every tile but keep the slots' memory (already paged in) for reuse."""
+        with self._lock:
+            self._lru.clear()
+            self._used = dict.fromkeys(self._used, 0)
+
     def clear(self) -> None:
         self._slabs.clear()
         self._lru.clear()
@@ -325,6 +331,10 @@ class TiffReader:
             full[: seg.shape[0], : seg.shape[1]] = seg
             seg = full
         return seg
+
+    def forget_tiles(self) -> None:
+        """Empty the decoded-tile cache (its memory stays allocated for reuse)."""
+        self._cache.forget()
 
     def close(self) -> None:
         if getattr(self, "_fd", None) is not None:
