@@ -100,3 +100,11 @@ def test_windows_are_fresh_arrays_the_caller_may_modify(tmp_path):
         first = reader.read_region(whole)
         first += 100
         assert np.array_equal(reader.read_region(whole), image.astype(reader.dtype))
+
+
+def test_xt_info_region_in_microns(svs, tmp_path, capsys):
+    assert main(["info", str(svs), "--region", "127.744um", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["region"] == 256  # 127.744 / 0.499
+    np.save(tmp_path / "a.npy", np.zeros((1, 64, 64), np.uint8))
+    assert main(["info", str(tmp_path / "a.npy"), "--region", "10um"]) == 2
+    assert "pixel_size=" in capsys.readouterr().err

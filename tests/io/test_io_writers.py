@@ -9,6 +9,7 @@ from xtimage.io import (
     GeoTiffWriter,
     PixelSize,
     TiffWriter,
+    Writer,
     atomic_path,
     open_reader,
 )
@@ -49,6 +50,7 @@ def test_tiff_writer_round_trips_and_builds_a_mean_pyramid(tmp_path):
         path, 300, 410, channels=2, dtype="float32", tile=64, compression="zstd",
         pixel_size=PixelSize(0.5, 0.5, "um"),
     ) as writer:  # fmt: skip
+        assert isinstance(writer, Writer)
         write_by_region_cores(writer, image)
         assert not path.exists()  # nothing under the final name before close
     levels = tiff_levels(path)  # read back by tifffile itself
@@ -83,6 +85,7 @@ def test_an_interrupted_write_leaves_no_file(tmp_path):
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
     writer = GeoTiffWriter(tmp_path / "geo.tif", 100, 100)
+    assert isinstance(writer, Writer)
     writer.write(Window(0, 0, 10, 10), np.ones((1, 10, 10), np.uint8))
     writer.abort()
     assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,7 @@ from xtimage.tiling import RegionPlan, TokenLayout
 EXAMPLE = """examples:
   xt info --size 30000x24000 --region 256
   xt info scene.npy --region 512 --margin 32 --json
-  xt info slide.svs --region 256
+  xt info slide.svs --region 128um
   xt info VV_dB.tif --region 512 --json
 """
 
@@ -25,7 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", nargs="?", help="image file to describe")
     p.add_argument("--size", help="image size as HxW, instead of a file")
-    p.add_argument("--region", type=int, default=256, help="region side in pixels")
+    p.add_argument(
+        "--region",
+        default="256",
+        help="region side in pixels, or a length for a file with a pixel size (e.g. 128um)",
+    )
     p.add_argument("--margin", type=int, default=0, help="context pixels read around a core")
     p.add_argument("--subregion", type=int, default=None, help="sub-region side in pixels")
     p.add_argument("--token-stride", type=int, default=32, help="pixels per token side")
@@ -42,6 +46,17 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise ConfigError(f"size '{text}' is not HxW, e.g. --size 4096x3072") from None
     return height, width
+
+
+def region_pixels(text: str, reader) -> int:
+    """``--region`` in pixels: an integer, or a length converted with the file's pixel size."""
+    if text.strip().isdigit():
+        return int(text)
+    if reader is None:
+        raise ConfigError(f"--region {text}: a length in units needs an image FILE, not --size")
+    from xtimage.io.physical import to_pixels
+
+    return to_pixels(text, reader)
 
 
 def describe_reader(reader, path: str) -> dict:
@@ -77,13 +92,15 @@ def describe(args: argparse.Namespace) -> dict:
         reader = open_reader(args.file)
         height, width = reader.height, reader.width
         info["file"] = describe_reader(reader, str(args.file))
+        region = region_pixels(args.region, reader)
         reader.close()
     elif args.size:
         height, width = parse_size(args.size)
+        region = region_pixels(args.region, None)
     else:
         raise ConfigError("give an image FILE or --size HxW (e.g. xt info --size 4096x4096)")
 
-    plan = RegionPlan(height, width, args.region, args.margin, args.subregion)
+    plan = RegionPlan(height, width, region, args.margin, args.subregion)
     layout = (
         TokenLayout.pooled(plan, args.pool) if args.pool else TokenLayout(plan, args.token_stride)
     )
