@@ -139,8 +139,7 @@ class FolderDataset(torch.utils.data.Dataset):
         images_dir, masks_dir = self.root / "images", self.root / "masks"
         if not images_dir.is_dir():
             raise InputError(f"{images_dir}: no such folder (needed next to masks/)")
-        images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.is_file()}
-        masks = {p.stem: p for p in sorted(masks_dir.iterdir()) if p.is_file()}
+        images, masks = _files_by_stem(images_dir), _files_by_stem(masks_dir)
         records = []
         for stem in sorted(set(masks) - set(images)):
             self._bad(f"{masks[stem]}: mask without an image named '{stem}' in {images_dir}")
@@ -297,6 +296,12 @@ class FolderDataset(torch.utils.data.Dataset):
             out["points"] = torch.from_numpy(np.stack([cx[keep], cy[keep]], axis=1))
             out["labels"] = torch.tensor(record.classes, dtype=torch.long)[torch.from_numpy(keep)]
         return out
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    """The visible files of a folder by stem (hidden files such as .DS_Store are left out)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return {p.stem: p for p in files}
 
 
 def _box_problem(box: tuple, height: int, width: int, is_box: bool) -> str:

@@ -6,20 +6,20 @@ sees a crop and one that sees the image downsampled. These tasks make that claim
 testable without a download: each is drawn from ``(seed, index)`` alone, at any size,
 and is built so that each baseline provably lacks what it needs.
 
-The scene: a flat background with non-overlapping *objects* (disks and rectangles) and
-one or two *keys* (a ring, a plus sign), all filled with one of ``textures`` fine
-textures of period 2 px (1-px stripes across or down, a checkerboard, and their
-phase-shifted copies). Every texture has the same mean and the same contrast, and every
-shape is aligned to the 2-px grid, so box-averaging by any even factor turns every
-texture into the same flat grey: the downsampled image shows where the objects are, never
-which texture they carry. Each key lies inside one region cell of the ``region`` grid;
-object textures are drawn independently and uniformly.
+The scene: a dark background with non-overlapping *objects* (disks and rectangles) and
+one or two bright disk *keys*, all filled with one of ``textures`` fine textures of
+period 2 px (1-px stripes across, stripes down, a checkerboard, flat, phase-shifted
+stripes). Every texture has the same mean, and every shape is a union of cells of the
+2-px grid, so box-averaging by any even factor turns every texture into the same flat
+grey: the downsampled image shows where the objects and keys are, never their textures.
+Each key lies inside one cell of the ``region`` grid; every texture is drawn
+independently and uniformly.
 
-- ``segmentation``: mask 1 on the objects whose texture equals the ring key's (the key
-  itself is 0). Everywhere outside the key's region the answer depends on the key.
-- ``classification``: two keys (ring A, plus B) in different regions; the label is
-  ``(texture(A) + texture(B)) mod textures``. Any one region is independent of the
-  label, so per-region predictions fused after the fact are at chance.
+- ``segmentation``: mask 1 on the objects whose texture equals the key's (the key itself
+  is 0). Everywhere outside the key's region the answer depends on the key.
+- ``classification``: two keys in different regions; the label is
+  ``(texture(key 1) + texture(key 2)) mod textures``. No one region carries any
+  information about the label, so per-region predictions fused afterwards are at chance.
 - ``detection``: boxes and centre points of the objects whose texture equals the key's.
 
 `SyntheticTask.ceilings` evaluates the optimal blind predictors; docs/synthetic.md
@@ -132,7 +132,7 @@ class SyntheticTask(torch.utils.data.Dataset):
         channels: int = 3,
         seed: int = 0,
         length: int = 1000,
-        textures: int = 3,
+        textures: int = 4,
         objects: int | None = None,
         radius: tuple[float, float] = (0.1, 0.2),
         noise: float = 0.03,
@@ -229,6 +229,12 @@ class SyntheticTask(torch.utils.data.Dataset):
                 ``permutation[t]``), for tests that the ground truth and the
                 downsampled image do or do not change.
         """
+        return self._render(index, permutation)[2]
+
+    def _render(
+        self, index: int, permutation: np.ndarray | None = None
+    ) -> tuple[_Scene, np.ndarray, Sample]:
+        """The scene, its shape-id map (see `_draw`) and the sample."""
         scene = self._scene(index)
         shapes = scene.keys + scene.objects
         ids = self._draw(scene)
@@ -251,10 +257,10 @@ class SyntheticTask(torch.utils.data.Dataset):
         is_object = ids > len(scene.keys)
         target = is_object & (tex == key_textures[0])
         if self.kind == "segmentation":
-            return Sample(image, mask=target.astype(np.int64), texture=texture)
+            return scene, ids, Sample(image, mask=target.astype(np.int64), texture=texture)
         if self.kind == "classification":
             label = int(key_textures.sum() % self.textures)
-            return Sample(image, label=label, texture=texture)
+            return scene, ids, Sample(image, label=label, texture=texture)
         boxes = [
             (2 * s.left, 2 * s.top, 2 * (s.left + s.cells.shape[1]), 2 * (s.top + s.cells.shape[0]))
             for s, t in zip(scene.objects, texture_of[1 + len(scene.keys) :], strict=True)
@@ -262,7 +268,7 @@ class SyntheticTask(torch.utils.data.Dataset):
         ]
         boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
         points = np.stack([boxes[:, [0, 2]].mean(1), boxes[:, [1, 3]].mean(1)], axis=1)
-        return Sample(image, boxes=boxes, points=points, texture=texture)
+        return scene, ids, Sample(image, boxes=boxes, points=points, texture=texture)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.length:
@@ -318,12 +324,10 @@ class SyntheticTask(torch.utils.data.Dataset):
         Choice 0 predicts only what is certain (the key region for crop, nothing for
         downsample); choice 1 also predicts every object whose texture it cannot see.
         """
-        scene = self._scene(index)
-        sample = self.sample(index)
+        scene, ids, sample = self._render(index)
         r = self.region
         key_row, key_col = divmod(scene.key_cells[0], self.grid[1])
         if self.kind == "segmentation":
-            ids = self._draw(scene)
             target = sample.mask.astype(bool)
             is_object = ids > len(scene.keys)
             in_key_region = np.zeros_like(target)
