@@ -1,0 +1,157 @@
+"""The Predictor: streamed answers equal the model's all-at-once outputs; files written
+through the writers (tiled TIFF, GeoTIFF with the input's georeference, JSON, CSV,
+GeoJSON), skipped when done, never half-written; scoring against a plain reference."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from xtimage.build import build_datasets, build_model
+from xtimage.config import load_config
+from xtimage.errors import InputError
+from xtimage.predict import Predictor
+
+TINY = [
+    "model.region=64",
+    "model.dim=32",
+    "model.backbone_kwargs={depths: [1, 1, 1, 1], dims: [8, 8, 16, 16]}",
+    "model.context_kwargs={depth: 1, heads: 2}",
+    "model.decoder_channels=8",
+    "data.size=128",
+]
+
+
+def predictor(*overrides, region_batch=2):
+    config = load_config(None, [*TINY, *overrides])
+    model = build_model(config.model).eval()
+    return Predictor(model, config.model, region_batch=region_batch), config
+
+
+@pytest.fixture
+def image():
+    """A uint8 RGB image of 100 x 150 px: 2 x 3 regions of 64, partial at the border."""
+    return np.random.default_rng(0).integers(0, 256, (3, 100, 150), dtype=np.uint8)
+
+
+def test_segmentation_equals_the_model_on_the_whole_image(image):
+    pred, _ = predictor()
+    out = pred.predict(image)  # streamed, two regions at a time
+    with torch.no_grad():
+        logits = pred.model(torch.from_numpy(image / 255).float()[None])[0]  # (2, H, W)
+    heat = 1 - logits.softmax(0)[0]
+    torch.testing.assert_close(torch.from_numpy(out.heatmap), heat, rtol=1e-4, atol=1e-5)
+    margin = (logits[1] - logits[0]).abs() > 1e-4  # argmax is decided there
+    assert out.mask.dtype == np.uint8 and out.mask.shape == (100, 150)
+    assert np.array_equal(out.mask[margin.numpy()], logits.argmax(0)[margin].numpy())
+    assert 0 < out.mask.mean() < 1  # both classes occur: the comparison means something
+
+
+def test_classification_scores_equal_the_model(image):
+    pred, _ = predictor("model.head=classification", "model.num_classes=3")
+    out = pred.predict(torch.from_numpy(image / 255).float())  # tensors are used as given
+    with torch.no_grad():
+        probs = pred.model(torch.from_numpy(image / 255).float()[None]).softmax(-1)[0]
+    np.testing.assert_allclose(out.scores, probs.numpy(), rtol=1e-5, atol=1e-6)
+    assert out.label == int(probs.argmax())
+
+
+def test_tiled_tiff_in_tiled_tiff_out_skip_and_overwrite(tmp_path, image):
+    pred, _ = predictor()
+    src = tmp_path / "scene.tif"
+    tifffile.imwrite(src, image.transpose(1, 2, 0), tile=(32, 32), photometric="rgb")
+    out = pred.predict_file(src, tmp_path / "out", heatmap=True)
+    mask_path, heat_path = tmp_path / "out/scene.mask.tif", tmp_path / "out/scene.heatmap.tif"
+    assert out.files == [mask_path, heat_path]
+    reference = pred.predict(image)
+    with tifffile.TiffFile(mask_path) as tif:
+        assert tif.pages[0].is_tiled and tif.pages[0].dtype == np.uint8
+        assert np.array_equal(tif.asarray(), reference.mask)
+    np.testing.assert_allclose(tifffile.imread(heat_path), reference.heatmap, atol=1e-6)
+    stamp = mask_path.stat().st_mtime_ns
+    assert pred.predict_file(src, tmp_path / "out", heatmap=True) is None  # done: skipped
+    assert mask_path.stat().st_mtime_ns == stamp
+    assert pred.predict_file(src, tmp_path / "out", heatmap=True, overwrite=True) is not None
+    assert mask_path.stat().st_mtime_ns != stamp
+
+
+def test_geotiff_output_keeps_the_inputs_georeference(tmp_path, image):
+    rasterio = pytest.importorskip("rasterio")
+
+    src = tmp_path / "scene.tif"
+    transform = rasterio.Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4100000.0)  # UTM 33N, 10 m
+    profile = dict(driver="GTiff", height=100, width=150, count=3, dtype="uint8",
+                   crs="EPSG:32633", transform=transform, tiled=True, blockxsize=32,
+                   blockysize=32)  # fmt: skip
+    with rasterio.open(src, "w", **profile) as ds:
+        ds.write(image)
+    pred, _ = predictor()
+    pred.predict_file(src, tmp_path / "out")
+    with rasterio.open(tmp_path / "out/scene.mask.tif") as ds:
+        assert ds.crs == rasterio.crs.CRS.from_epsg(32633)
+        assert ds.transform == transform and (ds.height, ds.width) == (100, 150)
+        assert np.array_equal(ds.read(1), pred.predict(image).mask)
+
+
+def test_an_interrupted_prediction_leaves_no_file(tmp_path, image, monkeypatch):
+    pred, _ = predictor()
+    np.save(tmp_path / "a.npy", image)
+    calls = {"n": 0}
+    decode = pred.model.decode
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed")
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(pred.model, "decode", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        pred.predict_file(tmp_path / "a.npy", tmp_path / "out", heatmap=True)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_classification_json_and_detection_csv_geojson(tmp_path, image):
+    np.save(tmp_path / "a.npy", image)
+    pred, _ = predictor("model.head=classification", "model.num_classes=3",
+                        "model.classes=[x, y, z]")  # fmt: skip
+    out = pred.predict_file(tmp_path / "a.npy", tmp_path)
+    record = json.loads((tmp_path / "a.json").read_text())
+    assert record["label"] == out.label and record["class"] == "xyz"[out.label]
+    assert sum(record["scores"]) == pytest.approx(1, abs=1e-5)
+
+    pred, _ = predictor("model.head=detection", "model.num_classes=1")
+    pred.threshold = 0.0  # an untrained head: keep every peak so that there is something
+    out = pred.predict_file(tmp_path / "a.npy", tmp_path)
+    assert out.detections and [p.name for p in out.files] == ["a.boxes.csv", "a.boxes.geojson"]
+    rows = (tmp_path / "a.boxes.csv").read_text().splitlines()
+    features = json.loads((tmp_path / "a.boxes.geojson").read_text())["features"]
+    assert len(rows) - 1 == len(features) == len(out.detections)
+    first = out.detections[0]
+    assert features[0]["geometry"]["type"] == "Polygon"  # pixel flavour: no georeference
+    assert features[0]["geometry"]["coordinates"][0][0] == [first.box[1], first.box[0]]
+
+
+def test_wrong_channel_count_is_a_clear_error(image):
+    pred, _ = predictor()
+    with pytest.raises(InputError, match="has 1 channel.*model expects 3"):
+        pred.predict(image[:1])
+
+
+def test_evaluation_equals_a_plain_pooled_iou():
+    pred, config = predictor("data.val_samples=3")
+    val = build_datasets(config).val
+    metrics = pred.evaluate(val)
+    inter, union = np.zeros(2), np.zeros(2)
+    for i in range(len(val)):
+        sample = val[i]
+        with torch.no_grad():
+            mask = pred.model(sample["image"][None])[0].argmax(0).numpy()
+        truth = sample["mask"].numpy()
+        for c in range(2):
+            inter[c] += ((mask == c) & (truth == c)).sum()
+            union[c] += ((mask == c) | (truth == c)).sum()
+    np.testing.assert_allclose(metrics["iou"], inter / union, atol=1e-4)
+    assert metrics["thresholds"]["rule"].startswith("argmax")
