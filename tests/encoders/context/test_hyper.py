@@ -96,7 +96,7 @@ def test_padding_leaves_real_tokens_unchanged():
 
 def test_lsh_range_trains_every_parameter_and_repeats_in_eval():
     # 96 tokens with min_seq_len=32: the approximate path, with padding.
-    encoder = tiny(min_seq_len=32, block_size=16, sample_size=8, drop_path=0.1, dropout=0.1)
+    encoder = tiny(min_seq_len=32, block_size=16, sample_size=8, drop_path=0.1, drop=0.1)
     tokens, positions, mask = batch(n=96, real=70)
     out, _ = encoder(tokens, positions, mask)
     out[mask].square().mean().backward()

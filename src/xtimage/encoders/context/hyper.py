@@ -54,11 +54,11 @@ def sincos_2d(
 class GatedMLP(nn.Module):
     """``fc_out(gelu(x W_gate) * x W_up)``, no biases (LLaMA's MLP with GELU, as released)."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc_in = nn.Linear(dim, 2 * hidden, bias=False)  # gate and up, fused
         self.fc_out = nn.Linear(hidden, dim, bias=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.fc_in(x).chunk(2, dim=-1)  # (B, N, hidden) each
@@ -78,7 +78,7 @@ class HyperSelfAttention(nn.Module):
         block_size: int,
         sample_size: int,
         min_seq_len: int,
-        dropout: float = 0.0,
+        drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.heads = heads
@@ -89,7 +89,7 @@ class HyperSelfAttention(nn.Module):
         self.min_seq_len = min_seq_len
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(drop)
 
     def forward(
         self,
@@ -124,7 +124,7 @@ class HyperBlock(nn.Module):
         dim: int,
         *,
         mlp_ratio: float = 4.0,
-        dropout: float = 0.0,
+        drop: float = 0.0,
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
@@ -132,7 +132,7 @@ class HyperBlock(nn.Module):
         self.attn = attn
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.RMSNorm(dim, eps=1e-6)
-        self.mlp = GatedMLP(dim, int(mlp_ratio * dim), dropout)
+        self.mlp = GatedMLP(dim, int(mlp_ratio * dim), drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x, mask, generator):
@@ -154,7 +154,7 @@ class HyperContext(ContextEncoder):
         block_size: keys per LSH block.
         sample_size: uniformly sampled keys for the residual.
         min_seq_len: exact attention up to this many tokens.
-        dropout: dropout after the attention projection and the MLP.
+        drop: dropout after the attention projection and the MLP.
         drop_path: stochastic depth of the last block, rising linearly from 0.
         seed: seed of the hash and samples in eval mode.
     """
@@ -172,7 +172,7 @@ class HyperContext(ContextEncoder):
         block_size: int = 256,
         sample_size: int = 256,
         min_seq_len: int = 4096,
-        dropout: float = 0.0,
+        drop: float = 0.0,
         drop_path: float = 0.0,
         seed: int = 0,
     ) -> None:
@@ -197,11 +197,11 @@ class HyperContext(ContextEncoder):
                     block_size=block_size,
                     sample_size=sample_size,
                     min_seq_len=min_seq_len,
-                    dropout=dropout,
+                    drop=drop,
                 ),
                 dim,
                 mlp_ratio=mlp_ratio,
-                dropout=dropout,
+                drop=drop,
                 drop_path=rate,
             )
             for rate in rates
