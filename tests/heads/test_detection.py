@@ -77,6 +77,8 @@ def test_box_targets_by_hand():
     assert offset[:, 28, 20].tolist() == [-0.5, -0.5]  # centre (20, 28) - pixel centre
     assert offset[:, 27, 22].tolist() == [20 - 22.5, 28 - 27.5]
     assert size[:, 0, 0].tolist() == [0, 0]  # outside every footprint
+    # regression weight: the gaussian over its sum
+    torch.testing.assert_close(t["weight"], heat[1] / heat[1].sum())
 
 
 def test_box_targets_overlap_keeps_the_max_and_the_owner():
@@ -84,6 +86,12 @@ def test_box_targets_overlap_keeps_the_max_and_the_owner():
     t = box_targets(boxes, torch.tensor([0, 0, 1]), 2, 64, 64)
     # same centre (20, 20): the smaller box owns the shared peak
     assert t["heatmap"][0, 20, 20] == 1 and t["size"][:, 20, 20].tolist() == [12, 12]
+    # each box's regression weights sum to 1 over the pixels it owns
+    big = t["size"][0] == 40
+    small = t["size"][0] == 12
+    assert big.any() and small.any()
+    for owned in (big, small, t["size"][0] == 20):
+        assert t["weight"][owned].sum().item() == pytest.approx(1.0, abs=1e-5)
     # a box whose centre (60, 60) lies outside a 56 x 56 crop draws nothing
     cropped = box_targets(boxes[2:], torch.tensor([1]), 2, 56, 56)
     assert cropped["heatmap"].max() == 0
@@ -245,7 +253,7 @@ def test_box_loss_by_hand_and_exact_gradients_equal_all_at_once():
     targets = {k: v.double() for k, v in targets.items()}
     out = model(image[None])  # (1, 6, H, W)
     heat, size, offset = out[:, :2], out[:, 2:4], out[:, 4:]
-    weight = targets["heatmap"].amax(0)
+    weight = targets["weight"]
     ref = (
         reference_focal(heat[0].detach(), targets["heatmap"]).sum()
         + 0.1 * ((size[0] - targets["size"]).abs().sum(0) * weight).sum()

@@ -10,9 +10,11 @@ with region margins, a region sees an object that its border cuts.
 The dense decoder predicts at full resolution, so two choices follow TTFNet (Liu et al.,
 "Training-Time-Friendly Network for Real-Time Object Detection", AAAI 2020): gaussians
 are elliptical, ``sigma = alpha * (w, h) / 6``, and size and offset are trained at every
-pixel of the gaussian footprint weighted by it, not at the centre pixel alone (the peak
-found at test time may be a pixel off and must still read a trained size). The offset
-of a pixel is the vector from its centre to the box centre.
+pixel of the gaussian footprint, weighted by the gaussian normalised to sum 1 over each
+object (so that every object's regression counts once, as CenterNet's single centre
+pixel does), not at the centre pixel alone: the peak found at test time may be a pixel
+off and must still read a trained size. The offset of a pixel is the vector from its
+centre to the box centre.
 
 Coordinates are continuous pixels: (0, 0) is the image's top-left corner, pixel (i, j)
 covers ``[j, j + 1) x [i, i + 1)``; boxes are ``(x1, y1, x2, y2)``.
@@ -113,7 +115,8 @@ def box_targets(
     pixel holding the centre, with ``sigma = max(alpha * (w, h) / 6, MIN_SIGMA)``, cut at
     3 sigma, into its class's heatmap (overlaps keep the maximum). Each pixel of a
     footprint is *owned* by the box whose gaussian is highest there (the smaller box on
-    ties) and gets that box's size and its offset to that box's centre. Boxes whose
+    ties) and gets that box's size, its offset to that box's centre, and a regression
+    weight: the gaussian divided by its sum over the pixels the box owns. Boxes whose
     centre lies outside the image (e.g. cut by a crop) draw nothing.
 
     Args:
@@ -126,7 +129,7 @@ def box_targets(
 
     Returns:
         ``heatmap`` (K, H, W), ``size`` (2, H, W) as (w, h), ``offset`` (2, H, W) as
-        (dx, dy), all float32; the regression weight of a pixel is ``heatmap.amax(0)``.
+        (dx, dy) and ``weight`` (H, W), all float32; each drawn box's weights sum to 1.
     """
     boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
@@ -145,6 +148,7 @@ def box_targets(
     size = torch.zeros(2, height, width, dtype=torch.float64)
     offset = torch.zeros(2, height, width, dtype=torch.float64)
     owner = torch.zeros(height, width, dtype=torch.float64)  # gaussian value of the owner
+    owner_id = torch.full((height, width), -1, dtype=torch.long)
     for b in torch.argsort(sizes.prod(1), descending=True).tolist():  # small boxes last
         (x1, y1, x2, y2), (w, h) = boxes[b].tolist(), sizes[b].tolist()
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
@@ -162,21 +166,33 @@ def box_targets(
         heat[labels[b], r, c] = torch.maximum(heat[labels[b], r, c], g)
         win = g >= owner[r, c]  # (h', w')
         owner[r, c] = torch.where(win, g, owner[r, c])
+        owner_id[r, c] = torch.where(win, b, owner_id[r, c])
         size[0, r, c] = torch.where(win, w, size[0, r, c])
         size[1, r, c] = torch.where(win, h, size[1, r, c])
         offset[0, r, c] = torch.where(win, cx - (cols[None, :] + 0.5), offset[0, r, c])
         offset[1, r, c] = torch.where(win, cy - (rows[:, None] + 0.5), offset[1, r, c])
-    return {"heatmap": heat.float(), "size": size.float(), "offset": offset.float()}
+    owned = owner_id >= 0
+    totals = torch.zeros(len(boxes), dtype=torch.float64).index_add_(
+        0, owner_id[owned], owner[owned]
+    )  # (n,) each box's gaussian summed over its pixels
+    weight = torch.zeros(height, width, dtype=torch.float64)
+    weight[owned] = owner[owned] / totals[owner_id[owned]]
+    return {
+        "heatmap": heat.float(),
+        "size": size.float(),
+        "offset": offset.float(),
+        "weight": weight.float(),
+    }
 
 
 class BoxHead(DenseHead):
     """A `DenseHead` with CenterNet's outputs: ``heatmap`` (K), ``size`` (2), ``offset`` (2).
 
     The heatmap is trained with `focal_loss` on every valid pixel; size and offset with
-    L1, each pixel weighted by the target heatmap's maximum over classes (TTFNet), so
-    only the gaussian footprints count. Losses are sums over pixels, as `DenseHead`'s,
-    so that chunks add up; CenterNet's per-object normalisation becomes a constant
-    factor (the engine divides by the valid pixel count).
+    L1, each pixel weighted by the target ``weight`` (TTFNet's gaussian, normalised per
+    object), so only the gaussian footprints count, each object once. Losses are sums
+    over pixels, as `DenseHead`'s, so that chunks add up; CenterNet's division by the
+    number of objects becomes the engine's division by the valid pixel count.
 
     Args:
         skips: channels and strides of the skip maps, shallow to deep.
@@ -217,14 +233,13 @@ class BoxHead(DenseHead):
         Args:
             out: (k, K + 4, H, W) raw outputs.
             targets: `box_targets` cropped to the chunk: ``heatmap`` (k, K, H, W),
-                ``size`` and ``offset`` (k, 2, H, W).
+                ``size`` and ``offset`` (k, 2, H, W), ``weight`` (k, H, W).
             valid: (k, H, W) bool.
         """
         parts = self.split(out)
         v = valid.to(out.dtype)
-        heat = targets["heatmap"]
-        total = (focal_loss(parts["heatmap"], heat).sum(1) * v).sum()
-        weight = heat.amax(1) * v  # (k, H, W)
+        total = (focal_loss(parts["heatmap"], targets["heatmap"]).sum(1) * v).sum()
+        weight = targets["weight"] * v  # (k, H, W)
         for spec in self.outputs[1:]:
             l1 = (parts[spec.name] - targets[spec.name]).abs().sum(1)  # (k, H, W)
             total = total + spec.weight * (l1 * weight).sum()
