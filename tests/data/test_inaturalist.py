@@ -86,6 +86,20 @@ def test_class_map_order_is_obeyed(fx, tmp_path):
     assert [s[1] for s in reordered.samples] == [2 - s[1] for s in train.samples]
 
 
+def test_the_xt_release_class_map_format(fx, tmp_path):
+    path = tmp_path / "category_label_reptilia_map.json"
+    path.write_text(json.dumps({"1010": 0, "1002": 1, "1005": 2}))
+    data = INaturalist(fx.root, "train", class_map=path)
+    assert data.supercategory is None
+    assert data.classes == ["Anolis carolinensis", "Crotalus atrox", "Chelonia mydas"]
+    assert len(data) == sum(COUNTS["train"][c] for c in REPTILIA)
+    for file, label in data.samples:
+        assert [1010, 1002, 1005][label] == fx.labels["train"][file.relative_to(fx.root).as_posix()]
+    path.write_text(json.dumps([1, 2]))
+    with pytest.raises(InputError, match="not a class map"):
+        INaturalist(fx.root, "train", class_map=path)
+
+
 def test_errors_name_the_value_and_the_fix(fx, tmp_path):
     with pytest.raises(ConfigError, match="'Reptiles' is not in .*known: Aves, Plantae, Reptilia"):
         INaturalist(fx.root, "train", supercategory="Reptiles")

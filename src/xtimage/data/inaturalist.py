@@ -20,9 +20,8 @@ ids; since both files list every category, train and val agree. `save_class_map`
 writes the index -> category map so that a model's outputs stay readable (and a later
 run can insist on the same classes with ``class_map=``).
 
-`inat_transform` is the training recipe's pixel pipeline: random resized crops, flips
-and RandAugment for training; resize and centre crop for evaluation; ImageNet
-normalisation.
+`inat_transform` is the release's pixel pipeline (timm's ``create_transform``): random
+resized crops, flips and RandAugment for training, a plain resize for evaluation.
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from xtimage.window import Window
 SPLITS = {"train": "train2018.json", "val": "val2018.json"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # the release's RandAugment, in timm's notation
 
 
 class INaturalist(torch.utils.data.Dataset):
@@ -54,8 +54,9 @@ class INaturalist(torch.utils.data.Dataset):
         split: "train" or "val".
         supercategory: keep only this supercategory's categories and images (e.g.
             "Reptilia"); None: all.
-        class_map: a file from `save_class_map`; its classes and their order are used,
-            and an image whose category it lacks is an error.
+        class_map: a file from `save_class_map` (or the xT release's map, see
+            `read_class_map`); its classes and their order are used, and an image of the
+            supercategory whose category it lacks is an error.
         transform: applied to each image, a uint8 (3, H, W) tensor (e.g.
             `inat_transform`); None: float32 in [0, 1].
         annotation_file: read this JSON instead of ``root/{split}2018.json``.
@@ -162,6 +163,8 @@ def _choose_classes(
         key=lambda c: c["id"],
     )
     subset = {c["id"] for c in chosen}
+    if mapped is not None and supercategory is None:  # the release's map: its classes
+        subset = {c["id"] for c in mapped}
     if mapped is not None:
         by_id = {c["id"]: c for c in categories}
         missing = [c["id"] for c in mapped if c["id"] not in by_id]
@@ -197,41 +200,73 @@ def _image_labels(path: Path, data: dict[str, Any]) -> dict[int, int]:
 
 
 def read_class_map(path: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
-    """The supercategory and the categories (in class-index order) of a class map
-    written by `INaturalist.save_class_map`."""
+    """The supercategory and the categories, in class-index order, of a class map.
+
+    Two formats: ours (`INaturalist.save_class_map`), and the xT release's
+    ``{"<category id>": index}`` (``meta/category_label_reptilia_map.json``, the order
+    its checkpoints were trained with), which names no supercategory.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such class map")
     try:
         data = json.loads(path.read_text())
+        if "classes" not in data:  # the release's id -> index map
+            by_index = sorted((index, int(cid)) for cid, index in data.items())
+            data = {"supercategory": None, "classes": [{"index": i, "id": c} for i, c in by_index]}
         classes = data["classes"]
         if [c["index"] for c in classes] != list(range(len(classes))):
             raise ValueError("indices are not 0, 1, 2, ...")
         return data["supercategory"], [
             {k: v for k, v in c.items() if k != "index"} for c in classes
         ]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{path}: not a class map written by save_class_map ({exc})") from exc
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"{path}: not a class map (ours from save_class_map, or the xT release's "
+            f"category id -> index map): {exc}"
+        ) from exc
+
+
+class _OnPil:
+    """Apply a PIL-based transform to a uint8 (3, H, W) tensor (picklable for workers)."""
+
+    def __init__(self, pipeline: Callable) -> None:
+        self.pipeline = pipeline
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.functional import to_pil_image
+
+        return self.pipeline(to_pil_image(image))
 
 
 def inat_transform(size: int, train: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The pixel pipeline of the training recipe, on uint8 (3, H, W) tensors.
+    """The xT release's pixel pipeline, on uint8 (3, H, W) tensors.
 
-    Training: random resized crop to ``size``, horizontal flip, RandAugment (torchvision's
-    defaults: 2 operations of magnitude 9); evaluation: resize the shorter side to
-    ``size / 0.875`` and crop the centre. Both end in float32 with ImageNet's mean and
-    standard deviation.
+    Training: timm's ``create_transform`` as the release calls it: a random resized crop
+    to ``size`` (scale 0.08 to 1, bilinear), a horizontal flip and RandAugment
+    ``rand-m9-mstd0.5-inc1``. Evaluation: the whole image resized to ``size`` x ``size``
+    (the release's; the aspect ratio is not kept). Both end in float32 normalised with
+    ImageNet's mean and standard deviation.
     """
-    from torchvision.transforms import v2
+    from timm.data import create_transform
+    from torchvision import transforms
 
     if train:
-        steps = [
-            v2.RandomResizedCrop(size, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandAugment(),
-        ]
+        pipeline = create_transform(
+            input_size=size,
+            is_training=True,
+            auto_augment=AUTO_AUGMENT,
+            interpolation="bilinear",
+            re_prob=0.0,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        )
     else:
-        steps = [v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
-    return v2.Compose(
-        [*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )
+        pipeline = transforms.Compose(
+            [
+                transforms.Resize((size, size), transforms.InterpolationMode.BILINEAR),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        )
+    return _OnPil(pipeline)
