@@ -89,7 +89,8 @@ def _step_one_grads(tmp_path, *overrides):
 
 @pytest.mark.parametrize("head", ["segmentation", "classification"])
 def test_accumulated_micro_batches_give_the_whole_batch_gradient(tmp_path, head):
-    task = [f"model.head={head}"] + (["model.num_classes=3"] if head == "classification" else [])
+    cls = ["model.num_classes=3", "data.params={textures: 3}"]
+    task = [f"model.head={head}"] + (cls if head == "classification" else [])
     whole = _step_one_grads(tmp_path / "a", "train.batch_size=4", *task)
     # micro-batches of 2 and 1 image: unequal normalisers must still weigh right
     parts = _step_one_grads(

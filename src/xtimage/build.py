@@ -165,7 +165,10 @@ def folder(model: ModelConfig, data: DataConfig) -> Datasets:
     if data.root is None:
         raise ConfigError("data.kind=folder needs data.root=<folder> (see configs/folder_template)")
     kw = dict(task=model.head, classes=model.classes, **data.params)
-    full = FolderDataset(data.root, **kw)
+    try:
+        full = FolderDataset(data.root, **kw)
+    except TypeError as exc:
+        raise ConfigError(f"data.params {data.params}: {exc}") from None
     classes = full.classes
     if data.val_root is not None:
         train_idx = list(range(len(full)))

@@ -15,7 +15,7 @@ import sys
 
 from xtimage.errors import XTError
 
-COMMANDS = ["info", "demo"]
+COMMANDS = ["info", "demo", "train", "eval", "predict", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

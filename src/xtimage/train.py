@@ -234,6 +234,8 @@ class Trainer:
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
+            if ckpt is None:  # a fresh run: no rows of an earlier one
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     def _where(self) -> tuple[int, int, int]:
         return self.step, self.epoch, self.position
