@@ -1,7 +1,9 @@
 """Two processes (gloo, CPU) against one with the same global batch: equal gradients,
-weights and evaluation; sharding without duplicates."""
+weights and evaluation; a checkpoint resumed on another world size; sharding without
+duplicates."""
 
 import os
+import shutil
 import socket
 
 import pytest
@@ -38,6 +40,8 @@ def _run(out: str) -> dict:
     trainer = Trainer(load_config(None, [*OVERRIDES, f"train.out={out}"]))
     trainer.fit(until_step=1)
     grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    if trainer.world.main:  # keep the step-1 checkpoint for resuming elsewhere
+        shutil.copy(f"{out}/checkpoints/last.safetensors", f"{out}/step1.safetensors")
     result = trainer.fit()
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     return {"grads": grads, "weights": weights, "metrics": result["metrics"]}
@@ -79,12 +83,20 @@ def test_two_processes_equal_one(tmp_path):
         torch.testing.assert_close(two["weights"][name], w, rtol=1e-5, atol=1e-6, msg=name)
     # every validation image scored once: the pooled confusion is the same
     assert one["metrics"]["iou"] == pytest.approx(two["metrics"]["iou"], abs=1e-6)
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+    written = sorted(p.name for p in (tmp_path / "two").iterdir())  # by rank 0 alone
+    assert written == [
         "checkpoints",
         "config.yaml",
         "metrics.jsonl",
         "result.pt",
-    ]  # fmt: skip  (one writer)
+        "step1.safetensors",
+    ]
+    # the 2-process run's step-1 checkpoint resumed by 1 process ends where both ended
+    config = load_config(None, [*OVERRIDES, f"train.out={tmp_path / 'resumed'}"])
+    resumed = Trainer(config, resume=tmp_path / "two" / "step1.safetensors")
+    resumed.fit()
+    for name, w in resumed.model.state_dict().items():
+        torch.testing.assert_close(w, one["weights"][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_shards_cover_everything_once():

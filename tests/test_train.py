@@ -135,3 +135,36 @@ def test_run_folder_files_and_refusal_to_overwrite(tmp_path):
 def test_inconsistent_runs_fail_before_training(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         Trainer(tiny(tmp_path, *overrides))
+
+
+def test_streaming_equals_exact_without_context(tmp_path):
+    """With context "none" and no margin, regions never interact: the Transformer-XL-style
+    streaming step is exact, so the two modes give the same step-1 gradient."""
+    crop = ["model.baseline=crop", "train.region_batch=1"]
+    exact = _step_one_grads(tmp_path / "a", "train.mode=exact", *crop)
+    streaming = _step_one_grads(tmp_path / "b", "train.mode=streaming", *crop)
+    assert exact.keys() == streaming.keys() and len(exact) > 10
+    for name, expected in exact.items():
+        atol = 1e-5 * float(expected.abs().max()) + 1e-9
+        torch.testing.assert_close(streaming[name], expected, rtol=1e-5, atol=atol, msg=name)
+
+
+def test_frozen_mode_caches_features_and_trains_only_context_and_head(tmp_path):
+    config = tiny(tmp_path, "model.frozen=true", "train.mode=frozen", "data.augment=false",
+                  "data.train_samples=2", "train.batch_size=2", "train.steps=2")  # fmt: skip
+    trainer = Trainer(config)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(not k.startswith("region_encoder.") for k in changed)
+    assert any(k.startswith("context.") for k in changed)
+    assert len(list((tmp_path / "token_cache").iterdir())) == 2  # one file per image
+
+
+def test_time_budget_stops_after_a_step_with_a_checkpoint(tmp_path):
+    config = tiny(tmp_path, "train.max_minutes=0", "train.steps=50", "data.train_samples=2",
+                  "train.batch_size=1")  # fmt: skip
+    result = Trainer(config).fit()
+    assert result["step"] == 1
+    assert Trainer(config, resume=tmp_path).step == 1
