@@ -14,6 +14,7 @@ the task's target (``label``, ``mask``, or ``boxes`` with ``labels``).
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,9 +114,22 @@ class Datasets:
 DATASETS: Registry[Datasets] = Registry("data set kind")
 
 
+# Kinds whose builders register themselves in their own module, imported when asked for.
+DATA_MODULES = {
+    "inaturalist": "xtimage.data.inaturalist",
+    "coco": "xtimage.data.coco",
+    "xview3": "xtimage.data.xview3",
+}
+
+
 def build_datasets(config: RunConfig) -> Datasets:
     """The training and validation sets of ``config.data`` (builder by ``data.kind``)."""
-    return DATASETS.get(config.data.kind)(config.model, config.data)
+    kind = config.data.kind
+    if kind not in DATASETS and kind in DATA_MODULES:
+        importlib.import_module(DATA_MODULES[kind])
+    if kind not in DATASETS:
+        raise ConfigError(f"unknown data.kind '{kind}'; known: {', '.join(DATASETS.names())}")
+    return DATASETS.get(kind)(config.model, config.data)
 
 
 @DATASETS.register("synthetic")
