@@ -76,8 +76,23 @@ def test_saved_config_reproduces_the_run(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["lr"] == 2e-4
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-def test_presets_build_the_model_they_describe(preset):
+PRESETS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_names_things_that_exist(preset):
+    import timm
+
+    from xtimage.encoders.context import CONTEXT_ENCODERS
+
+    config = load_config(preset)  # keys and types checked
+    assert timm.is_model(config.model.backbone), config.model.backbone
+    assert config.model.context in CONTEXT_ENCODERS
+    assert set(config.model.context_kwargs) <= set(CONTEXT_ENCODERS.arguments(config.model.context))
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p.startswith(("synthetic", "folder"))])
+def test_small_presets_build_the_model_they_describe(preset):
     from xtimage.build import build_model, unwrap
     from xtimage.heads import ClassificationHead, DenseHead
 
