@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -87,12 +87,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def barrier() -> None:
-    """Wait for every process (nothing to do alone)."""
-    if current_world().size > 1:
-        dist.barrier()
-
-
 def reduce_gradients(
     params: Sequence[torch.nn.Parameter], weighted_loss: float, normaliser: float
 ) -> tuple[float, float]:
@@ -130,11 +124,6 @@ def shard(items: Sequence[T], world: World) -> list[T]:
     process may get one item fewer than another; nothing is padded).
     """
     return list(items[world.rank :: world.size])
-
-
-def gather_counts(values: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """Sum metric count tensors over processes (confusion matrices, hit counts)."""
-    return [all_reduce_sum(v) for v in values]
 
 
 def cleanup() -> None:

@@ -109,23 +109,36 @@ class _ArrayWriter:
         pass
 
 
+def _mask_output(config: ModelConfig) -> tuple[slice, bool]:
+    """Channels of the output that makes the mask, and whether it is a ``ce`` output
+    (argmax) rather than a map (sigmoid >= 0.5): the first ``ce`` output, else the
+    first channel."""
+    start = 0
+    for spec in dense_outputs(config):
+        if spec.loss == "ce":
+            return slice(start, start + spec.channels), True
+        start += spec.channels
+    return slice(0, 1), False
+
+
+def mask_dtype(config: ModelConfig) -> np.dtype:
+    """uint8 class maps up to 255 classes, uint16 beyond."""
+    channels, _ = _mask_output(config)
+    return np.dtype(np.uint8 if channels.stop - channels.start <= 255 else np.uint16)
+
+
 class _DenseSink:
     """The writer `Engine.segment` feeds: raw outputs -> class map (+ heatmap) writers.
 
-    The mask is the first ``ce`` output's argmax, else the first map's sigmoid >= 0.5;
-    the heatmap is 1 - p(class 0) of that ``ce`` output, else the first map's sigmoid.
+    The mask is the argmax of the mask output (see `_mask_output`); the heatmap is
+    1 - p(class 0) of it, or the map's sigmoid.
     """
 
-    def __init__(self, model: ModelConfig, mask, heatmap=None, bar: tqdm | None = None) -> None:
-        outputs = dense_outputs(model)
-        start, self.channels, self.ce = 0, None, False
-        for spec in outputs:
-            if spec.loss == "ce":
-                self.channels, self.ce = slice(start, start + spec.channels), True
-                break
-            start += spec.channels
-        if self.channels is None:
-            self.channels = slice(0, 1)
+    def __init__(
+        self, config: ModelConfig, mask: Any, heatmap: Any = None, bar: tqdm | None = None
+    ) -> None:
+        self.channels, self.ce = _mask_output(config)
+        self.dtype = mask_dtype(config)
         self.mask, self.heatmap, self.bar = mask, heatmap, bar
 
     def write(self, window: Window, data: np.ndarray) -> None:
@@ -134,22 +147,16 @@ class _DenseSink:
             classes = logits.argmax(0)
             fg = 1 - logits.softmax(0)[0] if self.heatmap is not None else None
         else:
-            prob = logits[0].sigmoid()
-            classes, fg = (prob >= 0.5).long(), prob
-        self.mask.write(window, classes[None].numpy().astype(self.mask_dtype))
+            fg = logits[0].sigmoid()
+            classes = (fg >= 0.5).long()
+        self.mask.write(window, classes[None].numpy().astype(self.dtype))
         if self.heatmap is not None:
             self.heatmap.write(window, fg[None].float().numpy())
         if self.bar is not None:
             self.bar.update(1)
 
-    @property
-    def mask_dtype(self) -> np.dtype:
-        return np.dtype(np.uint8 if self.channels.stop - self.channels.start <= 255 else np.uint16)
-
     def close(self) -> list[Path]:
-        paths = [self.mask.close()]
-        if self.heatmap is not None:
-            paths.append(self.heatmap.close())
+        paths = [self.mask.close()] + ([self.heatmap.close()] if self.heatmap is not None else [])
         return [p for p in paths if p is not None]
 
     def abort(self) -> None:
@@ -217,13 +224,13 @@ class Predictor:
 
         dev = resolve_device(device)
         model, ckpt = load_model(path, dev)
-        autocast, fp16 = resolve_amp(amp, dev)
+        autocast, _ = resolve_amp(amp, dev)  # inference needs no gradient scaler
         return cls(
             model,
             ckpt.config.model,
             device=dev,
             region_batch=region_batch,
-            autocast=torch.float16 if fp16 else autocast,
+            autocast=autocast,
             **kwargs,
         )
 
@@ -317,7 +324,7 @@ class Predictor:
             _ArrayWriter(1, source.height, source.width, np.float32),
         )
         self._dense(source, sink)
-        mask = sink.mask.array[0].astype(sink.mask_dtype)
+        mask = sink.mask.array[0].astype(sink.dtype)
         return Prediction(self.kind, mask=mask, heatmap=sink.heatmap.array[0])
 
     def outputs(self, path: str | Path, out_dir: str | Path, heatmap: bool = False) -> list[Path]:
@@ -394,37 +401,45 @@ class Predictor:
         self, reader: Reader, source: RegionSource, out: list[Path], progress: bool
     ) -> Prediction:
         height, width = source.height, source.width
-        sink = _DenseSink(self.config, None)
 
-        def writer(path: Path, dtype: Any, resampling: str):
+        def writer(path: Path, dtype: Any, classes: bool) -> Any:
+            """A tiled writer: GeoTIFF with the input's georeference, else (OME-)TIFF."""
             if reader.geo is not None:
                 from xtimage.io.geotiff_writer import GeoTiffWriter
 
-                mode = "nearest" if resampling == "nearest" else "average"
-                return GeoTiffWriter(path, height, width, 1, dtype, geo=reader.geo, resampling=mode)
+                resampling = "nearest" if classes else "average"
+                return GeoTiffWriter(
+                    path, height, width, 1, dtype, geo=reader.geo, resampling=resampling
+                )
             from xtimage.io.tiff_writer import TiffWriter
 
+            resampling = "nearest" if classes else "mean"
             return TiffWriter(
                 path, height, width, 1, dtype, resampling=resampling, pixel_size=reader.pixel_size
             )
 
-        sink.mask = writer(out[0], sink.mask_dtype, "nearest")
+        mask = writer(out[0], mask_dtype(self.config), classes=True)
         try:
-            if len(out) > 1:
-                sink.heatmap = writer(out[1], np.float32, "mean")
-            regions = unwrap(self.model).plan(height, width).num_regions
-            with tqdm(
-                total=regions if self.engine is not None else 1,
-                desc=Path(reader.path or "image").name,
-                unit="region",
-                disable=not progress,
-                leave=False,
-            ) as bar:
-                sink.bar = bar
-                self._dense(source, sink)
+            heat = writer(out[1], np.float32, classes=False) if len(out) > 1 else None
+        except BaseException:
+            mask.abort()
+            raise
+        regions = unwrap(self.model).plan(height, width).num_regions
+        bar = tqdm(
+            total=regions if self.engine is not None else 1,
+            desc=Path(reader.path or "image").name,
+            unit="region",
+            disable=not progress,
+            leave=False,
+        )
+        sink = _DenseSink(self.config, mask, heat, bar)
+        try:
+            self._dense(source, sink)
         except BaseException:
             sink.abort()
             raise
+        finally:
+            bar.close()
         return Prediction(self.kind, files=sink.close())
 
     def predict_files(
@@ -539,15 +554,12 @@ class _Scorer:
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
             return {"precision": precision, "recall": recall, "f1": f1, "boxes": int(predicted)}
         meter = self.meter
+        all_reduce_sum(meter.confusion)
         if self.kind == "classification":
-            for tensor in (meter.confusion,):
-                all_reduce_sum(tensor)
             hits = torch.tensor([meter.hits[k] for k in meter.topk] + [meter.count])
             all_reduce_sum(hits)
             meter.hits = dict(zip(meter.topk, hits[:-1].tolist(), strict=True))
             meter.count = int(hits[-1])
-            return meter.compute()
-        all_reduce_sum(meter.confusion)
         return meter.compute()
 
 

@@ -44,7 +44,7 @@ from xtimage.model import XT
 
 log = logging.getLogger(__name__)
 
-BEST_METRIC = {"classification": "top1", "segmentation": "miou", "detection": "f1"}
+BEST_METRIC = {"classification": "top1", "segmentation": "foreground_iou", "detection": "f1"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -444,8 +444,8 @@ class Trainer:
                     if last_batch:
                         self.epoch, self.position = self.epoch + 1, 0
                     recent.append(loss)
+                    bar.set_postfix(loss=f"{loss:.4f}", epoch=self.epoch, refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", epoch=self.epoch)
                     if self.step % t.log_every == 0 or self.step == self.total_steps:
                         last_loss = sum(recent) / len(recent)
                         row = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from xtimage.errors import ConfigError
+
 EXAMPLE = """examples:
   xt eval runs/seg/checkpoints/best.safetensors          # the run's own validation set
   xt eval best.safetensors data.kind=folder data.root=labelled/ data.val_fraction=0.99
@@ -42,13 +44,17 @@ def run(args: argparse.Namespace) -> int:
     from xtimage.train import resolve_device
 
     ckpt = read_checkpoint(args.checkpoint)
+    other = [o for o in args.overrides if not o.startswith("data.")]
+    if other:
+        raise ConfigError(
+            f"xt eval takes data.* settings only (the model is the checkpoint's), got {other[0]}"
+        )
     config = load_config(ckpt.config.to_dict(), args.overrides)
     world = init_distributed(resolve_device(args.device).type)
     try:
         predictor = Predictor.from_checkpoint(
             ckpt.path, device=args.device, region_batch=args.region_batch, threshold=args.threshold
         )
-        predictor.config = config.model
         val = build_datasets(config).val
         if args.predictions:
             metrics = predictor.score_files(val, args.predictions)
