@@ -20,6 +20,7 @@ weights are saved from the unwrapped model, so a checkpoint rebuilds with
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,9 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temp:
         save_file(tensors, str(temp), metadata={"xtimage": json.dumps(meta, default=_plain)})
+        umask = os.umask(0)
+        os.umask(umask)
+        temp.chmod(0o666 & ~umask)  # as a plain open() would make it, readable by the group
     return path
 
 

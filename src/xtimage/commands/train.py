@@ -73,11 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
         return 0
     loss = result["loss"]
-    print(
-        f"trained {result['step']} steps ({result['epoch']} epochs), last loss {loss:.4f}"
-        if loss is not None
-        else f"trained {result['step']} steps"
-    )
+    last = f", last loss {loss:.4f}" if loss is not None else ""
+    print(f"trained {result['step']} steps (epoch {result['epoch']}){last}")
     for key, value in result["metrics"].items():
         if isinstance(value, int | float):
             print(f"  val {key:<16} {value:.4f}")
