@@ -1,15 +1,20 @@
 """iNaturalist 2018: the fixture read by pycocotools and by our loader; class maps; recipe."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from xtimage.data.inaturalist import INaturalist, inat_transform, read_class_map
+from xtimage.build import build_model
+from xtimage.config import load_config
+from xtimage.data.inaturalist import INaturalist, inat_transform, posterize, read_class_map
 from xtimage.errors import ConfigError, InputError
+from xtimage.train import Trainer
 
 from .inat_fixture import CATEGORIES, COUNTS, REPTILIA, write_inat_fixture
 
@@ -168,6 +173,19 @@ def test_recipe_transforms():
     assert a.shape == (3, 32, 32) and not torch.equal(a, b)
 
 
+def test_posterize_to_zero_bits_is_black_not_an_error():
+    image = Image.fromarray(np.full((4, 4, 3), 200, np.uint8))
+    assert np.asarray(posterize(image, 0)).max() == 0
+    assert np.asarray(posterize(image, 2)).tolist() == np.full((4, 4, 3), 192).tolist()
+    assert posterize(image, 8) is image
+    ops = [
+        op
+        for step in inat_transform(16, True).pipeline.transforms
+        for op in getattr(step, "ops", [])
+    ]
+    assert [op.aug_fn for op in ops if op.name.startswith("Posterize")] == [posterize]
+
+
 def test_transform_is_applied_to_uint8(fx):
     seen = []
     data = INaturalist(
@@ -177,3 +195,63 @@ def test_transform_is_applied_to_uint8(fx):
         transform=lambda x: seen.append(x.dtype) or x.float(),
     )
     assert data[0]["image"].shape[0] == 3 and seen == [torch.uint8]
+
+
+# ------------------------------------------------------------------------- presets
+
+PRESETS = sorted((Path(__file__).parents[2] / "configs").glob("inat_reptilia_*.yaml"))
+# the xT release's README: parameters (millions) of its Reptilia models at 512/256
+RELEASE_PARAMS = {
+    "swin_t_hyper": 47,
+    "swin_t_mamba": 44,
+    "swin_s_hyper": 69,
+    "swin_b_hyper": 107,
+    "swin_b_mamba": 103,
+    "swin_l_hyper": 215,
+    "swin_l_mamba": 212,
+}
+
+
+def test_presets_hold_the_release_recipe():
+    assert len(PRESETS) == 15  # Swin-V2 T/S/B/L and Hiera-B, each with hyper, xl, mamba
+    for path in PRESETS:
+        config = load_config(path)
+        m, d, t = config.model, config.data, config.train
+        family, context = path.stem.removeprefix("inat_reptilia_").rsplit("_", 1)
+        assert m.context == context and timm.is_model(m.backbone), path
+        assert (d.size, m.region) == ((448, 224) if family == "hiera_b" else (512, 256)), path
+        assert t.lr == (1e-5 if family in ("swin_b", "swin_l") else 1e-4), path
+        assert (t.optimizer, t.weight_decay, t.clip, t.warmup, t.min_lr_ratio, t.epochs) == (
+            "adamw",
+            1e-4,
+            5.0,
+            0,
+            0.01,
+            100,
+        ), path
+        assert (m.num_classes, m.label_smoothing, m.dim) == (284, 0.3, 768), path
+        assert m.backbone_kwargs["drop_path_rate"] == 0.2, path
+        assert (d.kind, d.params, d.augment) == (
+            "inaturalist",
+            {"supercategory": "Reptilia"},
+            False,
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RELEASE_PARAMS))
+def test_preset_models_have_the_release_parameter_counts(name):
+    model = build_model(load_config(f"inat_reptilia_{name}").model, load_pretrained=False)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(millions - RELEASE_PARAMS[name]) < 1.0
+
+
+def test_tiny_preset_trains_on_the_fixture(fx, tmp_path):
+    config = load_config("inat_tiny", [f"data.root={fx.root}", f"train.out={tmp_path}"])
+    result = Trainer(config).fit()
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open() if '"loss"' in line
+    ]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.05
+    assert result["metrics"]["top1"] == 1.0  # 3 reptiles told apart, chance 1/3
+    assert config.model.classes == ["Crotalus atrox", "Chelonia mydas", "Anolis carolinensis"]

@@ -1,5 +1,7 @@
 """Box head: focal loss, targets, decoding on hand-built maps, cross-border NMS, streaming."""
 
+import csv
+import json
 import math
 
 import numpy as np
@@ -21,6 +23,7 @@ from xtimage.heads.detection import (
     detect,
 )
 from xtimage.heads.segmentation import focal_loss
+from xtimage.io.vector import write_coco_results, write_csv, write_geojson
 from xtimage.model import XT
 from xtimage.tiling import RegionPlan
 from xtimage.window import Window
@@ -285,3 +288,23 @@ def test_detect_needs_a_box_head():
     model = XT(encoder, IdentityContext(16), head, region=64)
     with pytest.raises(ConfigError, match="BoxHead"):
         detect(Engine(model), torch.zeros(3, 64, 64))
+
+
+def test_boxes_written_as_csv_geojson_and_coco_read_back(tmp_path):
+    boxes = Boxes(
+        torch.tensor([[10.5, 20.0, 30.0, 44.25], [100.0, 5.0, 140.0, 15.0]]),
+        torch.tensor([0.9, 0.4]),
+        torch.tensor([1, 0]),
+    )
+    names = ["car", "boat"]
+    with open(write_csv(tmp_path / "b.csv", boxes.detections(names))) as f:
+        rows = list(csv.DictReader(f))
+    got = [[float(r[k]) for k in ("left", "top", "right", "bottom")] for r in rows]
+    assert got == boxes.boxes.tolist() and [r["label"] for r in rows] == ["boat", "car"]
+    features = json.loads(
+        write_geojson(tmp_path / "b.geojson", boxes.detections(names)).read_text()
+    )
+    ring = features["features"][0]["geometry"]["coordinates"][0]  # pixel flavour: x, y
+    assert min(p[0] for p in ring) == 10.5 and max(p[1] for p in ring) == 44.25
+    results = json.loads(write_coco_results(tmp_path / "r.json", boxes.detections(), 7).read_text())
+    assert [r["bbox"] for r in results] == [[10.5, 20.0, 19.5, 24.25], [100.0, 5.0, 40.0, 10.0]]

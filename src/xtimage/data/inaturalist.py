@@ -22,6 +22,8 @@ run can insist on the same classes with ``class_map=``).
 
 `inat_transform` is the release's pixel pipeline (timm's ``create_transform``): random
 resized crops, flips and RandAugment for training, a plain resize for evaluation.
+``data.kind: inaturalist`` in a run config builds both splits (`inaturalist_datasets`);
+the ``configs/inat_*.yaml`` presets use it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from xtimage.build import DATASETS, Datasets
+from xtimage.config import DataConfig, ModelConfig
 from xtimage.data.coco import check_entry, load_json, unique_ids
 from xtimage.errors import ConfigError, InputError
 from xtimage.io import open_reader
@@ -227,6 +231,20 @@ def read_class_map(path: str | Path) -> tuple[str | None, list[dict[str, Any]]]:
         ) from exc
 
 
+def posterize(image: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's RandAugment posterize, keeping 0 bits as black (what Pillow did before 11).
+
+    At high magnitudes timm asks for 0 bits, which Pillow now refuses with an error.
+    """
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return ImageOps.posterize(image, bits_to_keep)
+
+
 class _OnPil:
     """Apply a PIL-based transform to a uint8 (3, H, W) tensor (picklable for workers)."""
 
@@ -261,6 +279,10 @@ def inat_transform(size: int, train: bool) -> Callable[[torch.Tensor], torch.Ten
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
         )
+        for step in pipeline.transforms:
+            for op in getattr(step, "ops", []):  # RandAugment's operations
+                if op.name.startswith("Posterize"):
+                    op.aug_fn = posterize
     else:
         pipeline = transforms.Compose(
             [
@@ -270,3 +292,33 @@ def inat_transform(size: int, train: bool) -> Callable[[torch.Tensor], torch.Ten
             ]
         )
     return _OnPil(pipeline)
+
+
+@DATASETS.register("inaturalist")
+def inaturalist_datasets(model: ModelConfig, data: DataConfig) -> Datasets:
+    """``data.kind: inaturalist``: the train and val splits under ``data.root`` at
+    ``data.size`` px through `inat_transform`; ``data.params`` may give
+    ``supercategory`` and ``class_map`` (see `INaturalist`)."""
+    if data.root is None:
+        raise ConfigError("data.kind=inaturalist needs data.root=<folder with train2018.json>")
+    unknown = sorted(set(data.params) - {"supercategory", "class_map"})
+    if unknown:
+        raise ConfigError(
+            f"data.params {unknown} are not iNaturalist options; use supercategory, class_map"
+        )
+    train = INaturalist(
+        data.root, "train", transform=inat_transform(data.size, True), **data.params
+    )
+    val = INaturalist(data.root, "val", transform=inat_transform(data.size, False), **data.params)
+    if [c["id"] for c in val.categories] != [c["id"] for c in train.categories]:
+        raise InputError(
+            f"{data.root}: train2018.json and val2018.json list different categories; give "
+            "both splits the same class map (data.params.class_map)"
+        )
+    if train.num_classes != model.num_classes:
+        raise ConfigError(
+            f"{data.root} has {train.num_classes} classes in supercategory "
+            f"{train.supercategory or '(all)'} but model.num_classes={model.num_classes}; "
+            f"set model.num_classes={train.num_classes}"
+        )
+    return Datasets(train, val, train.classes)
