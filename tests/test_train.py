@@ -168,3 +168,28 @@ def test_time_budget_stops_after_a_step_with_a_checkpoint(tmp_path):
     result = Trainer(config).fit()
     assert result["step"] == 1
     assert Trainer(config, resume=tmp_path).step == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_bf16_exact_step_is_close_to_float32_on_gpu(tmp_path):
+    gpu = ["train.device=cuda", "train.mode=exact"]
+    full = _step_one_grads(tmp_path / "a", *gpu, "train.amp=none")
+    mixed = _step_one_grads(tmp_path / "b", *gpu, "train.amp=bf16")
+    for name, expected in full.items():
+        cos = torch.nn.functional.cosine_similarity(
+            mixed[name].flatten().float(), expected.flatten().float(), dim=0
+        )
+        assert cos > 0.95 or expected.norm() < 1e-6, (name, float(cos))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_fp16_with_its_gradient_scaler_trains_on_gpu(tmp_path):
+    config = tiny(tmp_path, "train.device=cuda", "train.mode=direct", "train.amp=fp16",
+                  "train.steps=6", "data.train_samples=2", "train.batch_size=2")  # fmt: skip
+    trainer = Trainer(config)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.fit()
+    after = trainer.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # some steps were taken
+    assert math.isfinite(result["loss"]) and trainer.scaler.get_scale() > 0
