@@ -8,9 +8,12 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+from xtimage.build import build_datasets
+from xtimage.config import load_config
 from xtimage.data.coco import CocoDetection
-from xtimage.errors import InputError
+from xtimage.errors import ConfigError, InputError
 from xtimage.metrics.coco import coco_map, coco_results
+from xtimage.train import Trainer
 from xtimage.window import Window
 
 from .coco_fixture import CATEGORIES, IMAGES, write_coco_fixture
@@ -139,3 +142,66 @@ def test_empty_boxes_are_dropped_with_a_warning_and_boxes_clipped(fx, tmp_path, 
         data = CocoDetection(edited(fx, tmp_path, edit), fx.image_root)
     assert "dropped 1 box(es)" in caplog.text and "annotations[0]" in caplog.text
     np.testing.assert_allclose(data.records[0].boxes, [[50, 40, 64, 48]])
+
+
+def coco_run(fx, tmp_path, **data):
+    return load_config(
+        {
+            "model": {
+                "backbone": "convnext_atto",
+                "backbone_kwargs": {"depths": [1, 1, 1, 1], "dims": [8, 8, 16, 16]},
+                "region": 32,
+                "context": "none",
+                "dim": 16,
+                "head": "detection",
+                "num_classes": 3,
+                "decoder_channels": 8,
+            },
+            "data": {
+                "kind": "coco",
+                "root": str(fx.annotation_file),
+                "params": {"image_root": str(fx.image_root)},
+                "augment": False,
+                **data,
+            },
+            "train": {
+                "steps": 12,
+                "batch_size": 4,
+                "lr": 3e-3,
+                "device": "cpu",
+                "amp": "none",
+                "progress": False,
+                "log_every": 6,
+                "out": str(tmp_path),
+            },
+        }
+    )
+
+
+def test_coco_builder_trains_the_box_head(fx, tmp_path):
+    config = coco_run(
+        fx,
+        tmp_path,
+        val_root=str(fx.annotation_file),
+        params={"image_root": str(fx.image_root), "val_image_root": str(fx.image_root)},
+    )
+    data = build_datasets(config)
+    assert data.classes == ["person", "car", "dog"]
+    assert data.train[1]["iscrowd"].tolist() == [False]  # image 285: its crowd left out
+    assert data.val[1]["iscrowd"].tolist() == [False, True]
+    result = Trainer(config).fit()
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open() if '"loss"' in line
+    ]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert {"precision", "recall", "f1"} <= set(result["metrics"])
+
+
+def test_coco_builder_windows_and_errors(fx, tmp_path):
+    data = build_datasets(coco_run(fx, tmp_path, window=24, train_samples=5))
+    keys = data.train.plan(0)
+    assert len(keys) == 5 and data.train[keys[0]]["image"].shape == (3, 24, 24)
+    config = coco_run(fx, tmp_path)
+    config.model.num_classes = 4
+    with pytest.raises(ConfigError, match="has 3 categories but model.num_classes=4"):
+        build_datasets(config)

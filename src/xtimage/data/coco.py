@@ -17,7 +17,8 @@ and `CocoDetection.category_ids` maps an index back.
 Everything is checked when the JSON is read; an error names the file, the entry
 (``annotations[12] (id 907)``), the value and the fix. As in torchvision's detection
 reference, boxes are clipped to their image and boxes with no width or height are
-dropped, with one logged warning.
+dropped, with one logged warning. ``data.kind: coco`` in a run config builds a training
+and a validation set (`coco_datasets`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from xtimage.errors import InputError
+from xtimage.build import DATASETS, Datasets, Windows
+from xtimage.config import DataConfig, ModelConfig
+from xtimage.errors import ConfigError, InputError
 from xtimage.io import open_reader, read_padded
 from xtimage.window import Window
 
@@ -102,9 +105,17 @@ class CocoDetection(torch.utils.data.Dataset):
     Args:
         annotation_file: the instances JSON.
         image_root: the folder ``file_name`` is relative to; default: the JSON's folder.
+        crowd: keep crowd regions (flagged in ``iscrowd``); False leaves them out, as
+            training targets should.
     """
 
-    def __init__(self, annotation_file: str | Path, image_root: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        annotation_file: str | Path,
+        image_root: str | Path | None = None,
+        *,
+        crowd: bool = True,
+    ) -> None:
         path = Path(annotation_file)
         self.annotation_file = path
         self.image_root = Path(image_root) if image_root is not None else path.parent
@@ -171,6 +182,8 @@ class CocoDetection(torch.utils.data.Dataset):
             x2, y2 = min(max(x + w, 0), img["width"]), min(max(y + h, 0), img["height"])
             if x2 <= x1 or y2 <= y1:
                 dropped.append(f"{where}: bbox {bbox} in image {img['id']}")
+                continue
+            if ann["iscrowd"] and not crowd:
                 continue
             objects[images[ann["image_id"]]].append(
                 ((x1, y1, x2, y2), index[ann["category_id"]], bool(ann["iscrowd"]))
@@ -244,3 +257,39 @@ class CocoDetection(torch.utils.data.Dataset):
             "iscrowd": torch.from_numpy(record.crowd[keep]),
             "image_id": torch.tensor(record.id),
         }
+
+
+@DATASETS.register("coco")
+def coco_datasets(model: ModelConfig, data: DataConfig) -> Datasets:
+    """``data.kind: coco``: ``data.root`` is the training instances JSON and
+    ``data.val_root`` the validation one (None: no validation set); ``data.params`` may
+    give ``image_root`` and ``val_image_root`` (default: each JSON's folder).
+    ``data.window`` trains on random windows of that side (large scenes). Crowd regions
+    are left out of the training targets and kept, flagged, for validation."""
+    if data.root is None:
+        raise ConfigError("data.kind=coco needs data.root=<training instances JSON>")
+    unknown = sorted(set(data.params) - {"image_root", "val_image_root"})
+    if unknown:
+        raise ConfigError(
+            f"data.params {unknown} are not COCO options; use image_root, val_image_root"
+        )
+    train = CocoDetection(data.root, data.params.get("image_root"), crowd=False)
+    val: Any = []
+    if data.val_root is not None:
+        val = CocoDetection(data.val_root, data.params.get("val_image_root"))
+        if val.category_ids != train.category_ids:
+            raise InputError(
+                f"{data.val_root}: categories {val.category_ids} differ from the training "
+                f"set's {train.category_ids} ({data.root})"
+            )
+    if train.num_classes != model.num_classes:
+        raise ConfigError(
+            f"{data.root} has {train.num_classes} categories but model.num_classes="
+            f"{model.num_classes}; set model.num_classes={train.num_classes}"
+        )
+    if data.window is not None:
+        indices = list(range(len(train)))
+        return Datasets(
+            Windows(train, indices, data.window, data.train_samples, data.seed), val, train.classes
+        )
+    return Datasets(train, val, train.classes)
