@@ -119,7 +119,9 @@ def test_run_folder_files_and_refusal_to_overwrite(tmp_path):
     assert load_config(tmp_path / "config.yaml") == config
     with pytest.raises(ConfigError, match="already holds a run"):
         Trainer(config)
-    Trainer(config, overwrite=True)  # allowed when asked
+    Trainer(config, overwrite=True)  # allowed when asked; nothing of the old run is left
+    assert not list((tmp_path / "checkpoints").iterdir())
+    assert not (tmp_path / "metrics.jsonl").exists()
 
 
 @pytest.mark.parametrize(

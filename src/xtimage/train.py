@@ -229,16 +229,15 @@ class Trainer:
             restore_training(ckpt, self.optimizer, self.scaler)
             self.step, self.epoch, self.position = ckpt.step, ckpt.epoch, ckpt.position
             self.best, self.metrics = ckpt.state.get("best"), ckpt.metrics
-            log.info("resumed %s at step %d (epoch %d, +%d)", ckpt.path, *self._where())
+            log.info("resumed %s at step %d (epoch %d)", ckpt.path, self.step, self.epoch)
         self.total_steps = t.steps or t.epochs * self.steps_per_epoch
         if self.world.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
-            if ckpt is None:  # a fresh run: no rows of an earlier one
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-
-    def _where(self) -> tuple[int, int, int]:
-        return self.step, self.epoch, self.position
+            if ckpt is None:  # a fresh run: nothing of an earlier one may look like ours
+                best = self.run_dir / "checkpoints" / "best.safetensors"
+                for old in (self.run_dir / "metrics.jsonl", best, last):
+                    old.unlink(missing_ok=True)
 
     def _check_mode(self, mode: str, fp16: bool) -> str:
         model = self.config.model
