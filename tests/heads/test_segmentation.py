@@ -74,3 +74,15 @@ def test_loss_sum_is_the_weighted_sum_of_per_pixel_losses_on_valid_pixels():
 def test_unknown_loss_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown loss 'hinge'"):
         DenseOutput("x", 1, "hinge")
+
+
+def test_class_weights_scale_each_pixel_by_its_true_class():
+    h = DenseHead(SKIPS, 8, [DenseOutput("mask", 2, "ce", class_weights=(1.0, 3.0))]).double()
+    out = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    target = torch.randint(0, 2, (1, 8, 8))
+    valid = torch.ones(1, 8, 8, dtype=torch.bool)
+    plain = F.cross_entropy(out, target, reduction="none")
+    expected = (plain * (1.0 + 2.0 * target)).sum()
+    torch.testing.assert_close(h.loss_sum(out, {"mask": target}, valid), expected)
+    with pytest.raises(ConfigError, match="one weight per channel"):
+        DenseOutput("mask", 2, "ce", class_weights=(1.0,))

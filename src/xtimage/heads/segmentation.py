@@ -31,19 +31,28 @@ LOSSES = ("ce", "bce", "focal", "l1", "mse")
 class DenseOutput:
     """One dense output: ``channels`` maps trained with ``loss``.
 
-    ``ce``: class logits against an int64 (k, H, W) target; ``bce``: logits against a
-    float (k, channels, H, W) target in [0, 1]; ``focal``: the same, with `focal_loss`
-    (heatmaps whose peaks are 1); ``l1``/``mse``: regression.
+    ``ce``: class logits against an int64 (k, H, W) target, each pixel weighted by its
+    class's ``class_weights`` entry (for rare foreground classes); ``bce``: logits
+    against a float (k, channels, H, W) target in [0, 1]; ``focal``: the same, with
+    `focal_loss` (heatmaps whose peaks are 1); ``l1``/``mse``: regression.
     """
 
     name: str
     channels: int
     loss: str = "ce"
     weight: float = 1.0
+    class_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ConfigError(f"output '{self.name}': unknown loss '{self.loss}'; use {LOSSES}")
+        if self.class_weights is not None and (
+            self.loss != "ce" or len(self.class_weights) != self.channels
+        ):
+            raise ConfigError(
+                f"output '{self.name}': class_weights needs loss 'ce' and one weight per "
+                f"channel ({self.channels}), got {self.class_weights!r} with '{self.loss}'"
+            )
 
 
 def focal_loss(
@@ -151,7 +160,12 @@ class DenseHead(nn.Module):
         ):
             target = targets[spec.name]
             if spec.loss == "ce":
-                per_pixel = F.cross_entropy(pred, target.clamp_min(0), reduction="none")
+                weights = None
+                if spec.class_weights is not None:
+                    weights = pred.new_tensor(spec.class_weights)
+                per_pixel = F.cross_entropy(
+                    pred, target.clamp_min(0), weight=weights, reduction="none"
+                )
             elif spec.loss == "bce":
                 per_pixel = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
                 per_pixel = per_pixel.sum(1)
