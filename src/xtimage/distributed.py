@@ -81,9 +81,18 @@ def current_world() -> World:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all processes, in place (nothing to do alone)."""
+    """Sum ``tensor`` over all processes, in place (nothing to do alone).
+
+    NCCL reduces GPU tensors only: a CPU tensor (metric counts) goes through this
+    process's GPU and back.
+    """
     if current_world().size > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            on_gpu = tensor.cuda()
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            tensor.copy_(on_gpu)
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
