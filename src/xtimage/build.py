@@ -142,7 +142,8 @@ def synthetic(model: ModelConfig, data: DataConfig) -> Datasets:
     )
     try:
         train = SyntheticTask(seed=data.seed, length=data.train_samples, **common)
-        val = SyntheticTask(seed=data.seed + 1, length=max(data.val_samples, 1), **common)
+        n_val = data.val_samples
+        val = SyntheticTask(seed=data.seed + 1, length=n_val, **common) if n_val else []
     except TypeError as exc:
         raise ConfigError(f"data.params {data.params}: {exc}") from None
     if model.num_classes != train.num_classes:
@@ -151,7 +152,7 @@ def synthetic(model: ModelConfig, data: DataConfig) -> Datasets:
             f"model.num_classes={model.num_classes}; set model.num_classes={train.num_classes}"
         )
     if model.head == "detection":
-        train, val = _Boxed(train), _Boxed(val)
+        train, val = _Boxed(train), (_Boxed(val) if n_val else [])
     return Datasets(train, val)
 
 
