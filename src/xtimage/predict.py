@@ -23,6 +23,7 @@ all exist is done and is skipped unless ``overwrite`` is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -256,9 +257,7 @@ class Predictor:
         """The whole image as (1, C, H, W) on the device (the downsample baseline)."""
         return source.read(Window(0, 0, source.height, source.width))[None].to(self.device)
 
-    def _amp(self):
-        import contextlib
-
+    def _amp(self) -> contextlib.AbstractContextManager:
         if self.autocast is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast)
