@@ -195,3 +195,19 @@ def test_torchrun_two_processes_train_and_predict(tmp_path):
     subprocess.run([*torchrun, "predict", str(ckpt), str(data / "images"), "-o",
                     str(tmp_path / "out"), "--quiet"], check=True, timeout=600)  # fmt: skip
     assert len(list((tmp_path / "out").glob("*.mask.tif"))) == 4
+
+
+def test_resume_through_the_cli_continues_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny = [a for a in TINY if not a.startswith("data.")]  # synthetic data
+    args = [*tiny, "data.size=128", "data.train_samples=2", "data.val_samples=0",
+            "train.batch_size=1", "train.out=run"]  # fmt: skip
+    assert main(["train", "synthetic_seg", *args, "train.steps=2"]) == 0
+    assert main(["train", "--resume", "run", "train.steps=4"]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+    rows = [json.loads(line) for line in Path("run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    from xtimage.checkpoint import read_checkpoint
+
+    assert read_checkpoint("run").step == 4
+    assert main(["train", "synthetic_seg", *args, "train.steps=2"]) == 2  # the folder is used

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from xtimage.errors import ConfigError
 
@@ -51,6 +52,8 @@ def resolve(args: argparse.Namespace):
             raise ConfigError(
                 "--resume continues the run's own config; give overrides only, not a config"
             )
+        if Path(args.resume).is_dir() and not any(o.startswith("train.out=") for o in overrides):
+            overrides.insert(0, f"train.out={args.resume}")  # go on writing where it was
         return load_config(read_checkpoint(args.resume).config.to_dict(), overrides)
     if source is None:
         raise ConfigError("give a config (e.g. xt train synthetic_seg) or --resume RUN")
