@@ -150,3 +150,23 @@ def read_padded(reader: Reader, window: Window, level: int = 0, fill: Any = 0) -
         rows, cols = inside.shift(-window.top, -window.left).slices()
         out[:, rows, cols] = reader.read_region(inside, level)
     return out
+
+
+def clip_to_image(
+    name: str, window: Window, data: np.ndarray, channels: int, height: int, width: int
+) -> tuple[Window, np.ndarray] | None:
+    """The part of a writer's ``data`` (C, h, w) at ``window`` that lies inside the image.
+
+    Writers drop what falls outside (margins, padding). None when nothing is inside; a
+    shape that does not match the window is an `InputError` naming the output ``name``.
+    """
+    if data.shape != (channels, window.height, window.width):
+        raise InputError(
+            f"{name}: data of shape {tuple(data.shape)} does not match window {window} "
+            f"with {channels} channel(s)"
+        )
+    inside = window.intersect(Window(0, 0, height, width))
+    if inside is None:
+        return None
+    rows, cols = inside.shift(-window.top, -window.left).slices()
+    return inside, data[:, rows, cols]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xtimage.errors import ConfigError, InputError, require
+from xtimage.errors import ConfigError, require
 from xtimage.io.atomic import AtomicPath
-from xtimage.io.base import GeoInfo
+from xtimage.io.base import GeoInfo, clip_to_image
 from xtimage.window import Window
 
 
@@ -95,17 +95,14 @@ class GeoTiffWriter:
 
     def write(self, window: Window, data: np.ndarray) -> None:
         """Store ``data`` (C, h, w) at ``window``; parts outside the image are dropped."""
-        if data.shape != (self.channels, window.height, window.width):
-            raise InputError(
-                f"{self._target.final}: data of shape {tuple(data.shape)} does not match "
-                f"window {window} with {self.channels} band(s)"
-            )
-        inside = window.intersect(Window(0, 0, self.height, self.width))
-        if inside is None:
+        clipped = clip_to_image(
+            str(self._target.final), window, data, self.channels, self.height, self.width
+        )
+        if clipped is None:
             return
-        rows, cols = inside.shift(-window.top, -window.left).slices()
+        inside, part = clipped
         win = self._rasterio.windows.Window(inside.left, inside.top, inside.width, inside.height)
-        self._ds.write(np.ascontiguousarray(data[:, rows, cols]), window=win)
+        self._ds.write(np.ascontiguousarray(part), window=win)
 
     def close(self) -> Path:
         """Build overviews, (optionally) convert to COG, and rename into place."""

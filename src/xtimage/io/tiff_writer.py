@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xtimage.errors import ConfigError, InputError, require
+from xtimage.errors import ConfigError, require
 from xtimage.io.atomic import AtomicPath
-from xtimage.io.base import PixelSize
+from xtimage.io.base import PixelSize, clip_to_image
 from xtimage.window import Window
 
 _COMPRESSIONS = {"none": None, "deflate": "zlib", "zlib": "zlib", "zstd": "zstd", "lzw": "lzw",
@@ -178,16 +178,13 @@ class TiffWriter:
 
     def write(self, window: Window, data: np.ndarray) -> None:
         """Store ``data`` (C, h, w) at ``window``; parts outside the image are dropped."""
-        if data.shape != (self.channels, window.height, window.width):
-            raise InputError(
-                f"{self._target.final}: data of shape {tuple(data.shape)} does not match "
-                f"window {window} with {self.channels} channel(s)"
-            )
-        inside = window.intersect(Window(0, 0, self.height, self.width))
-        if inside is None:
+        clipped = clip_to_image(
+            str(self._target.final), window, data, self.channels, self.height, self.width
+        )
+        if clipped is None:
             return
-        rows, cols = inside.shift(-window.top, -window.left).slices()
-        self._store.write(inside, data[:, rows, cols].transpose(1, 2, 0).astype(self.dtype))
+        inside, part = clipped
+        self._store.write(inside, part.transpose(1, 2, 0).astype(self.dtype))
 
     def close(self) -> Path:
         """Build the pyramid, compress every tile into the file, and rename it into place."""
