@@ -155,3 +155,36 @@ def test_evaluation_equals_a_plain_pooled_iou():
             union[c] += ((mask == c) | (truth == c)).sum()
     np.testing.assert_allclose(metrics["iou"], inter / union, atol=1e-4)
     assert metrics["thresholds"]["rule"].startswith("argmax")
+
+
+def test_detection_scores_against_hand_counted_matches(monkeypatch):
+    from xtimage.io.vector import Detection
+    from xtimage.predict import Prediction
+
+    pred, _ = predictor("model.head=detection", "model.num_classes=2")
+    image = torch.zeros(3, 100, 100)
+    samples = [
+        {"image": image, "boxes": torch.tensor([[10.0, 10, 30, 30], [50, 50, 90, 90]]),
+         "labels": torch.tensor([0, 1])},
+        {"image": image, "boxes": torch.tensor([[0.0, 0, 20, 20]]), "labels": torch.tensor([1])},
+    ]  # fmt: skip
+    box = Detection.from_box  # (top, left, bottom, right)
+    answers = iter(
+        [
+            [
+                box(10, 10, 30, 30, score=0.9, label=0),  # exact: a match
+                box(50, 52, 90, 92, score=0.8, label=1),  # 2 px off, IoU 0.905: a match
+                box(50, 50, 90, 90, score=0.7, label=0),  # right place, wrong class
+            ],
+            [box(0, 0, 20, 20, score=0.6, label=0)],  # wrong class; the truth is missed
+        ]
+    )
+    monkeypatch.setattr(
+        pred, "predict", lambda image: Prediction("detection", detections=next(answers))
+    )
+    m = pred.evaluate(samples)
+    assert (m["precision"], m["recall"]) == (0.5, pytest.approx(2 / 3))
+    assert m["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    # COCO AP50: class 0 finds its only box first (AP 1); class 1 finds 1 of 2 at the top
+    # of its list: precision 1 up to recall 0.5 on 101 recall points, 51 / 101
+    assert m["AP50"] == pytest.approx((1 + 51 / 101) / 2, abs=1e-4)

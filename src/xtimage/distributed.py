@@ -96,6 +96,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather(items: list[T]) -> list[T]:
+    """Every process's ``items``, concatenated in rank order (pickled Python objects)."""
+    if current_world().size == 1:
+        return list(items)
+    parts: list[list[T] | None] = [None] * current_world().size
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part or []]
+
+
 def reduce_gradients(
     params: Sequence[torch.nn.Parameter], weighted_loss: float, normaliser: float
 ) -> tuple[float, float]:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from xtimage.build import dense_outputs, unwrap
 from xtimage.config import ModelConfig
-from xtimage.distributed import World, all_reduce_sum, current_world, shard
+from xtimage.distributed import World, all_gather, all_reduce_sum, current_world, shard
 from xtimage.engine import Engine, RegionSource
 from xtimage.errors import ConfigError, InputError
 from xtimage.io.base import Reader, check_channels, read_padded
@@ -531,7 +531,9 @@ class _Scorer:
             self.target = spec.name if spec is not None else dense_outputs(config)[0].name
             self.meter = SegmentationMeter(spec.channels if spec is not None else 2)
         else:
+            self.num_classes = k
             self.counts = torch.zeros(3, dtype=torch.float64)  # matched, predicted, true
+            self.images: list[tuple] = []  # per image: ground truth and boxes, for COCO AP
 
     def update(self, pred: Prediction, sample: dict[str, Any]) -> None:
         if self.kind == "classification":
@@ -544,6 +546,18 @@ class _Scorer:
         else:
             found = pred.detections or []
             self.counts += torch.tensor(_match_boxes(found, sample, self.iou, self.classes))
+            true, labels = _truth(sample)
+            boxes = np.array([[d.box[1], d.box[0], d.box[3], d.box[2]] for d in found])
+            self.images.append(
+                (
+                    *sample["image"].shape[-2:],
+                    true.numpy(),
+                    labels.numpy(),
+                    boxes.reshape(-1, 4),
+                    np.array([d.score or 0.0 for d in found]),
+                    np.array([_label_index(d.label, self.classes) for d in found], np.int64),
+                )
+            )
 
     def compute(self) -> dict[str, Any]:
         if self.kind == "detection":
@@ -551,7 +565,8 @@ class _Scorer:
             precision = matched / predicted if predicted else 0.0
             recall = matched / true if true else 0.0
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            return {"precision": precision, "recall": recall, "f1": f1, "boxes": int(predicted)}
+            out = {"precision": precision, "recall": recall, "f1": f1, "boxes": int(predicted)}
+            return out | self._coco()
         meter = self.meter
         all_reduce_sum(meter.confusion)
         if self.kind == "classification":
@@ -561,6 +576,32 @@ class _Scorer:
             meter.count = int(hits[-1])
         return meter.compute()
 
+    def _coco(self) -> dict[str, float]:
+        """COCO AP, AP50... by pycocotools over every process's images (when installed)."""
+        import importlib.util
+
+        if importlib.util.find_spec("pycocotools") is None:
+            log.info("pycocotools is not installed: no COCO AP (pip install 'xtimage[coco]')")
+            return {}
+        from xtimage.metrics.coco import CocoEvaluator
+
+        names = self.classes or [str(i) for i in range(self.num_classes)]
+        evaluator = CocoEvaluator(names)
+        for height, width, true, labels, boxes, scores, found in all_gather(self.images):
+            evaluator.add(
+                height, width, torch.from_numpy(true), torch.from_numpy(labels),
+                torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(found),
+            )  # fmt: skip
+        return evaluator.compute()
+
+
+def _truth(sample: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sample's true boxes (n, 4) ``(x1, y1, x2, y2)`` and class indices (n,)."""
+    true = torch.as_tensor(sample.get("boxes", torch.zeros(0, 4)), dtype=torch.float32)
+    true = true.reshape(-1, 4)
+    labels = torch.as_tensor(sample.get("labels", torch.zeros(len(true))), dtype=torch.long)
+    return true, labels
+
 
 def _match_boxes(
     found: list[Detection], sample: dict[str, Any], iou: float, classes: list[str] | None
@@ -568,9 +609,7 @@ def _match_boxes(
     """(matched, predicted, true) for one image: greedy by score, same class, IoU >= iou."""
     from torchvision.ops import box_iou
 
-    true = torch.as_tensor(sample.get("boxes", torch.zeros(0, 4)), dtype=torch.float32)
-    true = true.reshape(-1, 4)
-    labels = torch.as_tensor(sample.get("labels", torch.zeros(len(true))), dtype=torch.long)
+    true, labels = _truth(sample)
     if not found or not len(true):
         return [0.0, float(len(found)), float(len(true))]
     order = sorted(found, key=lambda d: -(d.score or 0.0))
