@@ -195,3 +195,31 @@ def test_fp16_with_its_gradient_scaler_trains_on_gpu(tmp_path):
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # some steps were taken
     assert math.isfinite(result["loss"]) and trainer.scaler.get_scale() > 0
+
+
+def test_folder_windows_are_planned_per_epoch_and_read_from_the_image(tmp_path):
+    import numpy as np
+
+    from xtimage.build import build_datasets
+    from xtimage.window import Window
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i, (h, w) in enumerate([(90, 130), (70, 70)]):
+        np.save(tmp_path / "data/images" / f"{i}.npy", rng.random((3, h, w), dtype=np.float32))
+        np.save(tmp_path / "data/masks" / f"{i}.npy", rng.integers(0, 2, (h, w)))
+    config = tiny(tmp_path / "run", "data.kind=folder", f"data.root={tmp_path / 'data'}",
+                  "data.window=64", "data.train_samples=5", "data.val_fraction=0")  # fmt: skip
+    data = build_datasets(config)
+    plans = [data.train.plan(e) for e in (0, 0, 1)]
+    assert len(plans[0]) == 5 and plans[0] == plans[1] != plans[2]
+    (index, window), full = plans[0][0], data.train.dataset
+    sample = data.train[(index, window)]
+    whole = full[index]
+    inside = window.intersect(Window(0, 0, *whole["image"].shape[-2:]))
+    rows, cols = inside.shift(-window.top, -window.left).slices()
+    assert sample["image"].shape == (3, 64, 64)
+    assert torch.equal(sample["image"][:, rows, cols], whole["image"][:, *inside.slices()])
+    assert torch.equal(sample["mask"][rows, cols], whole["mask"][inside.slices()])
+    assert Trainer(config).fit()["step"] == 2  # 5 windows in batches of 4, one epoch
