@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from xtimage import distributed
 from xtimage.config import load_config
 from xtimage.distributed import World, shard
 from xtimage.train import Trainer
@@ -67,7 +68,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(tmp_path):
+def test_two_processes_equal_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(distributed, "BUCKET", 5000)  # several buckets (forked children too)
     one = _run(str(tmp_path / "one"))
     (tmp_path / "two").mkdir()
     # fork: the children start with everything imported (spawn would re-import for seconds)

@@ -105,6 +105,9 @@ def all_gather(items: list[T]) -> list[T]:
     return [item for part in parts for item in part or []]
 
 
+BUCKET = 2**24  # gradient elements all-reduced at once (64 MB of float32)
+
+
 def reduce_gradients(
     params: Sequence[torch.nn.Parameter], weighted_loss: float, normaliser: float
 ) -> tuple[float, float]:
@@ -112,26 +115,45 @@ def reduce_gradients(
 
     On entry, ``p.grad`` holds ``sum_i n_i * grad(loss_i)`` over this process's
     micro-batches, where ``loss_i`` is normalised by ``n_i``; ``weighted_loss`` is
-    ``sum_i n_i * loss_i`` and ``normaliser`` is ``sum_i n_i``. Gradients, loss and
-    normaliser are summed over processes in one flat buffer, and the gradients divided by
-    the global normaliser. A parameter without a gradient here (its process had no
-    samples) counts as zero.
+    ``sum_i n_i * loss_i`` and ``normaliser`` is ``sum_i n_i``. The gradients (in flat
+    buckets), the losses and the normalisers are summed over processes and the gradients
+    divided by the global normaliser. A parameter without a gradient on one process
+    (which had no samples) counts as zero there; one without a gradient on every process
+    keeps none, as it would alone.
 
     Returns:
         The global mean loss and the global normaliser.
     """
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    device = grads[0].device if grads else torch.device("cpu")
-    scalars = torch.tensor([weighted_loss, normaliser], dtype=torch.float32, device=device)
-    flat = torch.cat([g.reshape(-1).float() for g in grads] + [scalars])
-    all_reduce_sum(flat)
-    loss_sum, total = float(flat[-2]), float(flat[-1])
+    if current_world().size == 1:
+        if normaliser <= 0:
+            raise ConfigError("no training samples in this step")
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_div_(grads, normaliser)
+        return weighted_loss / normaliser, normaliser
+    device = params[0].device
+    counts = [float(p.grad is not None) for p in params] + [weighted_loss, normaliser]
+    summed = all_reduce_sum(torch.tensor(counts, dtype=torch.float64, device=device))
+    loss_sum, total = float(summed[-2]), float(summed[-1])
     if total <= 0:
         raise ConfigError("no training samples reached any process in this step")
-    offset = 0
-    for p, g in zip(params, grads, strict=True):
-        p.grad = (flat[offset : offset + g.numel()] / total).view_as(g).to(g.dtype)
-        offset += g.numel()
+    used = [p for p, n in zip(params, summed[:-2].tolist(), strict=True) if n > 0]
+    for p in used:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    start = 0
+    while start < len(used):
+        bucket, size = [], 0
+        while start < len(used) and (not bucket or size + used[start].numel() <= BUCKET):
+            bucket.append(used[start].grad)
+            size += used[start].numel()
+            start += 1
+        flat = all_reduce_sum(torch.cat([g.reshape(-1).float() for g in bucket]))
+        flat /= total
+        offset = 0
+        for g in bucket:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
     return loss_sum / total, total
 
 
