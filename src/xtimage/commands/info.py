@@ -13,6 +13,8 @@ EXAMPLE = """examples:
   xt info scene.npy --region 512 --margin 32 --json
   xt info slide.svs --region 128um
   xt info VV_dB.tif --region 512 --json
+  xt info --size 32768x32768 --backbone convnext_atto --context xl --max-memory 4GB
+  xt info --size 8192x8192 --backbone convnext_atto --context hyper --max-memory 4GB --train
 """
 
 
@@ -35,6 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token-stride", type=int, default=32, help="pixels per token side")
     p.add_argument("--pool", type=int, default=None, help="pool to N x N tokens per region")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    mem = p.add_argument_group("memory plan (needs --backbone)")
+    mem.add_argument("--backbone", help="timm region encoder, e.g. convnext_atto")
+    mem.add_argument("--context", default="xl", help="context encoder (default xl)")
+    mem.add_argument("--dim", type=int, default=768, help="context width (default 768)")
+    mem.add_argument("--max-memory", help="budget of the whole process, e.g. 4GB")
+    mem.add_argument(
+        "--train",
+        nargs="?",
+        const="auto",
+        choices=["auto", "exact", "streaming"],
+        help="plan a training step (default mode: exact, else streaming)",
+    )
     p.set_defaults(func=run)
 
 
@@ -93,10 +107,12 @@ def describe(args: argparse.Namespace) -> dict:
         height, width = reader.height, reader.width
         info["file"] = describe_reader(reader, str(args.file))
         region = region_pixels(args.region, reader)
+        channels = reader.channels
         reader.close()
     elif args.size:
         height, width = parse_size(args.size)
         region = region_pixels(args.region, None)
+        channels = 3
     else:
         raise ConfigError("give an image FILE or --size HxW (e.g. xt info --size 4096x4096)")
 
@@ -112,7 +128,33 @@ def describe(args: argparse.Namespace) -> dict:
         "valid": int(layout.valid().sum()),
         "grid": list(layout.grid),
     }
+    if args.backbone:
+        info["memory"] = memory_plan(args, height, width, region, channels)
+    elif args.max_memory or args.train:
+        raise ConfigError("--max-memory and --train plan memory for a model: add --backbone NAME")
     return info
+
+
+def memory_plan(args: argparse.Namespace, height: int, width: int, region: int, channels: int):
+    """The engine's memory plan for a model built from the options (a classification head)."""
+    from xtimage.encoders.context import create_context_encoder
+    from xtimage.encoders.region import RegionEncoder
+    from xtimage.engine.planner import estimate_memory, plan_memory
+    from xtimage.heads import ClassificationHead
+    from xtimage.model import XT
+
+    encoder = RegionEncoder(args.backbone, region=region, in_chans=channels)
+    context = create_context_encoder(args.context, dim=args.dim)
+    head = ClassificationHead(args.dim, 2)
+    model = XT(encoder, context, head, region=region, margin=args.margin, pool=args.pool)
+    mode = None if args.train in (None, "auto") else args.train
+    if args.max_memory:
+        plan = plan_memory(model, height, width, args.max_memory, training=bool(args.train),
+                           mode=mode, channels=channels)  # fmt: skip
+    else:
+        mode = mode or ("exact" if args.train else "inference")
+        plan = estimate_memory(model, height, width, region_batch=16, mode=mode, channels=channels)
+    return plan.describe()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,4 +198,17 @@ def run(args: argparse.Namespace) -> int:
         f"tokens      {t['per_region']} per region at {t['stride']} px, sequence "
         f"{t['sequence_length']} ({t['valid']} valid), grid {t['grid'][0]} x {t['grid'][1]}"
     )
+    if "memory" in info:
+        m, gib = info["memory"], 2**30
+        budget = m["budget_bytes"]
+        verdict = ""
+        if budget is not None:
+            fit = "fits" if m["fits"] else "does NOT fit even one region at a time"
+            verdict = f" of {budget / gib:.2f} GiB, {fit}"
+        print(
+            f"memory      {m['mode']}, {m['region_batch']} regions at once: peak "
+            f"{m['estimate_bytes'] / gib:.2f} GiB{verdict}"
+        )
+        parts = ", ".join(f"{k} {v / gib:.2f}" for k, v in m["breakdown"].items() if v)
+        print(f"            GiB: {parts}")
     return 0

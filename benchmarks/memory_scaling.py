@@ -1,0 +1,167 @@
+"""Inference memory against image side: xT with a streamable and with a global context.
+
+Classification of square images through the engine (`Engine.classify`), each in a fresh
+process (`common.measure`): peak resident memory above the idle process (imports,
+model, file opened). Sides up to 32k are read from tiled TIFFs on disk (deflate, 256 px
+tiles, written tile by tile into ``--folder``); 100k comes from `ProceduralReader`
+(pixels generated on the fly: a 100k x 100k RGB image is 30 GB). Region encoder
+``mobilenetv3_small_050`` at 256 px regions, 32 regions at once, context width 64:
+
+- streaming: Transformer-XL, 2 layers, segment and memory of 256 tokens (streamable: the
+  engine keeps nothing that grows with the image);
+- global: Hyper (HyperAttention), 1 layer: every token is kept for one global pass, so
+  memory grows with the token count; its slope in bytes per token is compared with the
+  floor of one float32 copy of the tokens, 4 x width;
+- global, pooled: the same with one token per region (``pool=1``), 64x fewer tokens.
+
+Targets: streaming increase at 32k within 1.25x of that at 4k; 100k x 100k under 4 GB in
+all (``total_peak_mb``). Quick: sides 1k-8k, a 100,000 x 4,096 strip. Full (slow): 1k-32k
+and 100k x 100k.
+
+    python benchmarks/memory_scaling.py            # quick, a few minutes
+    python benchmarks/memory_scaling.py --full     # slow (the 100k square alone: ~1 h)
+
+Prints a table and writes JSON rows to benchmarks/results/memory_scaling.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import GLOBAL, STREAMING, machine, measure, print_table, save_rows, write_tiff
+
+COMMON = Path(__file__).parent / "common.py"
+BACKBONE = "mobilenetv3_small_050"
+MODELS = {
+    "streaming": {"backbone": BACKBONE, **STREAMING, "dim": 64},
+    "global": {"backbone": BACKBONE, **GLOBAL, "dim": 64},
+    "global_pooled": {"backbone": BACKBONE, **GLOBAL, "dim": 64, "pool": 1},
+}
+BUDGET_MB = 4e9 / 2**20  # "4GB"
+
+
+def estimate_mb(model: dict, height: int, width: int, region_batch: int) -> float:
+    """The planner's estimate of the increase, MiB."""
+    from common import build_model
+    from xtimage.engine.planner import estimate_memory
+
+    net = build_model(**model)
+    plan = estimate_memory(net, height, width, region_batch=region_batch, idle_bytes=0)
+    return plan.increase_bytes / 2**20
+
+
+def run(kind: str, height: int, width: int, source: str, region_batch: int) -> dict:
+    model = MODELS[kind]
+    start = time.perf_counter()
+    result = measure(COMMON, "case_engine", model=model, height=height, width=width,
+                     region_batch=region_batch, source=source)  # fmt: skip
+    tokens_per_region = 1 if model.get("pool") == 1 else 64
+    row = {
+        "bench": "memory_scaling", "mode": "inference", "side": max(height, width),
+        "height": height, "width": width, "backbone": model["backbone"],
+        "context": model["context"], "kind": kind, "dim": model["dim"],
+        "pool": model.get("pool"), "region_batch": region_batch,
+        "source": "procedural" if source == "procedural" else "tiff",
+        "regions": result["regions"], "tokens": result["regions"] * tokens_per_region,
+        "peak_mb": result["peak_mb"], "total_peak_mb": result["total_peak_mb"],
+        "idle_mb": result["idle_mb"], "seconds": result["seconds"],
+        "regions_per_s": round(result["regions"] / result["seconds"], 1),
+        "estimate_mb": round(estimate_mb(model, height, width, region_batch), 1),
+        **machine(),
+    }  # fmt: skip
+    print(f"{kind:>14} {height}x{width}: +{row['peak_mb']:.0f} MiB (total "
+          f"{row['total_peak_mb']:.0f}), {row['regions_per_s']:.0f} regions/s, "
+          f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
+    return row
+
+
+def bytes_per_token(rows: list[dict], kind: str, low: int) -> float | None:
+    """Slope (bytes per token) of a least-squares line through (tokens, peak increase)."""
+    import numpy as np
+
+    pts = [(r["tokens"], r["peak_mb"] * 2**20) for r in rows
+           if r["kind"] == kind and r["side"] >= low and r["height"] == r["width"]]  # fmt: skip
+    if len(pts) < 2:
+        return None
+    x, y = np.array(pts, dtype=float).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="1k-32k and 100k x 100k (slow)")
+    parser.add_argument("--sides", type=int, nargs="*", help="TIFF sides (default by mode)")
+    parser.add_argument("--kinds", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--big",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="procedural image (quick 4096 100000, full 100000 100000)",
+    )
+    parser.add_argument("--region-batch", type=int, default=32)
+    parser.add_argument(
+        "--global-max",
+        type=int,
+        default=None,
+        help="largest TIFF side, global context (quick 8192, full 32768)",
+    )
+    parser.add_argument("--folder", default=None, help="where the TIFFs go (a temp dir)")
+    args = parser.parse_args()
+    sides = args.sides or ([1024, 2048, 4096, 8192, 16384, 32768] if args.full
+                           else [1024, 2048, 4096, 8192])  # fmt: skip
+    big = args.big or ((100_000, 100_000) if args.full else (4096, 100_000))
+    global_max = args.global_max or (32768 if args.full else 8192)
+    k = args.region_batch
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+        for side in sides:
+            path = write_tiff(Path(folder) / f"{side}.tif", side)
+            for kind in args.kinds:
+                if kind == "global" and side > global_max:
+                    continue
+                rows.append(run(kind, side, side, str(path), k))
+            path.unlink()
+    for kind in args.kinds:
+        if kind != "global":  # the unpooled global sequence of a 100k image does not fit
+            rows.append(run(kind, *big, "procedural", k))
+
+    low = 4096 if args.full else 2048
+    slope = bytes_per_token(rows, "global", low)
+    print_table(
+        f"Inference memory against side ({BACKBONE}, 256 px regions, {k} at once, width 64; "
+        f"MiB above the idle process; {machine()['machine']})",
+        rows,
+        [("kind", "kind", ""), ("height", "height", "d"), ("width", "width", "d"),
+         ("tokens", "tokens", "d"), ("source", "source", ""), ("+MiB", "peak_mb", ".0f"),
+         ("estimate", "estimate_mb", ".0f"), ("total MiB", "total_peak_mb", ".0f"),
+         ("regions/s", "regions_per_s", ".0f")],
+    )  # fmt: skip
+    stream = {r["side"]: r["peak_mb"] for r in rows
+              if r["kind"] == "streaming" and r["height"] == r["width"]}  # fmt: skip
+    top = max(s for s in stream if s <= 32768)
+    if 4096 in stream:
+        ratio = stream[top] / stream[4096]
+        print(f"\nstreaming: increase at {top} / at 4096 = {ratio:.2f} (target <= 1.25)")
+    for r in rows:
+        if r["source"] == "procedural":
+            verdict = "under" if r["total_peak_mb"] < BUDGET_MB else "OVER"
+            print(f"{r['kind']} {r['height']} x {r['width']}: total {r['total_peak_mb']:.0f} MiB,"
+                  f" {verdict} 4 GB ({BUDGET_MB:.0f} MiB)")  # fmt: skip
+    if slope is not None:
+        print(f"global: {slope:.0f} bytes per token (fit over sides >= {low}); floor 4 x width "
+              f"= {4 * 64} bytes; {slope / 256:.1f}x the floor")  # fmt: skip
+        rows.append({"bench": "memory_scaling", "mode": "inference", "kind": "global",
+                     "context": "hyper", "backbone": BACKBONE, "side": None,
+                     "bytes_per_token": round(slope, 1), "floor_bytes_per_token": 256,
+                     "fit_from_side": low, **machine()})  # fmt: skip
+    save_rows("memory_scaling", rows, ["kind", "height", "width", "side", "region_batch"])
+
+
+if __name__ == "__main__":
+    main()
