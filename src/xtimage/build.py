@@ -32,6 +32,10 @@ def dense_outputs(config: ModelConfig) -> list:
     """The dense head's outputs: the config's, or the head family's default."""
     from xtimage.heads import DenseOutput
 
+    if config.head == "xview3":
+        from xtimage.heads.xview3 import XVIEW3_OUTPUTS
+
+        return list(XVIEW3_OUTPUTS)
     if config.outputs:
         out = []
         for i, spec in enumerate(config.outputs):
@@ -57,6 +61,10 @@ def build_head(config: ModelConfig, skips: list, dim: int) -> nn.Module:
         from xtimage.heads.detection import BoxHead
 
         return BoxHead(skips, dim, config.num_classes, channels=config.decoder_channels)
+    if config.head == "xview3":
+        from xtimage.heads.xview3 import XView3Head
+
+        return XView3Head(skips, dim, channels=config.decoder_channels)
     return DenseHead(skips, dim, dense_outputs(config), channels=config.decoder_channels)
 
 
@@ -118,7 +126,6 @@ DATASETS: Registry[Datasets] = Registry("data set kind")
 DATA_MODULES = {
     "inaturalist": "xtimage.data.inaturalist",
     "coco": "xtimage.data.coco",
-    "xview3": "xtimage.data.xview3",
 }
 
 
@@ -232,6 +239,111 @@ class Windows(torch.utils.data.Dataset):
         return self.dataset.read(index, window)
 
 
+@DATASETS.register("xview3")
+def xview3(model: ModelConfig, data: DataConfig) -> Datasets:
+    """xView3-SAR scene folders (`xtimage.data.xview3`): training crops of ``data.window``
+    px (default 512) around detections, validation scenes whole.
+
+    ``data.root`` and ``data.val_root`` hold scene folders (without ``val_root``,
+    ``val_fraction`` of the root's scenes are held out); ``data.params``: ``labels`` (the
+    labels CSV, required), ``val_labels`` (default: ``labels``), ``shoreline`` (folder of
+    ``{scene_id}_shoreline.npy``, for ``loc_fscore_shore``), ``positive_fraction``.
+    Targets: `xview3_targets` with ``data.point_radius``.
+    """
+    from xtimage.data.xview3 import XView3Crops, list_scenes, read_labels
+    from xtimage.heads.xview3 import scene_bands
+
+    if model.head != "xview3":
+        raise ConfigError(f"data.kind=xview3 needs model.head=xview3, got {model.head!r}")
+    params = dict(data.params)
+    unknown = set(params) - {"labels", "val_labels", "shoreline", "positive_fraction"}
+    if data.root is None or "labels" not in params or unknown:
+        raise ConfigError(
+            f"data.kind=xview3 needs data.root=<scene folders> and data.params.labels=<csv> "
+            f"(optional: val_labels, shoreline, positive_fraction); unknown: {sorted(unknown)}"
+        )
+    labels = read_labels(params["labels"])
+    scenes = [s for s in list_scenes(data.root) if s in set(labels["scene_id"].astype(str))]
+    if data.val_root is not None:
+        train_ids, val_root, val_ids = scenes, data.val_root, None
+    else:
+        order = np.random.default_rng([data.seed, 7]).permutation(len(scenes))
+        n_val = round(len(scenes) * data.val_fraction) if len(scenes) > 1 else 0
+        val_ids = sorted(scenes[i] for i in order[:n_val])
+        train_ids, val_root = [s for s in scenes if s not in val_ids], data.root
+    bands = scene_bands(model.in_chans)
+    crops = XView3Crops(
+        data.root,
+        labels,
+        scene_ids=train_ids or None,
+        crop_size=data.window or 512,
+        crops_per_scene=max(1, -(-data.train_samples // max(len(train_ids), 1))),
+        positive_fraction=params.get("positive_fraction", 0.5),
+        bands=bands,
+        seed=data.seed,
+    )
+    val_labels = read_labels(params["val_labels"]) if "val_labels" in params else labels
+    val = _XView3Scenes(val_root, val_labels, val_ids, bands, params.get("shoreline"))
+    return Datasets(_XView3Crops(crops, data.point_radius), val)
+
+
+class _XView3Crops(torch.utils.data.Dataset):
+    """`XView3Crops` as training samples: ``image``, ``points`` (n, 2) as (x, y) pixel
+    centres (moved by `Augment`), the detections' attributes and the target radius."""
+
+    def __init__(self, crops: Any, radius: int) -> None:
+        self.crops, self.radius = crops, radius
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def plan(self, epoch: int) -> list[tuple[int, int]]:
+        """The epoch's keys: the crops of epoch ``epoch`` (see `XView3Crops`)."""
+        return [(epoch, i) for i in range(len(self.crops))]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        self.crops.set_epoch(epoch)
+        item = self.crops[index]
+        points = np.stack([item["cols"] + 0.5, item["rows"] + 0.5], axis=1)  # (n, 2)
+        return {
+            "image": torch.from_numpy(item["image"]),
+            "points": torch.from_numpy(points.reshape(-1, 2)),
+            **{k: torch.tensor(item[k]) for k in ("is_vessel", "is_fishing", "length_m")},
+            "point_radius": self.radius,
+        }
+
+
+class _XView3Scenes(torch.utils.data.Dataset):
+    """Whole validation scenes: items ``image`` (an `XView3Scene`, opened on access; the
+    caller closes it) and ``scene_id``; ``labels`` and ``shore_root`` for the scorer."""
+
+    def __init__(
+        self, root: str, labels: Any, scene_ids: list[str] | None, bands: Any, shore: str | None
+    ) -> None:
+        from xtimage.data.xview3 import list_scenes
+
+        present = set(labels["scene_id"].astype(str))
+        ids = scene_ids if scene_ids is not None else list_scenes(root)
+        self.root, self.bands, self.shore_root = root, bands, shore
+        self.scene_ids = [s for s in ids if s in present]
+        self.labels = labels[labels["scene_id"].astype(str).isin(self.scene_ids)]
+
+    def __len__(self) -> int:
+        return len(self.scene_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from pathlib import Path
+
+        from xtimage.data.xview3 import XView3Scene
+
+        scene_id = self.scene_ids[index]
+        return {
+            "image": XView3Scene(Path(self.root) / scene_id, bands=self.bands),
+            "scene_id": scene_id,
+        }
+
+
 # ---------------------------------------------------------------------------- targets
 
 
@@ -240,10 +352,19 @@ def sample_targets(sample: dict[str, Any], model: ModelConfig) -> Any:
 
     Classification: the label (int64 scalar). Segmentation: ``{output name: target}``,
     each read from the sample key of the same name. Detection: `box_targets` of the
-    sample's ``boxes`` and ``labels`` at the image size.
+    sample's ``boxes`` and ``labels`` at the image size. xView3: `xview3_targets` of the
+    sample's ``points`` (x, y) and attributes.
     """
     if model.head == "classification":
         return torch.as_tensor(_key(sample, "label", model), dtype=torch.long)
+    if model.head == "xview3":
+        from xtimage.heads.xview3 import xview3_targets
+
+        _, height, width = sample["image"].shape
+        x, y = torch.as_tensor(_key(sample, "points", model)).reshape(-1, 2).unbind(-1)
+        attrs = [sample[k] for k in ("is_vessel", "is_fishing", "length_m")]
+        radius = int(sample.get("point_radius", 4))
+        return xview3_targets(y, x, *attrs, height, width, radius)
     if model.head == "detection":
         from xtimage.heads.detection import box_targets
 

@@ -26,7 +26,7 @@ import yaml
 
 from xtimage.errors import ConfigError, InputError
 
-HEADS = ("classification", "segmentation", "detection")
+HEADS = ("classification", "segmentation", "detection", "xview3")
 BASELINES = ("xt", "crop", "downsample")
 MODES = ("auto", "direct", "exact", "streaming", "frozen")
 AMP = ("auto", "none", "bf16", "fp16")
@@ -53,8 +53,10 @@ class ModelConfig:
         context: context encoder name (``none``, ``xl``, ``hyper``, ``mamba``, ``windowed``).
         context_kwargs: its arguments besides ``dim`` (depth, heads, segment_len...).
         dim: token width of the context encoder.
-        head: task family: "classification", "segmentation" or "detection" (a centre
-            heatmap whose peaks are the points).
+        head: task family: "classification", "segmentation", "detection" (a centre
+            heatmap whose peaks are the points) or "xview3" (centre, vessel, fishing and
+            length maps, `xtimage.heads.xview3`; reads the first ``in_chans`` of VV, VH
+            and the ancillary bands).
         num_classes: classes (segmentation: including background 0).
         classes: class names, or None (indices).
         class_pool: classification pooling, "mean" or "attention".

@@ -15,6 +15,8 @@ segmentation    ``scene.mask.tif``: class map (uint8, tiled, pyramidal; GeoTIFF 
                 probability of the foreground (1 - p(class 0)) or of the first map
 detection       ``scene.boxes.csv`` and ``scene.boxes.geojson`` (WGS 84 for
                 georeferenced inputs, pixels otherwise)
+xview3          ``{scene_id}.xview3.csv`` for a scene folder: the challenge's columns
+                (`xtimage.heads.xview3`; thresholds saved with the checkpoint)
 =============== ======================================================================
 
 Every file appears under its final name only when complete, so an input whose outputs
@@ -79,6 +81,7 @@ class Prediction:
         mask: class map (H, W) uint8/uint16 (segmentation, in-memory inputs only).
         heatmap: foreground probability (H, W) float32 (segmentation, in memory).
         detections: boxes as `Detection` (detection).
+        points: xview3: detections in the challenge's columns (a pandas DataFrame).
         files: the files written (`Predictor.predict_file`).
     """
 
@@ -88,6 +91,7 @@ class Prediction:
     mask: np.ndarray | None = None
     heatmap: np.ndarray | None = None
     detections: list[Detection] | None = None
+    points: Any = None
     files: list[Path] = field(default_factory=list)
 
 
@@ -178,6 +182,9 @@ class Predictor:
         threshold: detection: least heatmap score of a box.
         iou: detection: IoU above which overlapping boxes are suppressed, and the IoU a
             box needs to match a true one when scoring.
+        xview3_thresholds: xview3: ``center``, ``vessel`` and ``fishing`` thresholds;
+            None: `evaluate` chooses them on the set it scores (the training loop's
+            validation), and `predict` uses `DEFAULT_THRESHOLDS`.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("runs/seg/checkpoints/best.safetensors")
@@ -195,8 +202,10 @@ class Predictor:
         autocast: torch.dtype | None = None,
         threshold: float = 0.3,
         iou: float = 0.5,
+        xview3_thresholds: dict[str, float] | None = None,
     ) -> None:
         self.model = model.eval()
+        self.xview3_thresholds = xview3_thresholds
         self.config = config
         self.device = torch.device(device)
         self.autocast = autocast
@@ -226,6 +235,10 @@ class Predictor:
         dev = resolve_device(device)
         model, ckpt = load_model(path, dev)
         autocast, _ = resolve_amp(amp, dev)  # inference needs no gradient scaler
+        if ckpt.config.model.head == "xview3":
+            from xtimage.heads.xview3 import saved_thresholds
+
+            kwargs.setdefault("xview3_thresholds", saved_thresholds(ckpt.metrics, ckpt.path))
         return cls(
             model,
             ckpt.config.model,
@@ -290,6 +303,32 @@ class Predictor:
         self._dense(source, collector)
         return collector.finish().detections(self.config.classes)
 
+    def _open(self, path: str | Path) -> Reader:
+        """A reader of an image file, or of an xView3 scene folder for an xview3 model."""
+        from xtimage.io import open_reader
+
+        if self.kind != "xview3":
+            return open_reader(path)
+        from xtimage.data.xview3 import XView3Scene
+        from xtimage.heads.xview3 import scene_bands
+
+        return XView3Scene(path, bands=scene_bands(self.config.in_chans))
+
+    def _candidates(self, source: RegionSource, scene_id: str) -> Any:
+        """xView3 candidate peaks of a scene (`XView3Collector.finish`)."""
+        from xtimage.heads.xview3 import XView3Collector
+
+        collector = XView3Collector(scene_id)
+        self._dense(source, collector)
+        return collector.finish()
+
+    def _points(self, source: RegionSource, scene_id: str) -> Any:
+        """xView3 detections of a scene at the predictor's thresholds."""
+        from xtimage.heads.xview3 import DEFAULT_THRESHOLDS, apply_thresholds
+
+        thresholds = self.xview3_thresholds or DEFAULT_THRESHOLDS
+        return apply_thresholds(self._candidates(source, scene_id), thresholds)
+
     # ------------------------------------------------------------------ public
 
     def predict(self, image: Image) -> Prediction:
@@ -304,9 +343,7 @@ class Predictor:
             `predict_file` to stream them to disk for images too large for that).
         """
         if isinstance(image, str | Path):
-            from xtimage.io import open_reader
-
-            reader = open_reader(image)
+            reader = self._open(image)
             try:
                 return self.predict(reader)
             finally:
@@ -317,6 +354,9 @@ class Predictor:
             return Prediction(self.kind, label=int(scores.argmax()), scores=scores)
         if self.kind == "detection":
             return Prediction(self.kind, detections=self._detect(source))
+        if self.kind == "xview3":
+            scene_id = getattr(image, "scene_id", None) or Path(image.path or "scene").name
+            return Prediction(self.kind, points=self._points(source, scene_id))
         sink = _DenseSink(
             self.config,
             _ArrayWriter(1, source.height, source.width, np.int64),
@@ -333,6 +373,8 @@ class Predictor:
             return [out_dir / f"{stem}.json"]
         if self.kind == "detection":
             return [out_dir / f"{stem}.boxes.csv", out_dir / f"{stem}.boxes.geojson"]
+        if self.kind == "xview3":
+            return [out_dir / f"{Path(path).name}.xview3.csv"]
         return [out_dir / f"{stem}.mask.tif"] + (
             [out_dir / f"{stem}.heatmap.tif"] if heatmap else []
         )
@@ -352,17 +394,22 @@ class Predictor:
             The prediction with the files written, or None when they all existed already
             and ``overwrite`` is off.
         """
-        from xtimage.io import open_reader
-
         path, out_dir = Path(path), Path(out_dir)
         expected = self.outputs(path, out_dir, heatmap)
         if not overwrite and all(p.exists() for p in expected):
             log.info("%s: outputs exist, skipped (pass overwrite to redo)", path)
             return None
         out_dir.mkdir(parents=True, exist_ok=True)
-        reader = open_reader(path)
+        reader = self._open(path)
         try:
             source = self._source(reader)
+            if self.kind == "xview3":
+                from xtimage.metrics.xview3 import write_predictions_csv
+
+                points = self._points(source, path.name)
+                return Prediction(
+                    self.kind, points=points, files=[write_predictions_csv(expected[0], points)]
+                )
             if self.kind == "classification":
                 return self._write_class(path, source, expected[0])
             if self.kind == "detection":
@@ -480,6 +527,8 @@ class Predictor:
         greedily by score at IoU >= ``iou``. The thresholds used are in ``thresholds``.
         """
         world = world or current_world()
+        if self.kind == "xview3":
+            return self._evaluate_xview3(dataset, world, progress)
         scorer = _Scorer(self.config, self.iou)
         indices = shard(range(len(dataset)), world)
         for i in tqdm(indices, desc="eval", unit="image", disable=not (progress and world.main)):
@@ -489,8 +538,36 @@ class Predictor:
         out["thresholds"] = self.thresholds()
         return out
 
+    def _evaluate_xview3(self, dataset: Any, world: World, progress: bool) -> dict[str, Any]:
+        """The official xView3 scores of whole scenes (`score_xview3`); without saved
+        thresholds, those that maximise the aggregate here (`choose_thresholds`)."""
+        import pandas as pd
+
+        from xtimage.heads.xview3 import apply_thresholds, choose_thresholds
+        from xtimage.metrics.xview3 import score_xview3
+
+        parts = []
+        indices = shard(range(len(dataset)), world)
+        for i in tqdm(indices, desc="eval", unit="scene", disable=not (progress and world.main)):
+            sample = dataset[i]
+            try:
+                parts.append(self._candidates(self._source(sample["image"]), sample["scene_id"]))
+            finally:
+                sample["image"].close()
+        candidates = pd.concat(all_gather(parts), ignore_index=True)
+        if self.xview3_thresholds is None:
+            thresholds, scores = choose_thresholds(candidates, dataset.labels, dataset.shore_root)
+        else:
+            thresholds = dict(self.xview3_thresholds)
+            found = apply_thresholds(candidates, thresholds)
+            scores = score_xview3(found, dataset.labels, dataset.shore_root)
+        detections = int((candidates["score"] >= thresholds["center"]).sum())
+        return {**scores, "detections": detections, "thresholds": thresholds}
+
     def thresholds(self) -> dict[str, Any]:
         """The decision rules that turn scores into answers."""
+        if self.kind == "xview3":
+            return dict(self.xview3_thresholds or {"rule": "chosen on the scored set"})
         if self.kind == "classification":
             return {"rule": "argmax"}
         if self.kind == "detection":
@@ -503,6 +580,8 @@ class Predictor:
         Each sample's image file names its prediction (``<stem>.mask.tif``, ``.json``,
         ``.boxes.csv`` in ``pred_dir``).
         """
+        if self.kind == "xview3":
+            return _score_xview3_files(dataset, Path(pred_dir), self.thresholds())
         scorer = _Scorer(self.config, self.iou)
         for i in range(len(dataset)):
             image = _image_path(dataset, i)
@@ -593,6 +672,24 @@ class _Scorer:
                 torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(found),
             )  # fmt: skip
         return evaluator.compute()
+
+
+def _score_xview3_files(dataset: Any, pred_dir: Path, thresholds: dict) -> dict[str, Any]:
+    """The official scores of the ``{scene_id}.xview3.csv`` files of a scene set."""
+    import pandas as pd
+
+    from xtimage.metrics.xview3 import score_xview3
+
+    tables = []
+    for scene_id in dataset.scene_ids:
+        path = pred_dir / f"{scene_id}.xview3.csv"
+        if not path.is_file():
+            raise InputError(f"{path}: no prediction for scene {scene_id}; run xt predict first")
+        tables.append(pd.read_csv(path))
+    found = pd.concat(tables, ignore_index=True)
+    found["scene_id"] = found["scene_id"].astype(str)
+    scores = score_xview3(found, dataset.labels, dataset.shore_root)
+    return {**scores, "detections": len(found), "thresholds": thresholds}
 
 
 def _truth(sample: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,7 +44,12 @@ from xtimage.model import XT
 
 log = logging.getLogger(__name__)
 
-BEST_METRIC = {"classification": "top1", "segmentation": "foreground_iou", "detection": "f1"}
+BEST_METRIC = {
+    "classification": "top1",
+    "segmentation": "foreground_iou",
+    "detection": "f1",
+    "xview3": "aggregate",
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -370,7 +375,7 @@ class Trainer:
         else:
             stacked = {k: torch.stack([t[k] for t in targets]).to(self.device) for k in targets[0]}
             valid = torch.ones(x.shape[0], *x.shape[-2:], dtype=torch.bool, device=self.device)
-            loss = head.loss_sum(out.float(), stacked, valid) / valid.numel()
+            loss = head.batch_loss(out.float(), stacked, valid)
         self.scaler.scale(loss).backward()
         return loss.item()
 

@@ -11,10 +11,14 @@ EXAMPLE = """examples:
   xt eval runs/seg/checkpoints/best.safetensors          # the run's own validation set
   xt eval best.safetensors data.kind=folder data.root=labelled/ data.val_fraction=0.99
   xt eval best.safetensors data.val_root=test/ --predictions out/   # score xt predict's files
+  xt eval xview3.safetensors data.val_root=val/ data.params.val_labels=val.csv \
+      data.params.shoreline=shoreline/           # the official xView3 score
 
 Metrics: segmentation pooled IoU per class, mIoU, foreground IoU; classification top-1
-(top-5), macro precision/recall/F1; detection box precision/recall/F1 at IoU 0.5. The
-decision thresholds used are printed with them.
+(top-5), macro precision/recall/F1; detection box precision/recall/F1 at IoU 0.5; xview3 the
+official loc_fscore, loc_fscore_shore, vessel_fscore, fishing_fscore, length_acc and
+aggregate, at the thresholds saved with the checkpoint. The decision thresholds used are
+printed with them.
 """
 
 

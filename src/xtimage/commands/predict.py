@@ -15,7 +15,9 @@ EXAMPLE = """examples:
 
 Writes per input: NAME.json (classification), NAME.mask.tif [+ NAME.heatmap.tif]
 (segmentation; GeoTIFF with the input's CRS for a GeoTIFF input), NAME.boxes.csv and
-NAME.boxes.geojson (detection). Inputs whose outputs exist are skipped unless --overwrite.
+NAME.boxes.geojson (detection); for an xView3 model, whose inputs are scene folders (or
+folders of them), SCENE.xview3.csv per scene and predictions.csv, the challenge's file.
+Inputs whose outputs exist are skipped unless --overwrite.
 """
 
 
@@ -65,13 +67,29 @@ def expand_inputs(inputs: list[str], out: Path) -> list[Path]:
     return files
 
 
+def expand_scenes(inputs: list[str]) -> list[Path]:
+    """xView3 scene folders: each input is a scene folder (holding VV_dB.tif) or a folder
+    of them."""
+    from xtimage.data.xview3 import list_scenes
+
+    scenes: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if (path / "VV_dB.tif").is_file():
+            scenes.append(path)
+        elif path.is_dir() and list_scenes(path):
+            scenes += [path / s for s in list_scenes(path)]
+        else:
+            raise InputError(f"{path}: neither an xView3 scene folder nor a folder of them")
+    return scenes
+
+
 def run(args: argparse.Namespace) -> int:
     from xtimage.distributed import cleanup, init_distributed
     from xtimage.predict import Predictor
     from xtimage.train import resolve_device
 
     out = Path(args.out)
-    files = expand_inputs(args.inputs, out)
     world = init_distributed(resolve_device(args.device).type)
     try:
         predictor = Predictor.from_checkpoint(
@@ -81,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             amp=args.amp,
             threshold=args.threshold,
         )
+        xview3 = predictor.kind == "xview3"
+        files = expand_scenes(args.inputs) if xview3 else expand_inputs(args.inputs, out)
         counts = predictor.predict_files(
             files,
             out,
@@ -91,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         cleanup()
+    if xview3 and world.size == 1:
+        _merge_scenes(files, out)
     if world.main:
         print(
             f"predicted {counts['done']} file(s), skipped {counts['skipped']} already done"
@@ -98,3 +120,14 @@ def run(args: argparse.Namespace) -> int:
             + f"; outputs in {out}"
         )
     return 0
+
+
+def _merge_scenes(scenes: list[Path], out: Path) -> None:
+    """Every scene's ``SCENE.xview3.csv`` as one challenge file, ``predictions.csv``."""
+    import pandas as pd
+
+    from xtimage.metrics.xview3 import write_predictions_csv
+
+    tables = [pd.read_csv(out / f"{scene.name}.xview3.csv") for scene in scenes]
+    table = pd.concat(tables, ignore_index=True).astype({"scene_id": str})
+    write_predictions_csv(out / "predictions.csv", table)

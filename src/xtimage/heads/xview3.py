@@ -35,8 +35,9 @@ aggregate (`xtimage.metrics.xview3.score_xview3`) on validation scenes.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -308,24 +309,18 @@ def choose_thresholds(
     Returns:
         The thresholds and the official scores they give.
     """
-    from xtimage.metrics.xview3 import SCORE_KEYS, score_xview3
+    from xtimage.metrics.xview3 import score_xview3
 
     if not len(grid):
         raise ConfigError("choose_thresholds needs a non-empty grid of thresholds")
     chosen = dict(DEFAULT_THRESHOLDS)
     best: dict[str, float] = {}
 
-    def score(trial: dict[str, float]) -> dict[str, float]:
-        preds = apply_thresholds(candidates, trial)
-        if not len(preds):
-            return dict.fromkeys(SCORE_KEYS, 0.0)
-        return score_xview3(preds, ground_truth, shore_root)
-
     for name in ("center", "vessel", "fishing"):
         best = {"aggregate": -1.0}
         for value in grid:
             trial = {**chosen, name: float(value)}
-            result = score(trial)
+            result = score_xview3(apply_thresholds(candidates, trial), ground_truth, shore_root)
             if result["aggregate"] > best["aggregate"]:
                 best, chosen = result, trial
     return chosen, best
@@ -343,3 +338,18 @@ def scene_bands(in_chans: int) -> tuple[str, ...]:
             f"order; model.in_chans={in_chans}"
         )
     return order[:in_chans]
+
+
+def saved_thresholds(metrics: dict[str, Any], path: Any = None) -> dict[str, float]:
+    """The thresholds a checkpoint keeps: its evaluation's ``thresholds`` (chosen on the
+    validation scenes by `choose_thresholds` and saved in the checkpoint's ``metrics``),
+    or `DEFAULT_THRESHOLDS` with a warning when it was saved before any evaluation."""
+    saved = metrics.get("thresholds") or {}
+    if not all(k in saved for k in DEFAULT_THRESHOLDS):
+        warnings.warn(
+            f"{path}: no xView3 thresholds saved (no validation ran); using "
+            f"{DEFAULT_THRESHOLDS}; evaluate on validation scenes to choose them",
+            stacklevel=2,
+        )
+        return dict(DEFAULT_THRESHOLDS)
+    return {k: float(saved[k]) for k in DEFAULT_THRESHOLDS}
