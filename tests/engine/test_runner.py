@@ -251,3 +251,11 @@ def test_a_reader_source_with_read_ahead_gives_the_tensor_results():
     for read_ahead in (True, False):
         out = Engine(model, region_batch=4, read_ahead=read_ahead).segment(reader)
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_chunked_training_refuses_a_dice_loss():
+    model = tiny_xt(GlobalAttention, dense=True)
+    model.head.outputs[0] = DenseOutput("mask", 3, "ce", dice=1.0)
+    targets = [{"mask": torch.zeros(64, 64, dtype=torch.long)}]
+    with pytest.raises(ConfigError, match="Dice"):
+        Engine(model).exact_step(images((64, 64)), targets)

@@ -86,3 +86,16 @@ def test_class_weights_scale_each_pixel_by_its_true_class():
     torch.testing.assert_close(h.loss_sum(out, {"mask": target}, valid), expected)
     with pytest.raises(ConfigError, match="one weight per channel"):
         DenseOutput("mask", 2, "ce", class_weights=(1.0,))
+
+
+def test_batch_loss_adds_soft_dice_on_the_foreground():
+    h = DenseHead(SKIPS, 8, [DenseOutput("mask", 2, "ce", dice=0.5)]).double()
+    out = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    target = torch.randint(0, 2, (2, 8, 8))
+    valid = torch.ones(2, 8, 8, dtype=torch.bool)
+    p = out.softmax(1)[:, 1]
+    t = target.double()
+    dice = (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    expected = F.cross_entropy(out, target) + 0.5 * (1 - dice)
+    torch.testing.assert_close(h.batch_loss(out, {"mask": target}, valid), expected)
+    assert not h.decomposable and head().decomposable

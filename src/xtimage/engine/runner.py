@@ -359,8 +359,17 @@ class Engine:
             loss = loss.item()
         return loss
 
+    def _check_decomposable(self) -> None:
+        if not self.model.head.decomposable:
+            raise ConfigError(
+                "a Dice loss is a ratio of whole-batch sums and cannot be trained chunk by "
+                "chunk; set the outputs' dice to 0, or train all regions at once "
+                "(train.mode=direct)"
+            )
+
     def _dense_decoder_pass(self, sources, items, ctx, targets, seed) -> float:
         """Decode chunk by chunk with autograd; leave the context's gradient on ``ctx``."""
+        self._check_decomposable()
         ctx_leaf = ctx.detach().requires_grad_()
         normaliser = sum(self._valid_pixels(it) for it in items)
         total = 0.0
@@ -437,6 +446,8 @@ class Engine:
             )
         keep = keep or [None] * len(images)
         head = self.model.head
+        if head.dense:
+            self._check_decomposable()
         sources = [self.source(im) for im in images]
         layouts = [self.model.layout(s.height, s.width) for s in sources]
         kept = [self._kept(lay, kp) for lay, kp in zip(layouts, keep, strict=True)]

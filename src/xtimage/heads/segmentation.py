@@ -35,6 +35,11 @@ class DenseOutput:
     class's ``class_weights`` entry (for rare foreground classes); ``bce``: logits
     against a float (k, channels, H, W) target in [0, 1]; ``focal``: the same, with
     `focal_loss` (heatmaps whose peaks are 1); ``l1``/``mse``: regression.
+
+    ``dice`` > 0 adds that weight times a soft Dice loss on the foreground (classes >= 1
+    for "ce", the sigmoid for "bce"/"focal") over the whole batch. Dice is a ratio of
+    batch sums, not a sum of per-pixel terms, so it only trains in the all-at-once
+    (direct) mode; the streaming engine refuses it (see `DenseHead.decomposable`).
     """
 
     name: str
@@ -42,6 +47,7 @@ class DenseOutput:
     loss: str = "ce"
     weight: float = 1.0
     class_weights: tuple[float, ...] | None = None
+    dice: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -139,6 +145,34 @@ class DenseHead(nn.Module):
         """Raw outputs by name: (k, sum C, H, W) -> {name: (k, C_o, H, W)}."""
         parts = torch.split(out, [o.channels for o in self.outputs], dim=1)
         return {o.name: p for o, p in zip(self.outputs, parts, strict=True)}
+
+    @property
+    def decomposable(self) -> bool:
+        """Whether the loss is a sum of per-pixel terms (what chunked training needs)."""
+        return all(o.dice == 0 for o in self.outputs)
+
+    def batch_loss(
+        self, out: torch.Tensor, targets: dict[str, torch.Tensor], valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean per-pixel loss over the valid pixels plus the outputs' Dice terms.
+
+        Args: as in `loss_sum`, for a whole batch of images at once.
+        """
+        v = valid.to(out.dtype)
+        total = self.loss_sum(out, targets, valid) / v.sum().clamp_min(1)
+        parts = torch.split(out, [o.channels for o in self.outputs], dim=1)
+        for o, pred in zip(self.outputs, parts, strict=True):
+            if o.dice == 0:
+                continue
+            target = targets[o.name]
+            if o.loss == "ce":
+                p, t = 1 - pred.softmax(1)[:, 0], (target > 0).to(out.dtype)
+            else:
+                p, t = pred.sigmoid().sum(1).clamp_max(1), target.sum(1).clamp_max(1)
+            inter = (p * t * v).sum()
+            dice = (2 * inter + 1) / ((p * v).sum() + (t * v).sum() + 1)
+            total = total + o.dice * (1 - dice)
+        return total
 
     def loss_sum(
         self, out: torch.Tensor, targets: dict[str, torch.Tensor], valid: torch.Tensor
