@@ -11,7 +11,7 @@ command -v "$python" >/dev/null 2>&1 || python=python3
 if [ ! -x "$venv/bin/python" ]; then
     echo "[setup] creating virtual environment in $venv" >&2
     "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    "$venv/bin/python" -m pip install -qq --upgrade pip
 fi
 
 # Re-install only when the project's requirements or the extras asked for change.
@@ -20,10 +20,10 @@ want="$(cat "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing xtimage${extras:+[$extras]} (first run takes a few minutes: PyTorch is large)" >&2
     # torch first, pinned exactly, so no resolver ever pulls another build.
-    "$venv/bin/python" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+    "$venv/bin/python" -m pip install -qq torch==2.14.1 torchvision==0.29.1
     spec="$root"
     [ -n "$extras" ] && spec="$root[$extras]"
-    "$venv/bin/python" -m pip install --quiet -e "$spec"
+    "$venv/bin/python" -m pip install -qq -e "$spec"
     echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
