@@ -61,7 +61,7 @@ class DemoSettings:
     from_scratch: bool = False
     steps: int = 600
     lrs: tuple[float, ...] = (1e-3, 2e-3)
-    test_images: int = 100
+    test_images: int = 48
     val_images: int = 32
     force: bool = False
     overrides: list[str] = field(default_factory=list)
