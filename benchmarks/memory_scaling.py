@@ -12,7 +12,10 @@ tiles, written tile by tile into ``--folder``); 100k comes from `ProceduralReade
 - global: Hyper (HyperAttention), 1 layer: every token is kept for one global pass, so
   memory grows with the token count; its slope in bytes per token is compared with the
   floor of one float32 copy of the tokens, 4 x width;
-- global, pooled: the same with one token per region (``pool=1``), 64x fewer tokens.
+- global, pooled: the same with one token per region (``pool=1``), 64x fewer tokens;
+- whole image: the same backbone on the whole image at once (timm's classifier, the image
+  in memory as float32), for comparison, up to the first side that passes 4 GB in all
+  (a watchdog stops the process there).
 
 Targets: streaming increase at 32k within 1.25x of that at 4k; 100k x 100k under 4 GB in
 all (``total_peak_mb``). Quick: sides 1k-8k, a 100,000 x 4,096 strip. Full (slow): 1k-32k
@@ -27,12 +30,22 @@ Prints a table and writes JSON rows to benchmarks/results/memory_scaling.json.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import GLOBAL, STREAMING, machine, measure, print_table, save_rows, write_tiff
+from common import (
+    GLOBAL,
+    RESULTS,
+    STREAMING,
+    machine,
+    measure,
+    print_table,
+    save_rows,
+    write_tiff,
+)
 
 COMMON = Path(__file__).parent / "common.py"
 BACKBONE = "mobilenetv3_small_050"
@@ -52,6 +65,22 @@ def estimate_mb(model: dict, height: int, width: int, region_batch: int) -> floa
     net = build_model(**model)
     plan = estimate_memory(net, height, width, region_batch=region_batch, idle_bytes=0)
     return plan.increase_bytes / 2**20
+
+
+def run_whole(side: int) -> dict:
+    """The whole-image backbone on a square image; ``fits`` False when it passed 4 GB."""
+    result = measure(COMMON, "case_whole", BUDGET_MB, backbone=BACKBONE, height=side, width=side)
+    fits = not result.get("exceeded") and result["total_peak_mb"] <= BUDGET_MB
+    row = {
+        "bench": "memory_scaling", "mode": "inference", "side": side, "height": side,
+        "width": side, "backbone": BACKBONE, "context": None, "kind": "whole", "fits": fits,
+        "source": "memory", "regions": None, "tokens": None, "peak_mb": result.get("peak_mb"),
+        "total_peak_mb": result.get("total_peak_mb", result.get("rss_mb")),
+        "idle_mb": result.get("idle_mb"), "seconds": result.get("seconds"), **machine(),
+    }  # fmt: skip
+    print(f"{'whole':>14} {side}x{side}: total {row['total_peak_mb']:.0f} MiB"
+          + ("" if fits else " (over 4 GB: stopped)"), file=sys.stderr, flush=True)  # fmt: skip
+    return row
 
 
 def run(kind: str, height: int, width: int, source: str, region_batch: int) -> dict:
@@ -79,6 +108,19 @@ def run(kind: str, height: int, width: int, source: str, region_batch: int) -> d
     return row
 
 
+def planner_rows(height: int, width: int, region_batch: int) -> list[dict]:
+    """The planner's estimates for each xT kind at a size too slow to run here."""
+    rows = []
+    for kind in MODELS:
+        est = estimate_mb(MODELS[kind], height, width, region_batch)
+        rows.append({"bench": "memory_scaling_estimate", "mode": "inference", "kind": kind,
+                     "side": max(height, width), "height": height, "width": width,
+                     "backbone": BACKBONE, "context": MODELS[kind]["context"],
+                     "region_batch": region_batch, "estimate_mb": round(est, 1)})  # fmt: skip
+        print(f"{kind:>14} {height}x{width}: planner estimate +{est:.0f} MiB", file=sys.stderr)
+    return rows
+
+
 def bytes_per_token(rows: list[dict], kind: str, low: int) -> float | None:
     """Slope (bytes per token) of a least-squares line through (tokens, peak increase)."""
     import numpy as np
@@ -95,7 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="1k-32k and 100k x 100k (slow)")
     parser.add_argument("--sides", type=int, nargs="*", help="TIFF sides (default by mode)")
-    parser.add_argument("--kinds", nargs="*", default=list(MODELS), choices=list(MODELS))
+    kinds = [*MODELS, "whole"]
+    parser.add_argument("--kinds", nargs="*", default=kinds, choices=kinds)
     parser.add_argument(
         "--big",
         type=int,
@@ -111,7 +154,13 @@ def main() -> None:
         help="largest TIFF side, global context (quick 8192, full 32768)",
     )
     parser.add_argument("--folder", default=None, help="where the TIFFs go (a temp dir)")
+    parser.add_argument("--estimates", action="store_true",
+                        help="only the planner's estimates at 100,000 x 100,000")  # fmt: skip
     args = parser.parse_args()
+    if args.estimates:
+        rows = planner_rows(100_000, 100_000, args.region_batch)
+        save_rows("memory_scaling", rows, ["bench", "kind", "height", "width", "region_batch"])
+        return
     sides = args.sides or ([1024, 2048, 4096, 8192, 16384, 32768] if args.full
                            else [1024, 2048, 4096, 8192])  # fmt: skip
     big = args.big or ((100_000, 100_000) if args.full else (4096, 100_000))
@@ -119,20 +168,27 @@ def main() -> None:
     k = args.region_batch
 
     rows = []
+    if "whole" in args.kinds:
+        for side in [1024, 2048, 4096, 6144, 8192, 12288, 16384]:
+            rows.append(run_whole(side))
+            if not rows[-1]["fits"]:
+                break
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         for side in sides:
             path = write_tiff(Path(folder) / f"{side}.tif", side)
             for kind in args.kinds:
-                if kind == "global" and side > global_max:
+                if kind == "whole" or kind == "global" and side > global_max:
                     continue
                 rows.append(run(kind, side, side, str(path), k))
             path.unlink()
     for kind in args.kinds:
-        if kind != "global":  # the unpooled global sequence of a 100k image does not fit
+        if kind in MODELS and kind != "global":  # unpooled, a 100k image's tokens do not fit
             rows.append(run(kind, *big, "procedural", k))
 
+    save_rows("memory_scaling", rows, ["bench", "kind", "height", "width", "region_batch"])
+    merged = json.loads((RESULTS / "memory_scaling.json").read_text())  # earlier runs too
     low = 4096 if args.full else 2048
-    slope = bytes_per_token(rows, "global", low)
+    slope = bytes_per_token([r for r in merged if r.get("tokens")], "global", low)
     print_table(
         f"Inference memory against side ({BACKBONE}, 256 px regions, {k} at once, width 64; "
         f"MiB above the idle process; {machine()['machine']})",
@@ -140,10 +196,11 @@ def main() -> None:
         [("kind", "kind", ""), ("height", "height", "d"), ("width", "width", "d"),
          ("tokens", "tokens", "d"), ("source", "source", ""), ("+MiB", "peak_mb", ".0f"),
          ("estimate", "estimate_mb", ".0f"), ("total MiB", "total_peak_mb", ".0f"),
+         ("fits", "fits", ""),
          ("regions/s", "regions_per_s", ".0f")],
     )  # fmt: skip
-    stream = {r["side"]: r["peak_mb"] for r in rows
-              if r["kind"] == "streaming" and r["height"] == r["width"]}  # fmt: skip
+    stream = {r["side"]: r["peak_mb"] for r in merged if r.get("kind") == "streaming"
+              and r.get("tokens") and r["height"] == r["width"]}  # fmt: skip
     top = max(s for s in stream if s <= 32768)
     if 4096 in stream:
         ratio = stream[top] / stream[4096]
@@ -156,11 +213,13 @@ def main() -> None:
     if slope is not None:
         print(f"global: {slope:.0f} bytes per token (fit over sides >= {low}); floor 4 x width "
               f"= {4 * 64} bytes; {slope / 256:.1f}x the floor")  # fmt: skip
-        rows.append({"bench": "memory_scaling", "mode": "inference", "kind": "global",
-                     "context": "hyper", "backbone": BACKBONE, "side": None,
-                     "bytes_per_token": round(slope, 1), "floor_bytes_per_token": 256,
-                     "fit_from_side": low, **machine()})  # fmt: skip
-    save_rows("memory_scaling", rows, ["kind", "height", "width", "side", "region_batch"])
+        sides = sorted({r["side"] for r in merged if r.get("kind") == "global" and r.get("tokens")
+                        and r["side"] >= low})  # fmt: skip
+        summary = {"bench": "memory_scaling_bytes_per_token", "mode": "inference",
+                   "kind": "global", "context": "hyper", "backbone": BACKBONE, "dim": 64,
+                   "bytes_per_token": round(slope, 1), "floor_bytes_per_token": 256,
+                   "fit_sides": sides, **machine()}  # fmt: skip
+        save_rows("memory_scaling", [summary], ["bench"])
 
 
 if __name__ == "__main__":

@@ -205,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
         if budget is not None:
             fit = "fits" if m["fits"] else "does NOT fit even one region at a time"
             verdict = f" of {budget / gib:.2f} GiB, {fit}"
+        k = m["region_batch"]
         print(
-            f"memory      {m['mode']}, {m['region_batch']} regions at once: peak "
+            f"memory      {m['mode']}, {k} region{'s' if k > 1 else ''} at once: peak "
             f"{m['estimate_bytes'] / gib:.2f} GiB{verdict}"
         )
         parts = ", ".join(f"{k} {v / gib:.2f}" for k, v in m["breakdown"].items() if v)

@@ -57,8 +57,8 @@ from xtimage.model import XT
 from xtimage.tiling import RegionPlan
 
 # Fitted on CPU (see the module docstring and benchmarks/planner_check.py).
-OVERHEAD = 64 * 2**20  # bytes: oneDNN scratch, thread arenas, interpreter objects
-FACTOR = 1.15  # resident bytes per live tensor byte at the peak (allocator slack)
+OVERHEAD = 52 * 2**20  # bytes: oneDNN scratch, thread arenas, interpreter objects
+FACTOR = 1.11  # resident bytes per live tensor byte at the peak (allocator slack)
 
 MODES = ("inference", "exact", "streaming")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -132,8 +132,9 @@ class MemoryPlan:
         parts = ", ".join(f"{k} {_format_bytes(v)}" for k, v in self.breakdown.items() if v)
         budget = "" if self.budget_bytes is None else f" of {_format_bytes(self.budget_bytes)}"
         verdict = "" if self.budget_bytes is None else (" (fits)" if self.fits else " (too big)")
+        regions = "region" if self.region_batch == 1 else "regions"
         return (
-            f"{self.mode}, {self.region_batch} regions at once: peak "
+            f"{self.mode}, {self.region_batch} {regions} at once: peak "
             f"{_format_bytes(self.estimate_bytes)}{budget}{verdict} = {parts}"
         )
 
@@ -218,7 +219,7 @@ def _trace_encode(twin: XT, channels: int, grad: bool) -> _EncodeCost:
             maps, tokens = XT.encode(twin, x)
             outputs = sum(m.untyped_storage().nbytes() for m in maps)
             outputs += tokens.untyped_storage().nbytes()
-            forward, after = trace.peak, trace.current
+            forward = trace.peak
             if not grad or not tokens.requires_grad:
                 return forward, 0, 0
             upstream = torch.empty_like(tokens)  # the engine passes a slice of saved ones
@@ -290,11 +291,12 @@ class _MetaSource(RegionSource):
 
 def _fused(q, k, v, attn_mask, dropout_p, is_causal) -> bool:
     """Whether CPU attention would take the fused (flash) kernel for these inputs."""
-    probe = [torch.zeros(1, 1, 2, t.shape[-1], dtype=t.dtype).requires_grad_(t.requires_grad)
+    lead = (1,) * (q.dim() - 2)  # the kernels check the number of dimensions
+    probe = [torch.zeros(*lead, 2, t.shape[-1], dtype=t.dtype).requires_grad_(t.requires_grad)
              for t in (q, k, v)]  # fmt: skip
     mask = None
     if attn_mask is not None:
-        mask = torch.zeros(1, 1, 2, 2, dtype=attn_mask.dtype)
+        mask = torch.zeros(*lead, 2, 2, dtype=attn_mask.dtype)
         mask.requires_grad_(attn_mask.requires_grad)
     return torch._fused_sdp_choice(*probe, mask, dropout_p, is_causal) == 1  # 1: flash
 
@@ -445,10 +447,12 @@ class _Estimator:
         self.twin.train(mode != "inference")
         live = _dry_run(self.twin, self.costs, self.height, self.width,
                         self.channels, region_batch, mode)  # fmt: skip
-        pixels = region_batch * self.channels * self.model.region**2 * 4
-        read_ahead = 2 * pixels if self.read_ahead else 0
-        if self.device.type == "cuda":
-            read_ahead = 0  # host memory, not the device's
+        regions = self.model.plan(self.height, self.width).num_regions
+        pixels = min(region_batch, regions) * self.channels * self.model.region**2 * 4
+        # the next chunk, read and stacked on a thread; none with a single chunk, and host
+        # memory, not the device's, on CUDA
+        ahead = self.read_ahead and regions > region_batch and self.device.type != "cuda"
+        read_ahead = 2 * pixels if ahead else 0
         training = mode != "inference"
         parts = {
             "idle": self.idle,
