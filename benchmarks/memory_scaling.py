@@ -19,10 +19,12 @@ tiles, written tile by tile into ``--folder``); 100k comes from `ProceduralReade
 
 Targets: streaming increase at 32k within 1.25x of that at 4k; 100k x 100k under 4 GB in
 all (``total_peak_mb``). Quick: sides 1k-8k, a 100,000 x 4,096 strip. Full (slow): 1k-32k
-and 100k x 100k.
+and 100k x 100k; the unpooled global context up to 16k (at 32k, 1M tokens, it needs ~8 GB).
+Bytes per token: the slope over sides from 4k.
 
     python benchmarks/memory_scaling.py            # quick, a few minutes
-    python benchmarks/memory_scaling.py --full     # slow (the 100k square alone: ~1 h)
+    python benchmarks/memory_scaling.py --full     # slow (the 100k square: 13 min at 200
+                                                   # regions/s, an hour on a busy machine)
 
 Prints a table and writes JSON rows to benchmarks/results/memory_scaling.json.
 """
@@ -151,7 +153,7 @@ def main() -> None:
         "--global-max",
         type=int,
         default=None,
-        help="largest TIFF side, global context (quick 8192, full 32768)",
+        help="largest TIFF side, global context (quick 8192, full 16384)",
     )
     parser.add_argument("--folder", default=None, help="where the TIFFs go (a temp dir)")
     parser.add_argument("--estimates", action="store_true",
@@ -164,7 +166,7 @@ def main() -> None:
     sides = args.sides or ([1024, 2048, 4096, 8192, 16384, 32768] if args.full
                            else [1024, 2048, 4096, 8192])  # fmt: skip
     big = args.big or ((100_000, 100_000) if args.full else (4096, 100_000))
-    global_max = args.global_max or (32768 if args.full else 8192)
+    global_max = args.global_max or (16384 if args.full else 8192)
     k = args.region_batch
 
     rows = []
@@ -187,7 +189,7 @@ def main() -> None:
 
     save_rows("memory_scaling", rows, ["bench", "kind", "height", "width", "region_batch"])
     merged = json.loads((RESULTS / "memory_scaling.json").read_text())  # earlier runs too
-    low = 4096 if args.full else 2048
+    low = 4096  # the fit starts at 4k (quick: 4k and 8k; full: up to 16k)
     slope = bytes_per_token([r for r in merged if r.get("tokens")], "global", low)
     print_table(
         f"Inference memory against side ({BACKBONE}, 256 px regions, {k} at once, width 64; "

@@ -22,7 +22,7 @@ from xtimage.engine.planner import (
     plan_memory,
 )
 from xtimage.errors import ConfigError
-from xtimage.heads import ClassificationHead
+from xtimage.heads import ClassificationHead, DenseHead, DenseOutput
 from xtimage.model import XT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,6 +122,14 @@ def test_dry_run_equals_the_real_runs_live_bytes(context, mode):
     # encoder's outputs and saved activations are shaped differently, within 1%.
     tolerance = 64 if mode == "inference" else 0.01 * real
     assert abs(plan.breakdown["activations"] - real) <= tolerance, (plan.breakdown, real)
+
+
+def test_dense_heads_are_refused():
+    encoder = RegionEncoder("convnext_atto", region=64, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16))
+    head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8)
+    model = XT(encoder, create_context_encoder("none", dim=16), head, region=64)
+    with pytest.raises(ConfigError, match="classification heads"):
+        estimate_memory(model, 128, 128, region_batch=2)
 
 
 def test_streamed_estimate_does_not_grow_with_the_image_but_global_does():

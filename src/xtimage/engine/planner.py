@@ -339,17 +339,9 @@ def _meta_compat() -> Iterator[None]:
         torch.nn.functional.scaled_dot_product_attention = sdpa
 
 
-class _NullWriter:
-    def write(self, window, data) -> None:
-        pass
-
-
 def _streams(model: XT, mode: str) -> bool:
     """Whether the run keeps nothing that grows with the image."""
-    if mode == "streaming":
-        return True
-    dense = getattr(model.head, "dense", False)
-    return mode == "inference" and model.context.streamable and not dense
+    return mode == "streaming" or mode == "inference" and model.context.streamable
 
 
 def _proxy_size(model: XT, height: int, width: int, region_batch: int) -> tuple[int, int]:
@@ -377,9 +369,7 @@ def _dry_run(twin: XT, costs: dict, height: int, width: int, channels: int,
     with _meta_compat(), _LiveBytes() as trace:
         twin.encode = _ReplayEncode(twin, costs[grad], trace)
         try:
-            if mode == "inference" and getattr(twin.head, "dense", False):
-                engine.segment(source, writer=_NullWriter())
-            elif mode == "inference":
+            if mode == "inference":
                 engine.classify([source])
             else:
                 labels = torch.zeros(1, dtype=torch.long)
@@ -412,10 +402,10 @@ def _check(model: XT, mode: str, region_batch: int | None = None) -> None:
             f"streaming training needs a streamable context encoder; "
             f"{type(model.context).__name__} is global: use exact mode"
         )
-    if mode != "inference" and getattr(model.head, "dense", False):
+    if getattr(model.head, "dense", False):
         raise ConfigError(
-            "the memory planner covers dense heads for inference only; plan training of a "
-            "dense head by measuring a step (benchmarks/training_memory.py)"
+            "the memory planner covers classification heads; for a dense head, measure a "
+            "run in a fresh process (benchmarks/common.py) and set region_batch yourself"
         )
     if region_batch is not None and region_batch <= 0:
         raise ConfigError(f"region_batch must be positive, got {region_batch}")
@@ -483,8 +473,8 @@ def estimate_memory(
         height: image height in pixels.
         width: image width in pixels.
         region_batch: regions encoded at once.
-        mode: "inference" (`Engine.classify`, or `Engine.segment` for a dense head),
-            "exact" or "streaming" (one training step, AdamW, batch of one image).
+        mode: "inference" (`Engine.classify`), "exact" or "streaming" (one training step
+            with AdamW, a batch of one image). Classification heads only.
         channels: image channels (default: the region encoder's).
         read_ahead: the engine reads the next chunk on a thread.
         idle_bytes: memory of the idle process (default: this process's resident size
