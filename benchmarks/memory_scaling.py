@@ -57,6 +57,17 @@ MODELS = {
     "global_pooled": {"backbone": BACKBONE, **GLOBAL, "dim": 64, "pool": 1},
 }
 BUDGET_MB = 4e9 / 2**20  # "4GB"
+METHODS = {  # kind -> the row's "method": one line each in the demo report's memory plot
+    "streaming": "xT, streamable context",
+    "global": "xT, global context",
+    "global_pooled": "xT, global context, 1 token per region",
+    "whole": "whole-image backbone",
+}
+
+
+def method(kind: str, height: int, width: int) -> str:
+    """The row's ``method``; strips are their own series (their side is not a square's)."""
+    return METHODS[kind] + ("" if height == width else f", {height:,} px strip")
 
 
 def estimate_mb(model: dict, height: int, width: int, region_batch: int) -> float:
@@ -75,7 +86,8 @@ def run_whole(side: int) -> dict:
     fits = not result.get("exceeded") and result["total_peak_mb"] <= BUDGET_MB
     row = {
         "bench": "memory_scaling", "mode": "inference", "side": side, "height": side,
-        "width": side, "backbone": BACKBONE, "context": None, "kind": "whole", "fits": fits,
+        "width": side, "backbone": BACKBONE, "context": None, "kind": "whole",
+        "method": method("whole", side, side), "fits": fits,
         "source": "memory", "regions": None, "tokens": None, "peak_mb": result.get("peak_mb"),
         "total_peak_mb": result.get("total_peak_mb", result.get("rss_mb")),
         "idle_mb": result.get("idle_mb"), "seconds": result.get("seconds"), **machine(),
@@ -85,16 +97,20 @@ def run_whole(side: int) -> dict:
     return row
 
 
-def run(kind: str, height: int, width: int, source: str, region_batch: int) -> dict:
+def run(kind: str, height: int, width: int, source: str, region_batch: int,
+        repeat: int = 1) -> dict:  # fmt: skip
+    """One row: the median of ``repeat`` fresh-process runs (each run's peak kept too)."""
     model = MODELS[kind]
     start = time.perf_counter()
-    result = measure(COMMON, "case_engine", model=model, height=height, width=width,
-                     region_batch=region_batch, source=source)  # fmt: skip
+    runs = [measure(COMMON, "case_engine", model=model, height=height, width=width,
+                    region_batch=region_batch, source=source) for _ in range(repeat)]  # fmt: skip
+    result = sorted(runs, key=lambda r: r["peak_mb"])[(repeat - 1) // 2]  # the median run
     tokens_per_region = 1 if model.get("pool") == 1 else 64
     row = {
         "bench": "memory_scaling", "mode": "inference", "side": max(height, width),
         "height": height, "width": width, "backbone": model["backbone"],
-        "context": model["context"], "kind": kind, "dim": model["dim"],
+        "context": model["context"], "kind": kind, "method": method(kind, height, width),
+        "dim": model["dim"],
         "pool": model.get("pool"), "region_batch": region_batch,
         "source": "procedural" if source == "procedural" else "tiff",
         "regions": result["regions"], "tokens": result["regions"] * tokens_per_region,
@@ -102,7 +118,7 @@ def run(kind: str, height: int, width: int, source: str, region_batch: int) -> d
         "idle_mb": result["idle_mb"], "seconds": result["seconds"],
         "regions_per_s": round(result["regions"] / result["seconds"], 1),
         "estimate_mb": round(estimate_mb(model, height, width, region_batch), 1),
-        **machine(),
+        "peak_mb_runs": [r["peak_mb"] for r in runs], **machine(),
     }  # fmt: skip
     print(f"{kind:>14} {height}x{width}: +{row['peak_mb']:.0f} MiB (total "
           f"{row['total_peak_mb']:.0f}), {row['regions_per_s']:.0f} regions/s, "
@@ -149,6 +165,8 @@ def main() -> None:
         help="procedural image (quick 4096 100000, full 100000 100000)",
     )
     parser.add_argument("--region-batch", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per point (median)")
+    parser.add_argument("--no-big", action="store_true", help="skip the procedural image")
     parser.add_argument(
         "--global-max",
         type=int,
@@ -181,11 +199,11 @@ def main() -> None:
             for kind in args.kinds:
                 if kind == "whole" or kind == "global" and side > global_max:
                     continue
-                rows.append(run(kind, side, side, str(path), k))
+                rows.append(run(kind, side, side, str(path), k, args.repeat))
             path.unlink()
-    for kind in args.kinds:
+    for kind in [] if args.no_big else args.kinds:
         if kind in MODELS and kind != "global":  # unpooled, a 100k image's tokens do not fit
-            rows.append(run(kind, *big, "procedural", k))
+            rows.append(run(kind, *big, "procedural", k, args.repeat))
 
     save_rows("memory_scaling", rows, ["bench", "kind", "height", "width", "region_batch"])
     merged = json.loads((RESULTS / "memory_scaling.json").read_text())  # earlier runs too
