@@ -20,7 +20,7 @@ TINY = [
     "model.dim=32",
     "model.backbone_kwargs={depths: [1, 1, 1, 1], dims: [8, 8, 16, 16]}",
     "model.context_kwargs={depth: 1, heads: 2}",
-    "model.decoder_channels=8",
+    "model.decoder_channels=16",
     "data.kind=folder",
     "data.params={}",
     "data.val_fraction=0",
@@ -82,7 +82,8 @@ def train(tmp: Path, head: str, *overrides: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def seg_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("seg")
-    rows = train(tmp, "segmentation", "train.steps=30", "train.lr=2e-2")
+    # the loss sits near the constant predictor for 10 to 90 steps, by seed: 100 to escape
+    rows = train(tmp, "segmentation", "train.steps=100", "train.lr=1e-2", "train.warmup=3")
     return tmp, rows
 
 
@@ -91,7 +92,7 @@ def test_segmentation_overfits_below_the_best_constant_predictor(seg_run):
     masks = [np.asarray(Image.open(p)) for p in sorted((tmp / "data" / "masks").iterdir())]
     f = np.mean(masks)  # foreground share: a constant predictor's best loss is its entropy
     entropy = -(f * np.log(f) + (1 - f) * np.log(1 - f))
-    assert rows[-1]["step"] == 30
+    assert rows[-1]["step"] == 100
     assert rows[-1]["loss"] < 0.6 * entropy < rows[0]["loss"]
 
 
@@ -102,7 +103,7 @@ def test_classification_overfits(tmp_path):
 
 
 def test_detection_overfits(tmp_path):
-    rows = train(tmp_path, "detection", "train.steps=50", "train.lr=5e-2")
+    rows = train(tmp_path, "detection", "train.steps=80", "train.lr=3e-2", "train.warmup=3")
     assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
 
 

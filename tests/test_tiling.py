@@ -6,7 +6,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xtimage.errors import ConfigError
-from xtimage.tiling import RegionPlan, TokenLayout, extract_regions, stitch_regions
+from xtimage.tiling import (
+    RegionPlan,
+    TokenLayout,
+    crop_padded,
+    extract_regions,
+    stitch_regions,
+)
 from xtimage.window import Window
 
 
@@ -47,17 +53,33 @@ def test_extract_then_stitch_is_identity(plan, channels, batch, chunk):
 
 
 @given(plans())
-def test_extracted_regions_are_the_windows_zero_padded(plan):
+def test_extracted_regions_are_the_windows_edge_padded(plan):
     image = torch.randn(1, 2, plan.height, plan.width)
     regions = extract_regions(image, plan)
     for i in range(plan.num_regions):
         w = plan.window(i)
-        expected = torch.zeros(2, plan.region, plan.region)
-        inside = w.intersect(Window(0, 0, plan.height, plan.width))
-        if inside is not None:
-            dst = inside.shift(-w.top, -w.left).slices()
-            expected[:, dst[0], dst[1]] = image[0, :, inside.slices()[0], inside.slices()[1]]
-        assert torch.equal(regions[0, i], expected)
+        rows = torch.arange(w.top, w.bottom).clamp(0, plan.height - 1)
+        cols = torch.arange(w.left, w.right).clamp(0, plan.width - 1)
+        assert torch.equal(regions[0, i], image[0][:, rows[:, None], cols[None, :]])
+
+
+def test_padding_repeats_the_nearest_pixel_by_hand():
+    image = torch.tensor([[1.0, 2, 3], [4, 5, 6]])[None, None]  # (1, 1, 2, 3)
+    plan = RegionPlan(2, 3, region=4, margin=1)  # core 2: windows at (-1, -1) and (-1, 1)
+    regions = extract_regions(image, plan)[0, :, 0]
+    left = [[1, 1, 2, 3], [1, 1, 2, 3], [4, 4, 5, 6], [4, 4, 5, 6]]
+    right = [[2, 3, 3, 3], [2, 3, 3, 3], [5, 6, 6, 6], [5, 6, 6, 6]]
+    assert regions.tolist() == [left, right]
+    # a window wholly past a corner repeats the corner pixel; one past the bottom, the row
+    assert crop_padded(image, Window(5, 7, 2, 2)).flatten().tolist() == [6] * 4
+    assert crop_padded(image, Window(-4, -1, 2, 5))[0, 0].tolist() == [[1, 1, 2, 3, 3]] * 2
+
+
+def test_edge_padding_passes_gradients_to_the_border_pixels():
+    image = torch.zeros(1, 1, 2, 3, requires_grad=True)
+    extract_regions(image, RegionPlan(2, 3, region=4, margin=1)).sum().backward()
+    # each pixel counted once per window position that repeats it
+    assert image.grad[0, 0].tolist() == [[4, 4, 8], [4, 4, 8]]
 
 
 @given(plans(), st.integers(1, 7))

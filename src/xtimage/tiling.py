@@ -9,7 +9,10 @@ Edge rule: the grid has ``rows = ceil(H / core)`` and ``cols = ceil(W / core)`` 
 region (i, j) reads the window starting at ``(i * core - m, j * core - m)`` of size
 ``region``. Pixels of that window outside the image (the margin at the border and the
 padding past the last partial core, ``rows * core - H`` rows at the bottom and
-``cols * core - W`` columns at the right) are padding: read as zeros and marked invalid.
+``cols * core - W`` columns at the right) are padding: they repeat the nearest image pixel
+(edge, or "replicate", padding) and are marked invalid. Not zeros: a ConvNeXt stem (conv,
+bias 0 at init, LayerNorm over channels) turns an all-zero patch into a vector without
+variance, and LayerNorm's 1 / sqrt(eps) then blows up the stem's gradients.
 
 Token order is region-major: regions in raster order, and inside a region its tokens
 row-major, so a chunk of consecutive regions is one contiguous slice of the sequence.
@@ -28,7 +31,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 from xtimage.errors import ConfigError
@@ -247,22 +249,32 @@ class TokenLayout:
         return torch.argsort(pos[:, 0] * cols + pos[:, 1])
 
 
-def _pad_for_plan(images: torch.Tensor, plan: RegionPlan) -> torch.Tensor:
-    """Zero-pad (B, C, H, W) so that every region window lies inside, offset by the margin."""
-    if images.shape[-2:] != (plan.height, plan.width):
-        raise ConfigError(
-            f"image of size {tuple(images.shape[-2:])} does not match the plan's "
-            f"{plan.height} x {plan.width}"
-        )
-    m = plan.margin
-    pad_bottom, pad_right = plan.padding
-    return F.pad(images, (m, m + pad_right, m, m + pad_bottom))
+def crop_padded(images: torch.Tensor, window: Window) -> torch.Tensor:
+    """Pixels of ``window`` from (..., H, W) images, edge-padded where it lies outside.
+
+    A pixel (r, c) of the window is the image's ``(clip(r, 0, H - 1), clip(c, 0, W - 1))``,
+    also for a window wholly past the border. A window inside the image is a view.
+
+    Returns:
+        (..., window.height, window.width).
+    """
+    height, width = images.shape[-2:]
+    if window.intersect(Window(0, 0, height, width)) == window:
+        rows, cols = window.slices()
+        return images[..., rows, cols]
+    src = window.nearest_inside(height, width)
+    near = images[..., src.top : src.bottom, src.left : src.right]  # the pixels to repeat
+    rows = torch.arange(window.top, window.bottom, device=images.device)
+    cols = torch.arange(window.left, window.right, device=images.device)
+    rows = rows.clamp_(src.top, src.bottom - 1) - src.top  # (window.height,) into near
+    cols = cols.clamp_(src.left, src.right - 1) - src.left
+    return near.index_select(-2, rows).index_select(-1, cols)
 
 
 def extract_regions(
     images: torch.Tensor, plan: RegionPlan, regions: Sequence[int] | None = None
 ) -> torch.Tensor:
-    """Cut images into region windows, zero outside the image.
+    """Cut images into region windows, edge-padded outside the image (`crop_padded`).
 
     Args:
         images: (B, C, H, W) with H, W equal to the plan's.
@@ -272,13 +284,13 @@ def extract_regions(
     Returns:
         (B, n, C, region, region).
     """
-    padded = _pad_for_plan(images, plan)
+    if images.shape[-2:] != (plan.height, plan.width):
+        raise ConfigError(
+            f"image of size {tuple(images.shape[-2:])} does not match the plan's "
+            f"{plan.height} x {plan.width}"
+        )
     regions = range(plan.num_regions) if regions is None else regions
-    crops = []
-    for index in regions:
-        w = plan.window(index).shift(plan.margin, plan.margin)  # into padded coordinates
-        crops.append(padded[..., w.top : w.bottom, w.left : w.right])
-    return torch.stack(crops, dim=1)
+    return torch.stack([crop_padded(images, plan.window(i)) for i in regions], dim=1)
 
 
 def stitch_regions(outputs: torch.Tensor, plan: RegionPlan) -> torch.Tensor:

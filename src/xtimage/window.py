@@ -34,6 +34,19 @@ class Window:
             return None
         return Window(top, left, bottom - top, right - left)
 
+    def nearest_inside(self, height: int, width: int) -> Window:
+        """The pixels of a ``height`` x ``width`` image that edge padding repeats here.
+
+        Edge padding takes pixel (r, c) of the window from the image's
+        ``(clip(r, top, bottom - 1), clip(c, left, right - 1))`` of the returned window,
+        which equals ``(clip(r, 0, height - 1), clip(c, 0, width - 1))``. Never empty:
+        a window wholly past the border gets the nearest edge row or column.
+        """
+        top, left = min(max(self.top, 0), height - 1), min(max(self.left, 0), width - 1)
+        bottom = max(min(self.bottom, height), top + 1)
+        right = max(min(self.right, width), left + 1)
+        return Window(top, left, bottom - top, right - left)
+
     def shift(self, dy: int, dx: int) -> Window:
         return Window(self.top + dy, self.left + dx, self.height, self.width)
 

@@ -13,7 +13,8 @@ from timm.models import adapt_input_conv
 
 from xtimage.encoders.region import RegionEncoder, choose_window, valid_windows
 from xtimage.errors import ConfigError, InputError
-from xtimage.tiling import RegionPlan
+from xtimage.tiling import RegionPlan, extract_regions
+from xtimage.window import Window
 
 SWIN = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
 # name -> (tiny timm kwargs, fixed input size, timm's features_only gives NHWC, sizes)
@@ -288,3 +289,24 @@ def test_wrong_region_shape_is_an_input_error():
     with pytest.raises(InputError):
         enc(torch.randn(1, 2, 96, 96))
     assert math.prod(enc(torch.randn(1, 2, 64, 64))[-1].shape[-2:]) == 4
+
+
+def test_a_region_mostly_past_the_border_keeps_convnext_stem_gradients_in_scale():
+    # A ConvNeXt stem (patchify conv, bias 0 at init, then LayerNorm over channels) maps a
+    # patch of zeros to a vector without variance, and LayerNorm divides it by sqrt(eps):
+    # with zero padding the stem's gradients were ~1e9 times an interior region's. Edge
+    # padding gives the padding the border's pixels, so the scale stays that of an image.
+    enc = RegionEncoder("convnext_atto", region=64)
+    conv = enc.backbone.stem[0]
+    plan = RegionPlan(160, 160, region=64, margin=8)  # core 48: 4 x 4 regions, 32 px padding
+    regions = extract_regions(torch.rand(1, 3, 160, 160), plan)[0]
+    interior, corner = plan.cols + 1, plan.num_regions - 1  # (1, 1) inside, (3, 3) 85% padding
+    assert plan.window(interior).intersect(Window(0, 0, 160, 160)) == plan.window(interior)
+
+    def stem_grads(index):
+        enc.zero_grad()
+        sum(m.square().mean() for m in enc(regions[index : index + 1])).backward()
+        return conv.weight.grad.norm().item(), conv.bias.grad.norm().item()
+
+    for inside, padded in zip(stem_grads(interior), stem_grads(corner), strict=True):
+        assert padded < 10 * inside

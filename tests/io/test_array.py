@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xtimage.errors import InputError
+from xtimage.errors import ConfigError, InputError
 from xtimage.io import ArrayReader, Reader, open_reader, read_padded
 from xtimage.window import Window
 
@@ -29,6 +29,31 @@ def test_read_padded_equals_slicing_a_zero_padded_array(data):
     padded[:, 30 : 30 + h, 30 : 30 + w] = array
     rows, cols = window.shift(30, 30).slices()
     assert np.array_equal(read_padded(reader, window), padded[:, rows, cols])
+
+
+@given(st.data())
+def test_read_padded_edge_equals_slicing_an_edge_padded_array(data):
+    c, h, w = (
+        data.draw(st.integers(1, 3)),
+        data.draw(st.integers(1, 30)),
+        data.draw(st.integers(1, 30)),
+    )
+    array = np.arange(c * h * w, dtype=np.int32).reshape(c, h, w) + 1
+    window = data.draw(windows(h, w))  # partly or wholly outside, or inside
+    padded = np.pad(array, ((0, 0), (30, 30), (30, 30)), mode="edge")
+    rows, cols = window.shift(30, 30).slices()
+    out = read_padded(ArrayReader(array), window, mode="edge")
+    assert out.dtype == array.dtype and np.array_equal(out, padded[:, rows, cols])
+
+
+def test_read_padded_edge_by_hand_and_a_bad_mode():
+    reader = ArrayReader(np.array([[[1, 2, 3], [4, 5, 6]]], dtype=np.uint8))
+    out = read_padded(reader, Window(1, 2, 2, 3), mode="edge")  # past the bottom right
+    assert out[0].tolist() == [[6, 6, 6], [6, 6, 6]]
+    out = read_padded(reader, Window(-3, 5, 2, 1), mode="edge")  # wholly past a corner
+    assert out[0].tolist() == [[3], [3]]
+    with pytest.raises(ConfigError, match="'constant', 'edge'"):
+        read_padded(reader, Window(0, 0, 1, 1), mode="reflect")
 
 
 def test_array_reader_fulfils_the_protocol_and_reads_npy_lazily(tmp_path):

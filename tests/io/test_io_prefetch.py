@@ -49,6 +49,14 @@ def test_yields_in_order_and_equals_sequential_padded_reads():
     assert reader.max_running > 1  # reads overlapped
 
 
+def test_edge_mode_reads_like_read_padded_edge():
+    image = np.arange(2 * 12 * 6, dtype=np.int32).reshape(2, 12, 6)
+    got = list(Prefetcher(ArrayReader(image), windows(12), mode="edge"))
+    for window, array in got:
+        assert np.array_equal(array, read_padded(ArrayReader(image), window, mode="edge"))
+        assert (array[:, :, :2] == array[:, :, 2:3]).all()  # the image's column 0 repeated
+
+
 def test_read_ahead_is_bounded_by_depth():
     reader = CountingReader(np.zeros((1, 200, 6)), delay=0.001)
     prefetcher = iter(Prefetcher(reader, windows(100), workers=2, depth=4))

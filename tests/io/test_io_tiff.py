@@ -143,6 +143,10 @@ def test_read_padded_and_levels_past_the_border(jpeg_pyramid):
     assert out.shape == (3, 40, 100)
     assert np.array_equal(out[:, 10:, :50], truth[:, :30, 300:350])
     assert not out[:, :10].any() and not out[:, :, 50:].any()
+    edge = read_padded(reader, Window(-10, 300, 40, 100), level=1, mode="edge")
+    rows, cols = np.clip(np.arange(-10, 30), 0, 299), np.clip(np.arange(300, 400), 0, 349)
+    assert truth.shape[1:] == (300, 350)
+    assert np.array_equal(edge, truth[:, rows[:, None], cols[None, :]])
     with pytest.raises(InputError, match="level 3 does not exist"):
         reader.read_region(Window(0, 0, 5, 5), level=3)
     with pytest.raises(InputError, match="outside level 1"):

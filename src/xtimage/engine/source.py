@@ -6,19 +6,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from xtimage.errors import InputError
 from xtimage.io.base import Reader, read_padded
 from xtimage.io.prefetch import Prefetcher
-from xtimage.tiling import RegionPlan
+from xtimage.tiling import RegionPlan, crop_padded
 from xtimage.window import Window
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
 class RegionSource:
-    """One image as a source of region windows, zero outside the image.
+    """One image as a source of region windows, edge-padded outside the image.
 
     Args:
         image: a (C, H, W) tensor or array, or a `Reader` (never loaded whole).
@@ -48,21 +47,15 @@ class RegionSource:
         self.dtype = dtype
 
     def read(self, window: Window) -> torch.Tensor:
-        """(C, h, w) pixels of ``window``, zero where it lies outside the image."""
+        """(C, h, w) pixels of ``window``, edge-padded where it lies outside the image.
+
+        The padding repeats the nearest image pixel, as `extract_regions` does, so the
+        engine and `XT.forward` see the same regions; a reader's window is padded before
+        ``transform``, which commutes with it for per-pixel transforms.
+        """
         if isinstance(self.image, torch.Tensor):
-            inside = window.intersect(Window(0, 0, self.height, self.width))
-            if inside is None:
-                return self.image.new_zeros(self.channels, window.height, window.width)
-            rows, cols = inside.slices()
-            crop = self.image[:, rows, cols]
-            pad = (
-                inside.left - window.left,
-                window.right - inside.right,
-                inside.top - window.top,
-                window.bottom - inside.bottom,
-            )
-            return F.pad(crop, pad).to(self.dtype)
-        return self._to_tensor(read_padded(self.image, window))
+            return crop_padded(self.image, window).to(self.dtype)
+        return self._to_tensor(read_padded(self.image, window, mode="edge"))
 
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
         if self.transform is not None:
@@ -87,6 +80,6 @@ class RegionSource:
             return
         windows = (plan.window(i) for chunk in chunks for i in chunk)
         depth = 2 * max((len(c) for c in chunks), default=1)
-        reads = iter(Prefetcher(self.image, windows, workers=2, depth=depth))
+        reads = iter(Prefetcher(self.image, windows, workers=2, depth=depth, mode="edge"))
         for chunk in chunks:
             yield chunk, torch.stack([self._to_tensor(next(reads)[1]) for _ in chunk])

@@ -3,7 +3,8 @@
 A *reader* answers windows of one image, random access, at any pyramid level; it never
 decides what to read (the tiler does). Arrays are channel-first, (C, h, w), in the
 file's dtype; normalisation is a separate transform. A window must lie inside the level;
-`read_padded` serves windows that extend past the border (region margins, padding).
+`read_padded` serves windows that extend past the border (region margins, padding):
+with a constant, or repeating the nearest pixel (``mode="edge"``, what the engine reads).
 
 A *writer* receives windows of an output, chunk by chunk, never the whole array, and
 makes the file appear under its final name only when `close` succeeds (write to a
@@ -13,11 +14,11 @@ temporary name, then rename), so an interrupted run leaves nothing that looks fi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from xtimage.errors import InputError
+from xtimage.errors import ConfigError, InputError
 from xtimage.window import Window
 
 
@@ -133,18 +134,41 @@ def check_channels(reader: Reader, expected: int) -> None:
         )
 
 
-def read_padded(reader: Reader, window: Window, level: int = 0, fill: Any = 0) -> np.ndarray:
-    """Read ``window`` even where it extends past the image, filling outside with ``fill``.
+PadMode = Literal["constant", "edge"]
+
+
+def read_padded(
+    reader: Reader, window: Window, level: int = 0, fill: Any = 0, mode: PadMode = "constant"
+) -> np.ndarray:
+    """Read ``window`` even where it extends past the image.
+
+    Args:
+        reader: the image.
+        window: pixels to read, at ``level``; it may lie partly or wholly outside.
+        level: pyramid level.
+        fill: the value outside the image with ``mode="constant"``.
+        mode: ``"constant"`` fills outside with ``fill``; ``"edge"`` repeats the nearest
+            image pixel, pixel (r, c) being the image's ``(clip(r, 0, H - 1),
+            clip(c, 0, W - 1))`` (numpy's ``"edge"``, torch's ``"replicate"``), also for
+            a window wholly past the border. The engine reads regions this way.
 
     Returns:
         (C, window.height, window.width) in the reader's dtype.
     """
+    if mode not in ("constant", "edge"):
+        raise ConfigError(f"padding mode {mode!r} is not one of 'constant', 'edge'")
     lv = reader.levels[level] if 0 <= level < len(reader.levels) else None
     if lv is None:
         check_window(reader, window, level)  # raises the clear error
     inside = window.intersect(Window(0, 0, lv.height, lv.width))
     if inside == window:
         return reader.read_region(window, level)  # no padding: skip the fill and the copy
+    if mode == "edge":
+        src = window.nearest_inside(lv.height, lv.width)
+        near = reader.read_region(src, level)  # (C, h', w'), the pixels to repeat
+        rows = np.clip(np.arange(window.top, window.bottom), src.top, src.bottom - 1) - src.top
+        cols = np.clip(np.arange(window.left, window.right), src.left, src.right - 1) - src.left
+        return near[:, rows[:, None], cols[None, :]]
     out = np.full((reader.channels, window.height, window.width), fill, dtype=reader.dtype)
     if inside is not None:
         rows, cols = inside.shift(-window.top, -window.left).slices()

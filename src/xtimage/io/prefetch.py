@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from xtimage.errors import ConfigError
-from xtimage.io.base import Reader, read_padded
+from xtimage.io.base import PadMode, Reader, read_padded
 from xtimage.window import Window
 
 
@@ -27,11 +27,12 @@ class Prefetcher:
         reader: the image; its `read_region` must be safe to call from several threads
             (all xtimage readers are).
         windows: the windows to read, in order; they may extend past the border (read
-            with `read_padded`, zero outside).
+            with `read_padded`).
         level: pyramid level the windows refer to.
         workers: reading threads.
         depth: windows read ahead at most (queued or done, not yet yielded).
-        fill: value outside the image.
+        fill: value outside the image with ``mode="constant"``.
+        mode: `read_padded`'s padding, ``"constant"`` or ``"edge"`` (the nearest pixel).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class Prefetcher:
         workers: int = 2,
         depth: int = 8,
         fill: float = 0,
+        mode: PadMode = "constant",
     ) -> None:
         if workers < 1 or depth < 1:
             raise ConfigError(
@@ -49,9 +51,10 @@ class Prefetcher:
             )
         self.reader, self.windows = reader, windows
         self.level, self.workers, self.depth, self.fill = level, workers, depth, fill
+        self.mode = mode
 
     def _read(self, window: Window) -> np.ndarray:
-        return read_padded(self.reader, window, self.level, self.fill)
+        return read_padded(self.reader, window, self.level, self.fill, self.mode)
 
     def __iter__(self) -> Iterator[tuple[Window, np.ndarray]]:
         pending: deque[tuple[Window, Future[np.ndarray]]] = deque()

@@ -117,8 +117,9 @@ class Compose:
 class TransformedReader:
     """A reader whose windows pass through ``transform`` (float32 out).
 
-    Windows past the border (`read_padded`) are filled after the transform, with 0 in
-    the transformed space, the engine's zero padding.
+    Windows past the border (`read_padded`) are padded after the transform: a constant
+    ``fill`` in the transformed space, or ``mode="edge"`` (the engine's padding), which
+    gives the same pixels as padding first for a per-pixel transform.
 
     Args:
         reader: the source image.
