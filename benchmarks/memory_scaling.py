@@ -19,7 +19,8 @@ tiles, written tile by tile into ``--folder``); 100k comes from `ProceduralReade
 
 Targets: streaming increase at 32k within 1.25x of that at 4k; 100k x 100k under 4 GB in
 all (``total_peak_mb``). Quick: sides 1k-8k, a 100,000 x 4,096 strip. Full (slow): 1k-32k
-and 100k x 100k; the unpooled global context up to 16k (at 32k, 1M tokens, it needs ~8 GB).
+and 100k x 100k; the unpooled global context up to 16k (``--global-max 32768`` adds 32k:
+1M tokens, 7 GiB in all).
 Bytes per token: the slope over sides from 4k.
 
     python benchmarks/memory_scaling.py            # quick, a few minutes
