@@ -262,12 +262,10 @@ def crop_padded(images: torch.Tensor, window: Window) -> torch.Tensor:
     if window.intersect(Window(0, 0, height, width)) == window:
         rows, cols = window.slices()
         return images[..., rows, cols]
-    src = window.nearest_inside(height, width)
-    near = images[..., src.top : src.bottom, src.left : src.right]  # the pixels to repeat
-    rows = torch.arange(window.top, window.bottom, device=images.device)
-    cols = torch.arange(window.left, window.right, device=images.device)
-    rows = rows.clamp_(src.top, src.bottom - 1) - src.top  # (window.height,) into near
-    cols = cols.clamp_(src.left, src.right - 1) - src.left
+    source, rows, cols = window.edge_index(height, width)
+    r, c = source.slices()
+    near = images[..., r, c]  # the pixels to repeat
+    rows, cols = (torch.from_numpy(i).to(images.device) for i in (rows, cols))
     return near.index_select(-2, rows).index_select(-1, cols)
 
 

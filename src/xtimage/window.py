@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Window:
@@ -34,18 +36,26 @@ class Window:
             return None
         return Window(top, left, bottom - top, right - left)
 
-    def nearest_inside(self, height: int, width: int) -> Window:
-        """The pixels of a ``height`` x ``width`` image that edge padding repeats here.
+    def edge_index(self, height: int, width: int) -> tuple[Window, np.ndarray, np.ndarray]:
+        """Where edge padding takes this window's pixels from, in a ``height`` x ``width``
+        image.
 
-        Edge padding takes pixel (r, c) of the window from the image's
-        ``(clip(r, top, bottom - 1), clip(c, left, right - 1))`` of the returned window,
-        which equals ``(clip(r, 0, height - 1), clip(c, 0, width - 1))``. Never empty:
-        a window wholly past the border gets the nearest edge row or column.
+        Pixel (r, c) of the window is the image's ``(clip(r, 0, height - 1),
+        clip(c, 0, width - 1))``: pixel ``(rows[r], cols[c])`` of ``source``, the smallest
+        block of the image that holds them. Never empty: a window wholly past the border
+        gets the nearest edge row or column.
+
+        Returns:
+            ``source``, and int64 ``rows`` (window.height,) and ``cols`` (window.width,)
+            into it.
         """
         top, left = min(max(self.top, 0), height - 1), min(max(self.left, 0), width - 1)
         bottom = max(min(self.bottom, height), top + 1)
         right = max(min(self.right, width), left + 1)
-        return Window(top, left, bottom - top, right - left)
+        source = Window(top, left, bottom - top, right - left)
+        rows = np.clip(np.arange(self.top, self.bottom), top, bottom - 1) - top
+        cols = np.clip(np.arange(self.left, self.right), left, right - 1) - left
+        return source, rows, cols
 
     def shift(self, dy: int, dx: int) -> Window:
         return Window(self.top + dy, self.left + dx, self.height, self.width)

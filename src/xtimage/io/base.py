@@ -164,10 +164,8 @@ def read_padded(
     if inside == window:
         return reader.read_region(window, level)  # no padding: skip the fill and the copy
     if mode == "edge":
-        src = window.nearest_inside(lv.height, lv.width)
-        near = reader.read_region(src, level)  # (C, h', w'), the pixels to repeat
-        rows = np.clip(np.arange(window.top, window.bottom), src.top, src.bottom - 1) - src.top
-        cols = np.clip(np.arange(window.left, window.right), src.left, src.right - 1) - src.left
+        source, rows, cols = window.edge_index(lv.height, lv.width)
+        near = reader.read_region(source, level)  # (C, h', w'), the pixels to repeat
         return near[:, rows[:, None], cols[None, :]]
     out = np.full((reader.channels, window.height, window.width), fill, dtype=reader.dtype)
     if inside is not None:
