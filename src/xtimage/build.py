@@ -60,12 +60,26 @@ def build_head(config: ModelConfig, skips: list, dim: int) -> nn.Module:
     if config.head == "detection":
         from xtimage.heads.detection import BoxHead
 
-        return BoxHead(skips, dim, config.num_classes, channels=config.decoder_channels)
+        return BoxHead(
+            skips,
+            dim,
+            config.num_classes,
+            channels=config.decoder_channels,
+            norm=config.decoder_norm,
+        )
     if config.head == "xview3":
         from xtimage.heads.xview3 import XView3Head
 
-        return XView3Head(skips, dim, channels=config.decoder_channels)
-    return DenseHead(skips, dim, dense_outputs(config), channels=config.decoder_channels)
+        return XView3Head(skips, dim, channels=config.decoder_channels, norm=config.decoder_norm)
+    return DenseHead(
+        skips,
+        dim,
+        dense_outputs(config),
+        channels=config.decoder_channels,
+        norm=config.decoder_norm,
+        depth=config.decoder_depth,
+        project_tokens=config.decoder_project_tokens,
+    )
 
 
 def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Module:
@@ -95,7 +109,15 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
     else:
         context = create_context_encoder(config.context, dim=config.dim, **config.context_kwargs)
     head = build_head(config, encoder.feature_info[:-1], config.dim)
-    model = XT(encoder, context, head, region=config.region, margin=config.margin, pool=config.pool)
+    model = XT(
+        encoder,
+        context,
+        head,
+        region=config.region,
+        margin=config.margin,
+        pool=config.pool,
+        token_norm=config.token_norm,
+    )
     return Downsampled(model) if config.baseline == "downsample" else model
 
 

@@ -50,6 +50,7 @@ class ModelConfig:
         margin: context pixels each region reads around the core it owns.
         subregion: sub-region side when the backbone takes a smaller input, or None.
         pool: tokens per region side after pooling, or None (every cell a token).
+        token_norm: LayerNorm the projected tokens (see `RegionTokenizer`).
         context: context encoder name (``none``, ``xl``, ``hyper``, ``mamba``, ``windowed``).
         context_kwargs: its arguments besides ``dim`` (depth, heads, segment_len...).
         dim: token width of the context encoder.
@@ -62,6 +63,9 @@ class ModelConfig:
         class_pool: classification pooling, "mean" or "attention".
         label_smoothing: classification loss smoothing.
         decoder_channels: width of the dense decoder.
+        decoder_norm: its normalisation, "layer" or "batch" (see `DenseHead`).
+        decoder_depth: skip maps it uses, shallowest first (None: all).
+        decoder_project_tokens: project tokens to the decoder width before it.
         outputs: dense outputs as ``{name, channels, loss, weight}``; empty: the head
             family's default (``mask`` ce over ``num_classes``, or ``center`` bce).
         baseline: "xt", "crop" (context none) or "downsample" (the image shrunk to one
@@ -77,6 +81,7 @@ class ModelConfig:
     margin: int = 0
     subregion: int | None = None
     pool: int | None = None
+    token_norm: bool = True
     context: str = "xl"
     context_kwargs: dict[str, Any] = field(default_factory=dict)
     dim: int = 128
@@ -86,6 +91,9 @@ class ModelConfig:
     class_pool: str = "mean"
     label_smoothing: float = 0.0
     decoder_channels: int = 32
+    decoder_norm: str = "layer"
+    decoder_depth: int | None = None
+    decoder_project_tokens: bool = True
     outputs: list[dict[str, Any]] = field(default_factory=list)
     baseline: str = "xt"
 
@@ -93,6 +101,7 @@ class ModelConfig:
         _choice("model.head", self.head, HEADS)
         _choice("model.baseline", self.baseline, BASELINES)
         _choice("model.class_pool", self.class_pool, ("mean", "attention"))
+        _choice("model.decoder_norm", self.decoder_norm, ("layer", "batch"))
         _positive("model.num_classes", self.num_classes)
         if self.classes is not None and len(self.classes) != self.num_classes:
             raise ConfigError(

@@ -39,6 +39,7 @@ class XT(nn.Module):
         region: region side in pixels (the encoder's input size).
         margin: pixels of context each region reads but does not own.
         pool: tokens per region side after pooling (None: the deepest map as is).
+        token_norm: LayerNorm the projected tokens.
     """
 
     def __init__(
@@ -50,10 +51,11 @@ class XT(nn.Module):
         region: int,
         margin: int = 0,
         pool: int | None = None,
+        token_norm: bool = True,
     ) -> None:
         super().__init__()
         self.region_encoder = region_encoder
-        self.tokenizer = RegionTokenizer(region_encoder.channels, context.dim, pool)
+        self.tokenizer = RegionTokenizer(region_encoder.channels, context.dim, pool, token_norm)
         self.context = context
         self.head = head
         self.region = region

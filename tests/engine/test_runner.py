@@ -253,9 +253,13 @@ def test_a_reader_source_with_read_ahead_gives_the_tensor_results():
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-def test_chunked_training_refuses_a_dice_loss():
+@pytest.mark.parametrize("change", ["dice", "batch norm"])
+def test_chunked_training_refuses_what_couples_the_regions_of_a_batch(change):
     model = tiny_xt(GlobalAttention, dense=True)
-    model.head.outputs[0] = DenseOutput("mask", 3, "ce", dice=1.0)
+    if change == "dice":
+        model.head.outputs[0] = DenseOutput("mask", 3, "ce", dice=1.0)
+    else:
+        model.head.norm = "batch"
     targets = [{"mask": torch.zeros(64, 64, dtype=torch.long)}]
-    with pytest.raises(ConfigError, match="Dice"):
+    with pytest.raises(ConfigError, match="Dice loss .* or a batch-norm decoder"):
         Engine(model).exact_step(images((64, 64)), targets)

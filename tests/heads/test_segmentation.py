@@ -99,3 +99,34 @@ def test_batch_loss_adds_soft_dice_on_the_foreground():
     expected = F.cross_entropy(out, target) + 0.5 * (1 - dice)
     torch.testing.assert_close(h.batch_loss(out, {"mask": target}, valid), expected)
     assert not h.decomposable and head().decomposable
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_in_eval_mode_regions_are_decoded_independently_whatever_the_norm(norm):
+    h = DenseHead(SKIPS, 8, [DenseOutput("mask", 2)], channels=8, norm=norm).double()
+    h.train()
+    h([torch.randn_like(s) for s in inputs(k=4)[0]], inputs(k=4)[1], region=32)  # stats
+    h.eval()
+    skips, tokens = inputs(k=3)
+    together = h(skips, tokens, region=32)
+    alone = h([s[1:2] for s in skips], tokens[1:2], region=32)
+    torch.testing.assert_close(together[1:2], alone, rtol=1e-12, atol=1e-12)
+    assert h.decomposable == (norm == "layer")  # batch statistics couple regions in training
+
+
+def test_a_shallow_decoder_ignores_the_deeper_skips_and_takes_full_width_tokens():
+    h = DenseHead(SKIPS, 8, [DenseOutput("mask", 2)], channels=4, depth=1, project_tokens=False)
+    assert h.fuse[0][0].in_channels == 8 + 4  # tokens at width 8 beside the lateral's 4
+    skips, tokens = inputs()
+    skips = [s.float() for s in skips]
+    out = h(skips, tokens.float(), region=32)
+    other = h([skips[0], torch.randn_like(skips[1])], tokens.float(), region=32)
+    assert out.shape == (2, 2, 32, 32)
+    torch.testing.assert_close(out, other, rtol=0, atol=0)
+    assert not torch.equal(out, h([torch.randn_like(skips[0]), skips[1]], tokens.float(), 32))
+
+
+@pytest.mark.parametrize("kwargs", [{"norm": "group"}, {"depth": 0}, {"depth": 3}])
+def test_bad_decoder_options_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        DenseHead(SKIPS, 8, [DenseOutput("mask", 2)], **kwargs)

@@ -362,8 +362,9 @@ class Engine:
     def _check_decomposable(self) -> None:
         if not self.model.head.decomposable:
             raise ConfigError(
-                "a Dice loss is a ratio of whole-batch sums and cannot be trained chunk by "
-                "chunk; set the outputs' dice to 0, or train all regions at once "
+                "a Dice loss (a ratio of whole-batch sums) or a batch-norm decoder (statistics "
+                "over the whole batch) cannot be trained chunk by chunk; set the outputs' "
+                "dice to 0 and model.decoder_norm=layer, or train all regions at once "
                 "(train.mode=direct)"
             )
 

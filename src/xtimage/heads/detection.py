@@ -210,6 +210,7 @@ class BoxHead(DenseHead):
         num_classes: int,
         *,
         channels: int = 32,
+        norm: str = "layer",
         size_weight: float = 0.1,
         offset_weight: float = 1.0,
     ) -> None:
@@ -220,7 +221,7 @@ class BoxHead(DenseHead):
             DenseOutput("size", 2, "l1", size_weight),
             DenseOutput("offset", 2, "l1", offset_weight),
         ]
-        super().__init__(skips, dim, outputs, channels)
+        super().__init__(skips, dim, outputs, channels, norm)
         self.num_classes = num_classes
         with torch.no_grad():
             self.out.bias[:num_classes] = math.log(PRIOR / (1 - PRIOR))

@@ -76,10 +76,13 @@ def focal_loss(
     return torch.where(target >= 1, positive, negative)
 
 
-def _conv_block(cin: int, cout: int) -> nn.Sequential:
+NORMS = ("layer", "batch")
+
+
+def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        LayerNorm2d(cout),
+        LayerNorm2d(cout) if norm == "layer" else nn.BatchNorm2d(cout),
         nn.GELU(),
     )
 
@@ -93,6 +96,15 @@ class DenseHead(nn.Module):
         dim: token width.
         outputs: the outputs to predict.
         channels: decoder width.
+        norm: "layer" (per pixel over channels: chunk by chunk training gives the
+            whole-image gradients) or "batch" (per channel over the batch in training,
+            U-Net's choice: it rescales a weak channel, such as far context early in
+            training, to unit variance, but couples the regions of a batch, so it trains
+            only all at once; in eval mode it is per pixel and streams exactly).
+        depth: use only the ``depth`` shallowest skip maps (None: all). The tokens then
+            meet fine detail after fewer blocks.
+        project_tokens: project the tokens to ``channels`` before the first block; off,
+            they enter it at their full width ``dim``.
     """
 
     dense = True
@@ -103,15 +115,28 @@ class DenseHead(nn.Module):
         dim: int,
         outputs: Sequence[DenseOutput],
         channels: int = 32,
+        norm: str = "layer",
+        depth: int | None = None,
+        project_tokens: bool = True,
     ) -> None:
         super().__init__()
         if not outputs:
             raise ConfigError("a dense head needs at least one output")
+        if depth is not None and not 1 <= depth <= len(skips):
+            raise ConfigError(f"decoder depth must be 1 to {len(skips)} skip maps, got {depth}")
+        if norm not in NORMS:
+            raise ConfigError(f"unknown decoder norm '{norm}'; use one of {NORMS}")
+        self.norm = norm
         self.outputs = list(outputs)
+        skips = list(skips)[: depth or len(skips)]
         self.skip_strides = [s.stride for s in skips]
-        self.proj = nn.Conv2d(dim, channels, 1)
+        self.proj = nn.Conv2d(dim, channels, 1) if project_tokens else nn.Identity()
         self.lateral = nn.ModuleList(nn.Conv2d(s.channels, channels, 1) for s in skips)
-        self.fuse = nn.ModuleList(_conv_block(2 * channels, channels) for _ in skips)
+        first = channels if project_tokens else dim  # token width into the deepest block
+        self.fuse = nn.ModuleList(
+            _conv_block((first if i == len(skips) - 1 else channels) + channels, channels, norm)
+            for i in range(len(skips))
+        )
         self.out = nn.Conv2d(channels, sum(o.channels for o in outputs), 1)
 
     @property
@@ -132,7 +157,8 @@ class DenseHead(nn.Module):
         Returns:
             (k, sum of output channels, R, R) raw outputs (logits / regression).
         """
-        x = self.proj(tokens)  # (k, c, w, w)
+        x = self.proj(tokens)  # (k, c or D, w, w)
+        skips = skips[: len(self.lateral)]
         for skip, lateral, fuse in zip(
             reversed(skips), reversed(self.lateral), reversed(self.fuse), strict=True
         ):
@@ -148,8 +174,9 @@ class DenseHead(nn.Module):
 
     @property
     def decomposable(self) -> bool:
-        """Whether the loss is a sum of per-pixel terms (what chunked training needs)."""
-        return all(o.dice == 0 for o in self.outputs)
+        """Whether the loss is a sum of per-pixel terms and the decoder treats regions
+        independently in training (what chunked training needs)."""
+        return self.norm == "layer" and all(o.dice == 0 for o in self.outputs)
 
     def batch_loss(
         self, out: torch.Tensor, targets: dict[str, torch.Tensor], valid: torch.Tensor

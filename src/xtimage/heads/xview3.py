@@ -156,10 +156,13 @@ class XView3Head(DenseHead):
         skips: channels and strides of the skip maps, shallow to deep.
         dim: token width.
         channels: decoder width.
+        norm: decoder normalisation (see `DenseHead`).
     """
 
-    def __init__(self, skips: Sequence[FeatureInfo], dim: int, *, channels: int = 32) -> None:
-        super().__init__(skips, dim, XVIEW3_OUTPUTS, channels)
+    def __init__(
+        self, skips: Sequence[FeatureInfo], dim: int, *, channels: int = 32, norm: str = "layer"
+    ) -> None:
+        super().__init__(skips, dim, XVIEW3_OUTPUTS, channels, norm)
         with torch.no_grad():
             self.out.bias[0] = math.log(PRIOR / (1 - PRIOR))
 

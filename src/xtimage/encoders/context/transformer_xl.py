@@ -76,6 +76,10 @@ class TransformerXL(ContextEncoder):
         drop_path: stochastic-depth rate, increasing linearly to this over the blocks.
         rel_buckets: relative-position buckets per axis and sign.
         rel_max_distance: token offset beyond which buckets are shared.
+        init: linear-layer init: "timm" (truncated normal, std 0.02, zero biases: the
+            ViT recipe, tuned for width 768) or "torch" (PyTorch's default, uniform
+            within 1 / sqrt(fan_in): at narrow widths it mixes tokens from the start).
+        final_norm: LayerNorm the output.
     """
 
     streamable = True
@@ -94,9 +98,13 @@ class TransformerXL(ContextEncoder):
         drop_path: float = 0.0,
         rel_buckets: int = 16,
         rel_max_distance: int = 256,
+        init: str = "timm",
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         check_width(dim, heads)
+        if init not in ("timm", "torch"):
+            raise ConfigError(f"Transformer-XL init must be 'timm' or 'torch', got {init!r}")
         if depth < 1 or segment_len < 1 or mem_len < 0:
             raise ConfigError(
                 f"Transformer-XL needs depth >= 1, segment_len >= 1 and mem_len >= 0; "
@@ -113,8 +121,9 @@ class TransformerXL(ContextEncoder):
             Block(dim, heads, mlp_ratio, drop=drop, attn_drop=attn_drop, drop_path=rate)
             for rate in rates
         )
-        self.norm = nn.LayerNorm(dim)
-        self.apply(init_weights)
+        self.norm = nn.LayerNorm(dim) if final_norm else nn.Identity()
+        if init == "timm":
+            self.apply(init_weights)
 
     def _empty_state(self, tokens: torch.Tensor, positions: torch.Tensor) -> State:
         B, _, D = tokens.shape
