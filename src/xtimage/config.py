@@ -101,7 +101,6 @@ class ModelConfig:
         _choice("model.head", self.head, HEADS)
         _choice("model.baseline", self.baseline, BASELINES)
         _choice("model.class_pool", self.class_pool, ("mean", "attention"))
-        _choice("model.decoder_norm", self.decoder_norm, ("layer", "batch"))
         _positive("model.num_classes", self.num_classes)
         if self.classes is not None and len(self.classes) != self.num_classes:
             raise ConfigError(

@@ -2,10 +2,12 @@
 
 The deepest map of the region encoder is replaced by the contextualised tokens (the xT
 dense design); shallower maps enter as skip connections. The decoder runs region by
-region, so the engine can stream it chunk by chunk. Its normalisation is per pixel
-(LayerNorm over channels): a spatial norm (GroupNorm, or BatchNorm in training) would
-couple every pixel of a region and leave seams at region borders. Several outputs at
-once (masks, heatmaps, regression maps), each with its own loss.
+region, so the engine can stream it chunk by chunk. Its normalisation is per pixel by
+default (LayerNorm over channels): a spatial norm (GroupNorm, or BatchNorm in training)
+would couple every pixel of a region and leave seams at region borders. BatchNorm is an
+option for models trained all at once (it helps a narrow model hear weak far context,
+docs/demo.md); in eval mode it is per pixel too. Several outputs at once (masks,
+heatmaps, regression maps), each with its own loss.
 
 Dimension legend: k regions, D token width, w token cells a window side, c decoder
 width, R region side.
@@ -123,9 +125,14 @@ class DenseHead(nn.Module):
         if not outputs:
             raise ConfigError("a dense head needs at least one output")
         if depth is not None and not 1 <= depth <= len(skips):
-            raise ConfigError(f"decoder depth must be 1 to {len(skips)} skip maps, got {depth}")
+            raise ConfigError(
+                f"decoder depth (model.decoder_depth) must be 1 to {len(skips)} skip maps, "
+                f"got {depth}"
+            )
         if norm not in NORMS:
-            raise ConfigError(f"unknown decoder norm '{norm}'; use one of {NORMS}")
+            raise ConfigError(
+                f"unknown decoder norm '{norm}' (model.decoder_norm); use one of {NORMS}"
+            )
         self.norm = norm
         self.outputs = list(outputs)
         skips = list(skips)[: depth or len(skips)]
