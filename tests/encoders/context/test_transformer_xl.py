@@ -166,9 +166,7 @@ def test_torch_init_scales_linear_weights_with_fan_in_and_final_norm_can_be_drop
     torch_init = TransformerXL(128, depth=1, heads=4, init="torch", final_norm=False)
     qkv = [m.attn.q.weight.detach() for m in (timm_init.blocks[0], torch_init.blocks[0])]
     assert qkv[0].std().item() == pytest.approx(0.02, rel=0.1)
-    assert qkv[1].std().item() == pytest.approx(
-        (3 * 128) ** -0.5, rel=0.1
-    )
+    assert qkv[1].std().item() == pytest.approx((3 * 128) ** -0.5, rel=0.1)
     x, pos = torch.randn(1, 6, 128) * 5, torch.zeros(1, 6, 2, dtype=torch.long)
     out, _ = torch_init(x, pos)
     assert out.std() > 2  # not layer-normalised
