@@ -1,7 +1,12 @@
 """Memory planner: sizes parse, the dry run equals the real run's live bytes, the plan fits,
-and (in a fresh process) the estimate is within 25% of the measured peak increase."""
+and (slow: fresh processes) the estimate is within 25% of the measured peak increase.
+
+The fresh-process checks are slow-marked: one process's resident peak varies by +-10% from
+run to run on the same machine (read-ahead timing, allocator arenas), so they take the
+median of three runs and stay out of the default suite, like every memory measurement."""
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -213,8 +218,8 @@ def test_xt_info_prints_the_memory_plan(capsys):
     assert "add --backbone" in capsys.readouterr().err
 
 
-def _measure(model: dict, side: int, k: int, mode: str) -> dict:
-    """Peak increase of one run in a fresh process (benchmarks/common.py)."""
+def _measure(model: dict, side: int, k: int, mode: str) -> float:
+    """Peak increase of one run in a fresh process (benchmarks/common.py), MiB."""
     common = ROOT / "benchmarks" / "common.py"
     kwargs = dict(model=model, height=side, width=side, region_batch=k, mode=mode)
     out = subprocess.run(
@@ -222,7 +227,7 @@ def _measure(model: dict, side: int, k: int, mode: str) -> dict:
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.splitlines()[-1])
+    return json.loads(out.stdout.splitlines()[-1])["peak_mb"]
 
 
 def _check(model: dict, side: int, k: int, mode: str) -> None:
@@ -233,7 +238,7 @@ def _check(model: dict, side: int, k: int, mode: str) -> None:
     name, dim = args.pop("context"), args.pop("dim")
     net = XT(encoder, make_context(name, dim=dim, **args), ClassificationHead(dim, 10), region=256)
     estimate = estimate_memory(net, side, side, region_batch=k, mode=mode, idle_bytes=0)
-    measured = _measure(model, side, k, mode)["peak_mb"] * MiB
+    measured = statistics.median(_measure(model, side, k, mode) for _ in range(3)) * MiB
     assert abs(estimate.increase_bytes / measured - 1) <= 0.25, (estimate, measured / MiB)
 
 
@@ -242,16 +247,12 @@ XL = dict(backbone="mobilenetv3_small_050", context="xl", dim=64, depth=2, heads
 HYPER = dict(backbone="mobilenetv3_small_050", context="hyper", dim=64, depth=1, heads=4)
 
 
-def test_estimate_within_25_percent_of_a_fresh_process_peak():
-    """A size and region batch the constants were not fitted on (planner_check.py)."""
-    _check(XL, 2048, 24, "inference")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "side", "k", "mode"),
-    [(XL, 4096, 48, "inference"), (XL, 2048, 16, "exact"), (XL, 2048, 32, "streaming"),
-     (HYPER, 4096, 32, "inference")],
+    [(XL, 2048, 24, "inference"), (XL, 4096, 48, "inference"), (XL, 2048, 16, "exact"),
+     (XL, 2048, 32, "streaming"), (HYPER, 4096, 32, "inference")],
 )  # fmt: skip
-def test_estimate_within_25_percent_slow(model, side, k, mode):
+def test_estimate_within_25_percent_of_a_fresh_process_peak(model, side, k, mode):
+    """Sizes and region batches the constants were not fitted on (planner_check.py)."""
     _check(model, side, k, mode)
