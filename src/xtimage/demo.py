@@ -50,7 +50,7 @@ class DemoSettings:
     Attributes:
         out: report folder.
         from_scratch: retrain the three models instead of evaluating shipped weights.
-        steps: optimizer steps per training run (from scratch).
+        steps: optimizer steps per training run (from scratch); None: the recipe's.
         lrs: the learning-rate sweep (from scratch); the best on validation is kept.
         test_images: held-out images each model is scored on.
         val_images: validation images that pick the learning rate.
@@ -59,7 +59,7 @@ class DemoSettings:
 
     out: Path = Path("report")
     from_scratch: bool = False
-    steps: int = 600
+    steps: int | None = None
     lrs: tuple[float, ...] = (1e-3, 2e-3)
     test_images: int = 48
     val_images: int = 32
@@ -71,20 +71,23 @@ def _config(model: str, overrides: list[str]):
     return load_config(RECIPE, [f"model.baseline={model}", *overrides])
 
 
-def _train(settings: DemoSettings, model: str) -> dict[str, Any]:
-    """Train ``model`` once per learning rate; the run with the best validation IoU wins."""
+def _train(settings: DemoSettings, model: str, stages: tqdm) -> dict[str, Any]:
+    """Train ``model`` once per learning rate; the run with the best validation IoU wins.
+
+    Each run shows its own step bar under the demo's stage bar."""
     from xtimage.train import Trainer
 
+    steps = settings.steps or _config(model, []).train.steps
     runs = []
-    for lr in settings.lrs:
+    for i, lr in enumerate(settings.lrs, start=1):
+        stages.set_postfix_str(f"train {model}, lr {lr:g} ({i}/{len(settings.lrs)})")
         out = settings.out / "runs" / f"{model}_lr{lr:g}"
         overrides = [
             f"train.lr={lr}",
-            f"train.steps={settings.steps}",
-            f"train.eval_every={settings.steps}",
+            f"train.steps={steps}",
+            f"train.eval_every={steps}",
             f"data.val_samples={settings.val_images}",
             f"train.out={out}",
-            "train.progress=false",
             *settings.overrides,
         ]
         start = time.monotonic()
@@ -118,8 +121,6 @@ def _shipped(model: str) -> dict[str, Any]:
 
 def _evaluate(checkpoint: str, test_images: int, picture: int) -> dict[str, Any]:
     """Score one checkpoint on the held-out set (run in a fresh process)."""
-    import resource
-
     import torch
 
     from xtimage.data.synthetic import SyntheticTask
@@ -132,7 +133,7 @@ def _evaluate(checkpoint: str, test_images: int, picture: int) -> dict[str, Any]
     task = SyntheticTask("segmentation", size=_config("xt", []).data.size, region=cfg.region,
                          channels=cfg.in_chans, seed=TEST_SEED, length=test_images,
                          **_config("xt", []).data.params)
-    idle_mb = _rss_mb()
+    idle_mb = _memory_mb("VmRSS")
     meter = SegmentationMeter(2)
     start = time.monotonic()
     mask = None
@@ -144,7 +145,7 @@ def _evaluate(checkpoint: str, test_images: int, picture: int) -> dict[str, Any]
             mask = pred.mask
     seconds = time.monotonic() - start
     scores = meter.compute()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _memory_mb("VmHWM")
     return {
         "foreground_iou": float(meter.foreground_iou()),
         "miou": float(scores["miou"]),
@@ -155,11 +156,13 @@ def _evaluate(checkpoint: str, test_images: int, picture: int) -> dict[str, Any]
     }
 
 
-def _rss_mb() -> float:
-    """Resident memory of this process now (Linux), in MB; 0 where unknown."""
+def _memory_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process (Linux), MiB; 0
+    where unknown. Not ``ru_maxrss``: that keeps the parent's size from before the spawned
+    child's exec, so a child of a large trainer would report the trainer's peak."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return float(line.split()[1]) / 1024
     except OSError:
         pass
@@ -188,8 +191,11 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
 
     training: dict[str, dict[str, Any]] = {}
     for model in MODELS:
-        stages.set_postfix_str(f"{'train' if settings.from_scratch else 'load'} {model}")
-        training[model] = _train(settings, model) if settings.from_scratch else _shipped(model)
+        if settings.from_scratch:
+            training[model] = _train(settings, model, stages)
+        else:
+            stages.set_postfix_str(f"load {model}")
+            training[model] = _shipped(model)
         stages.update()
 
     picture = 0

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing report folder")
     p.add_argument("--from-scratch", action="store_true", help="retrain the three models")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (trains from scratch)")
-    p.add_argument("--steps", type=int, default=600, help="training steps per run")
+    p.add_argument("--steps", type=int, help="training steps per run (default: the recipe's)")
     p.add_argument("--test-images", type=int, default=48, help="held-out images scored")
     p.set_defaults(func=run)
 
