@@ -1,5 +1,6 @@
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import tifffile
 from io_fixtures import smooth_image, tiff_levels, write_tiff_pyramid
 
 from xtimage.errors import InputError
-from xtimage.io import PixelSize, Reader, TiffReader, open_reader, read_padded
+from xtimage.io import PixelSize, Prefetcher, Reader, TiffReader, open_reader, read_padded
 from xtimage.window import Window
 
 
@@ -176,3 +177,25 @@ def test_tile_cache_decodes_each_tile_once_within_its_budget(tmp_path):
     assert small.bytes_read == before
     small.read_region(Window(0, 0, 128, 128))  # the first: evicted long ago
     assert small.bytes_read > before
+
+
+def test_threads_wanting_the_same_tile_decode_it_once(tmp_path):
+    """Read-ahead threads on neighbouring windows share each tile's decode (they used to
+    race: each missed the cache and decoded the shared tile again)."""
+    image = smooth_image(512, 512, 3, "uint8")
+    path = write_tiff_pyramid(tmp_path / "t.tif", image, tile=128, compression="zlib", levels=1)
+    reader = TiffReader(path)
+    decode, decoded = reader._decode, []
+
+    def slow_decode(page, index, level):
+        decoded.append(index)
+        time.sleep(0.05)  # the other threads reach the same tile meanwhile
+        return decode(page, index, level)
+
+    reader._decode = slow_decode
+    windows = [Window(100, 100 + 50 * k, 100, 100) for k in range(6)]  # all touch tile column 1
+    for window, pixels in Prefetcher(reader, windows, workers=4):
+        rows, cols = window.slices()
+        assert np.array_equal(pixels, image[:, rows, cols])
+    assert sorted(decoded) == sorted(set(decoded)), decoded
+    assert len(decoded) == 8  # 2 tile rows x 4 tile columns

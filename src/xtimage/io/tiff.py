@@ -69,6 +69,10 @@ class _TileCache:
     decoded arrays themselves scatters them over the worker threads' malloc arenas, and
     the process grows with the length of the run.) Copies in and out happen under the
     lock, so a slot is never overwritten while it is read.
+
+    A tile being decoded is *claimed*: read-ahead threads on neighbouring windows want
+    the same tiles at the same moment, and without the claim each would miss and decode
+    the tile again (unaligned regions then cost twice the raw decode).
     """
 
     def __init__(self, budget: int) -> None:
@@ -76,7 +80,26 @@ class _TileCache:
         self._slabs: dict[tuple, np.ndarray] = {}  # (shape, dtype) -> (slots, *shape)
         self._lru: OrderedDict[tuple[int, int], tuple[tuple, int]] = OrderedDict()
         self._used: dict[tuple, int] = {}  # slots in use per slab
+        self._decoding: dict[tuple[int, int], threading.Event] = {}  # claimed tiles
         self._lock = threading.Lock()
+
+    def claim(self, key: tuple[int, int]) -> threading.Event | None:
+        """None: the caller decodes the tile, `put`s it and calls `release`. Otherwise an
+        event that is set once the tile is cached or its decoder gave up; then look again."""
+        with self._lock:
+            if key in self._lru:
+                done = threading.Event()
+                done.set()
+                return done
+            if key in self._decoding:
+                return self._decoding[key]
+            self._decoding[key] = threading.Event()
+            return None
+
+    def release(self, key: tuple[int, int]) -> None:
+        """End a `claim`: wake the threads waiting for the tile."""
+        with self._lock:
+            self._decoding.pop(key).set()
 
     def copy_to(self, key: tuple[int, int], src: tuple[slice, slice], dst: np.ndarray) -> bool:
         """Copy the cached tile's ``src`` part into ``dst`` (samples first); False on a miss."""
@@ -283,6 +306,7 @@ class TiffReader:
             return
         sh, sw = page.seg_height, page.seg_width
         top, left, bottom, right = window.top, window.left, window.bottom, window.right
+        waiting = []  # tiles another thread is decoding: taken last, when mostly done
         for plane in range(page.planes):
             channels = slice(plane * page.samples, (plane + 1) * page.samples)
             for ty in range(top // sh, (bottom - 1) // sh + 1):
@@ -292,15 +316,42 @@ class TiffReader:
                     index = plane * page.per_plane + ty * page.grid_width + tx
                     src = slice(y0 - ty * sh, y1 - ty * sh), slice(x0 - tx * sw, x1 - tx * sw)
                     dst = out[channels, y0 - top : y1 - top, x0 - left : x1 - left]
-                    key = (id(page), index)
-                    if self._cache.copy_to(key, src, dst):
-                        continue
-                    seg = self._decode(page, index, level)  # (seg_h, seg_w, samples) or None
-                    if seg is None:
-                        dst[:] = self.nodata or 0
-                    else:
-                        dst[:] = seg[src].transpose(2, 0, 1)
-                        self._cache.put(key, seg)
+                    if not self._copy_tile(page, index, level, src, dst, wait=False):
+                        waiting.append((index, src, dst))
+        for index, src, dst in waiting:
+            self._copy_tile(page, index, level, src, dst)
+
+    def _copy_tile(
+        self,
+        page: _Page,
+        index: int,
+        level: int,
+        src: tuple[slice, slice],
+        dst: np.ndarray,
+        wait: bool = True,
+    ) -> bool:
+        """Copy segment ``index``'s ``src`` part into ``dst`` (samples first): from the
+        cache, after another thread's decode of it, or decoded here. False, with nothing
+        copied, when another thread is decoding it and not ``wait``."""
+        key = (id(page), index)
+        while not self._cache.copy_to(key, src, dst):
+            other = self._cache.claim(key)
+            if other is not None:
+                if not (wait or other.is_set()):
+                    return False
+                other.wait()  # then look again: cached, or (empty, evicted, failed) decode
+                continue
+            try:
+                seg = self._decode(page, index, level)  # (seg_h, seg_w, samples) or None
+                if seg is None:
+                    dst[:] = self.nodata or 0
+                else:
+                    dst[:] = seg[src].transpose(2, 0, 1)
+                    self._cache.put(key, seg)
+            finally:
+                self._cache.release(key)
+            return True
+        return True
 
     def _decode(self, page: _Page, index: int, level: int) -> np.ndarray | None:
         """Read and decode segment ``index``; None when the file stores it as empty."""
