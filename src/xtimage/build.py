@@ -207,7 +207,7 @@ def folder(model: ModelConfig, data: DataConfig) -> Datasets:
     from xtimage.data.folder import FolderDataset
 
     if data.root is None:
-        raise ConfigError("data.kind=folder needs data.root=<folder> (see configs/folder_template)")
+        raise ConfigError("data.kind=folder needs data.root=<folder> (see the folder_template preset)")
     kw = dict(task=model.head, classes=model.classes, **data.params)
     try:
         full = FolderDataset(data.root, **kw)

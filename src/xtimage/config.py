@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.resources
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,8 +33,8 @@ MODES = ("auto", "direct", "exact", "streaming", "frozen")
 AMP = ("auto", "none", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 
-# Where `xt train NAME` finds presets: the repository's configs/ folder.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Where `xt train NAME` finds presets: package data, so that a wheel install has them too.
+CONFIG_DIR = Path(str(importlib.resources.files("xtimage") / "presets"))
 
 
 @dataclass
@@ -383,7 +384,7 @@ def set_override(config: RunConfig, text: str) -> None:
 
 
 def find_preset(name: str | Path) -> Path:
-    """A config file by path, or a preset name from ``configs/`` (``synthetic_seg``)."""
+    """A config file by path, or a preset name from ``xtimage/presets/`` (``synthetic_seg``)."""
     path = Path(name)
     if path.is_file():
         return path

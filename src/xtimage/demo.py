@@ -3,20 +3,21 @@
 The task (`xtimage.data.synthetic`, segmentation): segment the objects whose 1-px
 texture matches a key shape that usually lies in another region. A crop-only model sees
 the textures but not the key; a downsampled model sees neither texture. Three models,
-one recipe (``configs/demo.yaml``), differing only in ``model.baseline``:
+one recipe (the ``demo`` preset), differing only in ``model.baseline``:
 
 - ``xt``: region encoder + Transformer-XL context over all region tokens;
 - ``crop``: the same region encoder, context "none";
 - ``downsample``: the whole image shrunk to one region, the same backbone.
 
 By default the demo evaluates weights the project trained with that recipe
-(``weights/demo``, with their training record); ``from_scratch`` retrains all three
+(``xtimage/assets/demo``, with their training record); ``from_scratch`` retrains all three
 through `xtimage.train.Trainer` with the same learning-rate sweep and step budget. Each
 model is evaluated on held-out images in a fresh process, so its peak memory is its own.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import multiprocessing
@@ -29,17 +30,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from xtimage.config import CONFIG_DIR, load_config
+from xtimage.config import load_config
 from xtimage.errors import ConfigError, InputError
-from xtimage.report import Figure, Report, save_memory_plot, save_panels
+from xtimage.report import Figure, Report, save_panels
 
 log = logging.getLogger(__name__)
 
 MODELS = ("xt", "crop", "downsample")
 LABELS = {"xt": "xT", "crop": "crop-only", "downsample": "downsample"}
 RECIPE = "demo"
-WEIGHTS_DIR = CONFIG_DIR.parent / "weights" / "demo"
-MEMORY_RESULTS = CONFIG_DIR.parent / "benchmarks" / "results" / "memory_scaling.json"
+WEIGHTS_DIR = Path(str(importlib.resources.files("xtimage") / "assets" / "demo"))
 TEST_SEED = 1000  # held-out scenes: training uses seed 0, validation seed 1
 
 
@@ -112,7 +112,7 @@ def _shipped(model: str) -> dict[str, Any]:
     if not checkpoint.exists() or not record_path.exists():
         raise InputError(
             f"{checkpoint}: the demo's shipped weights are missing; run `xt demo "
-            f"--from-scratch` to train them (or restore weights/demo from the repository)"
+            f"--from-scratch` to train them (or reinstall xtimage)"
         )
     record = json.loads(record_path.read_text())[model]
     record["best"]["checkpoint"] = str(checkpoint)
@@ -251,15 +251,8 @@ def _write_report(settings, training, results, picture, seconds) -> dict[str, An
         Figure("zoom.png", "The red box: 1-px textures at full resolution, and the same "
                "area after shrinking to one region (the downsample model's view)."),
     ]
-    if MEMORY_RESULTS.exists():
-        rows = json.loads(MEMORY_RESULTS.read_text())
-        rows = rows if isinstance(rows, list) else rows.get("rows", [])
-        if save_memory_plot(out / "memory.png", rows):
-            figures.append(Figure("memory.png", "Peak memory against image side (from "
-                                  "benchmarks/results/memory_scaling.json)."))
-
     source = "trained from scratch in this run" if settings.from_scratch else (
-        "shipped weights (weights/demo), trained by the project with `xt train demo`")
+        "shipped weights (xtimage/assets/demo), trained by the project with `xt train demo`")
     table = [["model", "foreground IoU", "mIoU", "ceiling", "parameters", "lr",
               "train steps", "train min", "eval peak MB", "s / image"]]
     models: dict[str, dict[str, Any]] = {}

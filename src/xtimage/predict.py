@@ -25,7 +25,6 @@ all exist is done and is skipped unless ``overwrite`` is asked for.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -46,6 +45,7 @@ from xtimage.errors import ConfigError, InputError
 from xtimage.io.base import Reader, check_channels, read_padded
 from xtimage.io.vector import Detection
 from xtimage.model import XT
+from xtimage.runtime import autocast
 from xtimage.window import Window
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ class Predictor:
     ) -> Predictor:
         """Rebuild the model a checkpoint (or a run folder) describes and wrap it."""
         from xtimage.checkpoint import load_model
-        from xtimage.train import resolve_amp, resolve_device
+        from xtimage.runtime import resolve_amp, resolve_device
 
         dev = resolve_device(device)
         model, ckpt = load_model(path, dev)
@@ -270,11 +270,6 @@ class Predictor:
         """The whole image as (1, C, H, W) on the device (the downsample baseline)."""
         return source.read(Window(0, 0, source.height, source.width))[None].to(self.device)
 
-    def _amp(self) -> contextlib.AbstractContextManager:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
-
     # ------------------------------------------------------------------ raw passes
 
     @torch.no_grad()
@@ -282,7 +277,7 @@ class Predictor:
         if self.engine is not None:
             logits = self.engine.classify([source])
         else:
-            with self._amp():
+            with autocast(self.device, self.autocast):
                 logits = self.model(self._whole(source))
         return logits.float().softmax(-1)[0].cpu().numpy()
 
@@ -292,7 +287,7 @@ class Predictor:
         if self.engine is not None:
             self.engine.segment(source, writer=writer)
             return
-        with self._amp():
+        with autocast(self.device, self.autocast):
             out = self.model(self._whole(source))[0].float().cpu().numpy()
         writer.write(Window(0, 0, source.height, source.width), out)
 

@@ -22,7 +22,6 @@ the epoch and the random generators. Checkpoints resume on any number of process
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -41,6 +40,7 @@ from xtimage.config import RunConfig, save_config
 from xtimage.distributed import World, all_reduce_sum, init_distributed, reduce_gradients
 from xtimage.errors import ConfigError
 from xtimage.model import XT
+from xtimage.runtime import autocast, resolve_amp, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +50,6 @@ BEST_METRIC = {
     "detection": "f1",
     "xview3": "aggregate",
 }
-
-
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> CUDA when present (this process's local GPU under torchrun), else CPU."""
-    import os
-
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but CUDA is not available; use cpu")
-    return device
-
-
-def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """The autocast dtype (None: float32) and whether fp16 (with a gradient scaler) is on.
-
-    "auto" is bf16 on a GPU that supports it and float32 elsewhere (CPU autocast is slow
-    and changes numerics for no gain in memory that matters here).
-    """
-    if amp == "none" or (amp == "auto" and device.type != "cuda"):
-        return None, False
-    if amp == "auto":
-        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (None, False)
-    if device.type != "cuda":
-        raise ConfigError(f"train.amp={amp} needs a GPU; on CPU use train.amp=none")
-    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
 
 
 def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -311,11 +282,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def _amp(self) -> contextlib.AbstractContextManager:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
-
     def _micro_step(self, keyed: list[tuple[tuple, dict]]) -> tuple[float, float]:
         """Forward and backward one micro-batch; returns (loss * n, n), ``n`` its loss
         normaliser. Leaves ``sum_i n_i * grad_i`` in ``.grad`` (see `reduce_gradients`)."""
@@ -368,7 +334,7 @@ class Trainer:
             )
         x = torch.stack(images).to(self.device, non_blocking=True)  # (B, C, H, W)
         head = self.xt.head
-        with self._amp():
+        with autocast(self.device, self.autocast):
             out = self.model(x)
         if not head.dense:
             loss = head.loss(out.float(), torch.stack(targets).to(self.device))

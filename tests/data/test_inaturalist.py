@@ -1,7 +1,6 @@
 """iNaturalist 2018: the fixture read by pycocotools and by our loader; class maps; recipe."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from xtimage.build import build_model
-from xtimage.config import load_config
+from xtimage.config import CONFIG_DIR, load_config
 from xtimage.data.inaturalist import INaturalist, inat_transform, posterize, read_class_map
 from xtimage.errors import ConfigError, InputError
 from xtimage.train import Trainer
@@ -199,7 +198,7 @@ def test_transform_is_applied_to_uint8(fx):
 
 # ------------------------------------------------------------------------- presets
 
-PRESETS = sorted((Path(__file__).parents[2] / "configs").glob("inat_reptilia_*.yaml"))
+PRESETS = sorted(CONFIG_DIR.glob("inat_reptilia_*.yaml"))
 # the xT release's README: parameters (millions) of its Reptilia models at 512/256
 RELEASE_PARAMS = {
     "swin_t_hyper": 47,

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from xtimage.config import load_config
     from xtimage.distributed import cleanup, init_distributed
     from xtimage.predict import Predictor
-    from xtimage.train import resolve_device
+    from xtimage.runtime import resolve_device
 
     ckpt = read_checkpoint(args.checkpoint)
     other = [o for o in args.overrides if not o.startswith("data.")]

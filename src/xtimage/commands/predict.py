@@ -87,7 +87,7 @@ def expand_scenes(inputs: list[str]) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from xtimage.distributed import cleanup, init_distributed
     from xtimage.predict import Predictor
-    from xtimage.train import resolve_device
+    from xtimage.runtime import resolve_device
 
     out = Path(args.out)
     world = init_distributed(resolve_device(args.device).type)

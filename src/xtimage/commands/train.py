@@ -9,8 +9,8 @@ from pathlib import Path
 from xtimage.errors import ConfigError
 
 EXAMPLE = """examples:
-  xt train synthetic_seg                          # a preset from configs/
-  xt train configs/synthetic_seg.yaml train.steps=200 train.out=runs/seg
+  xt train synthetic_seg                          # a preset (xtimage/presets/)
+  xt train my_run.yaml train.steps=200 train.out=runs/seg
   xt train my.yaml model.context=hyper model.context_kwargs.depth=2
   xt train --resume runs/seg train.steps=400      # continue (more steps)
   torchrun --nproc_per_node 4 -m xtimage.cli train my.yaml   # 4 GPUs (or CPU processes)
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", help="preset name (configs/NAME.yaml) or YAML file")
+    p.add_argument("config", nargs="?", help="preset name (xtimage/presets/NAME.yaml) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.lr=3e-4")
     p.add_argument("--resume", metavar="RUN", help="run folder or checkpoint to continue")
     p.add_argument("--overwrite", action="store_true", help="start again in a used run folder")

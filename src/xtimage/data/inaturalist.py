@@ -23,7 +23,7 @@ run can insist on the same classes with ``class_map=``).
 `inat_transform` is the release's pixel pipeline (timm's ``create_transform``): random
 resized crops, flips and RandAugment for training, a plain resize for evaluation.
 ``data.kind: inaturalist`` in a run config builds both splits (`inaturalist_datasets`);
-the ``configs/inat_*.yaml`` presets use it.
+the ``src/xtimage/presets/inat_*.yaml`` presets use it.
 """
 
 from __future__ import annotations

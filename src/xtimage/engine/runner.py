@@ -44,6 +44,7 @@ from xtimage.engine.source import RegionSource, Transform
 from xtimage.errors import ConfigError
 from xtimage.io.base import Reader, Writer
 from xtimage.model import XT
+from xtimage.runtime import autocast
 from xtimage.tiling import TokenLayout
 from xtimage.window import Window
 
@@ -110,11 +111,6 @@ class Engine:
             return image
         return RegionSource(image, transform, dtype=self.dtype)
 
-    def _amp(self) -> contextlib.AbstractContextManager:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
-
     @contextlib.contextmanager
     def _chunk_rng(self, seed: int | None, index: int) -> Iterator[None]:
         """Seed dropout for chunk ``index`` so that every re-encoding repeats it."""
@@ -160,7 +156,7 @@ class Engine:
         layout = self.model.layout(source.height, source.width)
         regions = self._kept(layout, keep)
         parts = []
-        with torch.no_grad(), self._amp():
+        with torch.no_grad(), autocast(self.device, self.autocast):
             for i, _, pixels in self._chunks(source, layout, regions):
                 with self._chunk_rng(seed, i):
                     parts.append(self.model.encode_tokens(pixels).flatten(0, 1))  # (k*T, D)
@@ -178,7 +174,7 @@ class Engine:
         source = self.source(image)
         layout = self.model.layout(source.height, source.width)
         parts = []
-        with torch.no_grad(), self._amp():
+        with torch.no_grad(), autocast(self.device, self.autocast):
             for _, _, pixels in self._chunks(source, layout, list(range(layout.plan.num_regions))):
                 parts.append(self.model.encode_cells(pixels).flatten(0, 1))  # (k*T, C)
         return torch.cat(parts).to(self.dtype)
@@ -186,7 +182,7 @@ class Engine:
     def _contextualise_all(self, items: Sequence[ImageTokens], tokens=None) -> tuple:
         tokens = tokens if tokens is not None else [it.tokens for it in items]
         x, pos, mask = pad_batch(tokens, [it.positions for it in items], [it.valid for it in items])
-        with self._amp():
+        with autocast(self.device, self.autocast):
             ctx, _ = self.model.contextualise(x, pos, mask)
         return ctx.to(self.dtype), mask
 
@@ -222,7 +218,7 @@ class Engine:
                 pool = head.merge(pool, head.partial(ctx.to(self.dtype), valid[:, :n]))
             return [tokens[:, n:], pos[:, n:], valid[:, n:]]
 
-        with self._amp():
+        with autocast(self.device, self.autocast):
             for _, chunk, pixels in self._chunks(source, layout, self._kept(layout, keep)):
                 new = [
                     self.model.encode_tokens(pixels).flatten(0, 1)[None],  # (1, k*T, D)
@@ -261,7 +257,7 @@ class Engine:
             out = torch.zeros(
                 self.model.head.out_channels, plan.height, plan.width, dtype=self.dtype
             )
-        with self._amp():
+        with autocast(self.device, self.autocast):
             for _, chunk, pixels in self._chunks(source, layout, items.regions):
                 maps, _ = self.model.encode(pixels)
                 windows = self.model.token_windows(ctx, layout, items.regions, chunk)
@@ -352,7 +348,7 @@ class Engine:
         if self.model.head.dense:
             loss = self._dense_decoder_pass(sources, items, ctx, targets, seed)
         else:
-            with self._amp():
+            with autocast(self.device, self.autocast):
                 logits = self.model.head(ctx, mask)
                 loss = self.model.head.loss(logits.to(self.dtype), targets.to(self.device))
             loss.backward()
@@ -377,7 +373,7 @@ class Engine:
         for b, (source, item) in enumerate(zip(sources, items, strict=True)):
             n = len(item.regions) * item.layout.tokens_per_region
             for i, chunk, pixels in self._chunks(source, item.layout, item.regions):
-                with self._chunk_rng(seed, i), self._amp():
+                with self._chunk_rng(seed, i), autocast(self.device, self.autocast):
                     maps, _ = self.model.encode(pixels)
                     windows = self.model.token_windows(
                         ctx_leaf[b, :n], item.layout, item.regions, chunk
@@ -394,7 +390,7 @@ class Engine:
         t = item.layout.tokens_per_region
         for i, chunk, pixels in self._chunks(source, item.layout, item.regions):
             start = i * self.region_batch * t
-            with self._chunk_rng(seed, i), self._amp():
+            with self._chunk_rng(seed, i), autocast(self.device, self.autocast):
                 tokens = self.model.encode_tokens(pixels).flatten(0, 1).to(self.dtype)  # (k*T, D)
             tokens.backward(grad[start : start + len(chunk) * t])
 
@@ -473,7 +469,7 @@ class Engine:
             state, pool = None, None
             item = ImageTokens(layout, regions, None, None, None)
             for _, chunk, pixels in self._chunks(source, layout, regions):
-                with self._amp():
+                with autocast(self.device, self.autocast):
                     maps, tokens = self.model.encode(pixels)
                     pos = layout.positions(chunk)[None].to(self.device)
                     valid = layout.valid(chunk)[None].to(self.device)

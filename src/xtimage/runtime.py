@@ -1,0 +1,49 @@
+"""Where and in which precision a model runs: device choice and mixed precision.
+
+One module for the helpers that training, the engine and prediction share, so that
+"auto" means the same everywhere: CUDA when present (this process's local GPU under
+torchrun), bf16 autocast on a GPU that supports it, float32 on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from xtimage.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> CUDA when present (this process's local GPU under torchrun), else CPU."""
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available; use cpu")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """The autocast dtype (None: float32) and whether fp16 (with a gradient scaler) is on.
+
+    "auto" is bf16 on a GPU that supports it and float32 elsewhere (CPU autocast is slow
+    and changes numerics for no gain in memory that matters here).
+    """
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None, False
+    if amp == "auto":
+        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (None, False)
+    if device.type != "cuda":
+        raise ConfigError(f"train.amp={amp} needs a GPU; on CPU use train.amp=none")
+    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op for None (float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
