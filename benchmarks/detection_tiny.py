@@ -34,9 +34,10 @@ import torch
 from xtimage.encoders.context import create_context_encoder
 from xtimage.encoders.region import RegionEncoder
 from xtimage.engine import Engine
-from xtimage.heads.detection import BoxCollector, BoxHead, box_targets
+from xtimage.heads.detection import BoxHead, box_targets
 from xtimage.metrics.coco import CocoEvaluator
 from xtimage.model import XT
+from xtimage.tasks.detection import BoxCollector
 from xtimage.window import Window
 
 RESULTS = Path(__file__).parent / "results" / "detection_tiny.json"

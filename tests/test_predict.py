@@ -9,8 +9,9 @@ import pytest
 import tifffile
 import torch
 
-from xtimage.build import build_datasets, build_model
+from xtimage.build import build_model
 from xtimage.config import load_config
+from xtimage.data.registry import build_datasets
 from xtimage.errors import InputError
 from xtimage.predict import Predictor
 
@@ -123,7 +124,7 @@ def test_classification_json_and_detection_csv_geojson(tmp_path, image):
     assert sum(record["scores"]) == pytest.approx(1, abs=1e-5)
 
     pred, _ = predictor("model.head=detection", "model.num_classes=1")
-    pred.threshold = 0.0  # an untrained head: keep every peak so that there is something
+    pred.task.threshold = 0.0  # an untrained head: keep every peak so that there is something
     out = pred.predict_file(tmp_path / "a.npy", tmp_path)
     assert out.detections and [p.name for p in out.files] == ["a.boxes.csv", "a.boxes.geojson"]
     rows = (tmp_path / "a.boxes.csv").read_text().splitlines()
@@ -159,7 +160,7 @@ def test_evaluation_equals_a_plain_pooled_iou():
 
 def test_detection_scores_against_hand_counted_matches(monkeypatch):
     from xtimage.io.vector import Detection
-    from xtimage.predict import Prediction
+    from xtimage.tasks import Prediction
 
     pred, _ = predictor("model.head=detection", "model.num_classes=2")
     image = torch.zeros(3, 100, 100)

@@ -200,7 +200,7 @@ def test_fp16_with_its_gradient_scaler_trains_on_gpu(tmp_path):
 def test_folder_windows_are_planned_per_epoch_and_read_from_the_image(tmp_path):
     import numpy as np
 
-    from xtimage.build import build_datasets
+    from xtimage.data.registry import build_datasets
     from xtimage.window import Window
 
     rng = np.random.default_rng(0)
@@ -214,7 +214,7 @@ def test_folder_windows_are_planned_per_epoch_and_read_from_the_image(tmp_path):
     data = build_datasets(config)
     plans = [data.train.plan(e) for e in (0, 0, 1)]
     assert len(plans[0]) == 5 and plans[0] == plans[1] != plans[2]
-    (index, window), full = plans[0][0], data.train.dataset
+    (index, window), full = plans[0][0], data.train.source
     sample = data.train[(index, window)]
     whole = full[index]
     inside = window.intersect(Window(0, 0, *whole["image"].shape[-2:]))

@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from data.xview3_fixture import write_xview3_fixture
-from xtimage.build import build_datasets, build_model, sample_targets
+from xtimage.build import build_model
 from xtimage.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from xtimage.cli import main
 from xtimage.config import load_config
-from xtimage.heads.xview3 import DEFAULT_THRESHOLDS
+from xtimage.data.registry import build_datasets
 from xtimage.metrics.xview3 import PREDICTION_COLUMNS, SCORE_KEYS
+from xtimage.tasks import get_task
+from xtimage.tasks.xview3 import DEFAULT_THRESHOLDS
 
 TINY = [
     "model.head=xview3",
@@ -83,7 +85,7 @@ def test_training_samples_carry_targets_that_follow_augmentation(fx):
     samples = [sets.train[key] for key in sets.train.plan(0)]
     sample = next(s for s in samples if len(s["points"]))  # a crop around detections
     assert sample["image"].shape == (2, 128, 128)
-    t = sample_targets(sample, config.model)
+    t = get_task(config.model).targets(sample)
     peaks = torch.nonzero(t["center"][0] == 1).tolist()
     rows, cols = (sample["points"][:, 1] - 0.5).long(), (sample["points"][:, 0] - 0.5).long()
     assert sorted(peaks) == sorted(map(list, zip(rows.tolist(), cols.tolist(), strict=True)))
@@ -92,7 +94,7 @@ def test_training_samples_carry_targets_that_follow_augmentation(fx):
 
     for seed in range(4):
         moved = Augment(jitter=0)({**sample, "mask": t["center"][0]}, np.random.default_rng(seed))
-        assert torch.equal(sample_targets(moved, config.model)["center"][0], moved["mask"])
+        assert torch.equal(get_task(config.model).targets(moved)["center"][0], moved["mask"])
     assert len(sets.val) == 2 and set(sets.val.labels["scene_id"]) == set(sets.val.scene_ids)
 
 
@@ -175,7 +177,7 @@ def test_the_collector_path_is_what_predict_uses(fx, tmp_path):
     f, data, _ = fx
     config = load_config("synthetic_seg", [*TINY, *data])
     torch.manual_seed(0)
-    predictor = Predictor(build_model(config.model), config.model, xview3_thresholds=None)
+    predictor = Predictor(build_model(config.model), config.model, thresholds=None)
     scene = Path(f.root) / f.scene_ids[0]
     points = predictor.predict(scene).points
     assert list(points.columns) == list(PREDICTION_COLUMNS)

@@ -117,7 +117,7 @@ class DataConfig:
     """Where training and validation samples come from.
 
     Attributes:
-        kind: data set builder (see `xtimage.build.DATASETS`): "synthetic", "folder", ...
+        kind: data set builder (see `xtimage.data.registry.DATASETS`): "synthetic", "folder", ...
         root: the training folder (folder data sets).
         val_root: the validation folder; None: hold out ``val_fraction`` of ``root``.
         val_fraction: share of ``root`` held out when there is no ``val_root``.

@@ -34,23 +34,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from xtimage.build import Datasets, build_datasets, build_model, sample_targets, unwrap
+from xtimage.build import build_model, unwrap
 from xtimage.checkpoint import load_weights, read_checkpoint, restore_training, save_checkpoint
 from xtimage.config import RunConfig, save_config
+from xtimage.data.registry import Datasets, build_datasets
 from xtimage.distributed import World, all_reduce_sum, init_distributed, reduce_gradients
 from xtimage.errors import ConfigError
 from xtimage.model import XT
 from xtimage.runtime import autocast, resolve_amp, resolve_device
+from xtimage.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-BEST_METRIC = {
-    "classification": "top1",
-    "segmentation": "foreground_iou",
-    "detection": "f1",
-    "xview3": "aggregate",
-}
-
 
 def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr`` over
@@ -172,6 +166,7 @@ class Trainer:
             )
 
         seed_everything(t.seed)
+        self.task = get_task(config.model)
         self.model = build_model(config.model).to(self.device)
         self.xt: XT = unwrap(self.model)
         self.data: Datasets = build_datasets(config)
@@ -199,7 +194,7 @@ class Trainer:
         self.step, self.epoch, self.position = 0, 0, 0
         self.best: float | None = None
         self.metrics: dict[str, Any] = {}
-        self.metric_name = t.metric or BEST_METRIC[config.model.head]
+        self.metric_name = t.metric or self.task.best_metric
         if ckpt is not None:
             load_weights(self.model, ckpt)
             restore_training(ckpt, self.optimizer, self.scaler)
@@ -287,13 +282,9 @@ class Trainer:
         normaliser. Leaves ``sum_i n_i * grad_i`` in ``.grad`` (see `reduce_gradients`)."""
         if not keyed:
             return 0.0, 0.0
-        head = self.config.model.head
         images = [s["image"] for _, s in keyed]
-        targets = [sample_targets(s, self.config.model) for _, s in keyed]
-        if head == "classification":
-            n = float(len(images))
-        else:
-            n = float(sum(im.shape[-2] * im.shape[-1] for im in images))
+        targets = [self.task.targets(s) for _, s in keyed]
+        n = sum(self.task.loss_weight(im) for im in images)
         grads = [p.grad for p in self.params if p.grad is not None]
         if grads:
             torch._foreach_mul_(grads, 1 / n)
@@ -301,7 +292,7 @@ class Trainer:
         if mode == "direct":
             loss = self._direct_step(images, targets)
         else:
-            batch = torch.stack(targets) if head == "classification" else targets
+            batch = self.task.collate(targets)
             if mode == "exact":
                 loss = self.engine.exact_step(images, batch)
             elif mode == "streaming":

@@ -8,9 +8,9 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from xtimage.build import build_datasets
 from xtimage.config import load_config
 from xtimage.data.coco import CocoDetection
+from xtimage.data.registry import build_datasets
 from xtimage.errors import ConfigError, InputError
 from xtimage.metrics.coco import coco_map, coco_results
 from xtimage.train import Trainer

@@ -90,18 +90,25 @@ class _Source:
 
 
 def test_window_dataset_reads_the_plan_and_augments_reproducibly():
-    sampler = RandomWindowSampler(_Source.image_sizes, 8, n=6, seed=2)
-    ds = WindowDataset(_Source(), sampler, Augment(jitter=0.0), seed=1)
-    again = WindowDataset(
-        _Source(), RandomWindowSampler(_Source.image_sizes, 8, 6, 2), Augment(jitter=0.0), seed=1
-    )
-    assert len(ds) == 6
-    for i, (_, w) in enumerate(ds.plan):
-        item = ds[i]
-        torch.testing.assert_close(item["image"], again[i]["image"])
+    ds = WindowDataset(_Source(), 8, n=6, seed=2)
+    again = WindowDataset(_Source(), 8, 6, 2)
+    plan = ds.plan(0)
+    assert len(ds) == 6 and plan == again.plan(0)
+    augment = Augment(jitter=0.0)
+    for i, key in enumerate(plan):
+        item = augment(ds[key], np.random.default_rng([1, 0, i]))
+        repeat = augment(again[key], np.random.default_rng([1, 0, i]))
+        torch.testing.assert_close(item["image"], repeat["image"])
+        w = key[1]
         values = set(item["image"].flatten().long().tolist())
         assert values == {
             y * 100 + x for y in range(w.top, w.bottom) for x in range(w.left, w.right)
         }
-    ds.set_epoch(1)
-    assert ds.plan != again.plan
+    assert ds.plan(1) != again.plan(0)
+
+
+def test_window_dataset_samples_only_its_images():
+    source = _Source()
+    source.image_sizes = [(30, 40), (30, 40), (30, 40)]
+    ds = WindowDataset(source, 8, n=20, seed=0, indices=[0, 2])
+    assert {index for index, _ in ds.plan(0)} == {0, 2}

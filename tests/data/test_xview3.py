@@ -18,13 +18,13 @@ from xtimage.data.xview3 import (
     XView3Scene,
     collate_crops,
     list_scenes,
-    load_shoreline,
     plan_crops,
     read_labels,
     scale_bands,
 )
 from xtimage.errors import ConfigError, InputError
 from xtimage.io.base import read_padded
+from xtimage.metrics.xview3 import load_shoreline
 from xtimage.window import Window
 
 from .xview3_fixture import HEIGHT, WIDTH, write_xview3_fixture

@@ -15,16 +15,15 @@ from xtimage.errors import ConfigError, InputError
 from xtimage.heads import DenseHead, DenseOutput
 from xtimage.heads.detection import (
     ALPHA,
-    BoxCollector,
     Boxes,
     BoxHead,
     box_targets,
     decode_boxes,
-    detect,
 )
 from xtimage.heads.segmentation import focal_loss
 from xtimage.io.vector import write_coco_results, write_csv, write_geojson
 from xtimage.model import XT
+from xtimage.tasks.detection import BoxCollector, detect
 from xtimage.tiling import RegionPlan
 from xtimage.window import Window
 

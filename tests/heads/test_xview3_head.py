@@ -9,19 +9,17 @@ import pytest
 import torch
 
 from data.xview3_fixture import HEIGHT, WIDTH, write_xview3_fixture
+from xtimage.data.xview3 import scene_bands
 from xtimage.encoders.region import FeatureInfo
 from xtimage.errors import ConfigError, InputError
-from xtimage.heads.xview3 import (
+from xtimage.heads.xview3 import LENGTH_SCALE, XView3Head, xview3_targets
+from xtimage.metrics.xview3 import SCORE_KEYS, score_xview3
+from xtimage.tasks.xview3 import (
     CANDIDATE_COLUMNS,
-    LENGTH_SCALE,
     XView3Collector,
-    XView3Head,
     apply_thresholds,
     choose_thresholds,
-    scene_bands,
-    xview3_targets,
 )
-from xtimage.metrics.xview3 import SCORE_KEYS, score_xview3
 from xtimage.tiling import RegionPlan
 
 NAN = float("nan")

@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xtimage.build import build_datasets
     from xtimage.checkpoint import read_checkpoint
     from xtimage.config import load_config
+    from xtimage.data.registry import build_datasets
     from xtimage.distributed import cleanup, init_distributed
     from xtimage.predict import Predictor
     from xtimage.runtime import resolve_device

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from xtimage.errors import InputError
-
 EXAMPLE = """examples:
   xt predict runs/seg/checkpoints/best.safetensors scene.tif -o out/
   xt predict runs/seg slides/ -o out/ --heatmap        # a run folder uses its last checkpoint
@@ -41,49 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def expand_inputs(inputs: list[str], out: Path) -> list[Path]:
-    """Files as given, and every readable image file under each folder (sorted)."""
-    from xtimage.io.open import READERS
-
-    files: list[Path] = []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and not p.name.startswith(".")
-                and out.resolve() not in p.resolve().parents
-                and (p.suffix.lower() in READERS or "".join(p.suffixes[-2:]).lower() in READERS)
-            )
-            if not found:
-                raise InputError(f"{path}: no image files found in this folder")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise InputError(f"{path}: no such file or folder")
-    return files
-
-
-def expand_scenes(inputs: list[str]) -> list[Path]:
-    """xView3 scene folders: each input is a scene folder (holding VV_dB.tif) or a folder
-    of them."""
-    from xtimage.data.xview3 import list_scenes
-
-    scenes: list[Path] = []
-    for name in inputs:
-        path = Path(name)
-        if (path / "VV_dB.tif").is_file():
-            scenes.append(path)
-        elif path.is_dir() and list_scenes(path):
-            scenes += [path / s for s in list_scenes(path)]
-        else:
-            raise InputError(f"{path}: neither an xView3 scene folder nor a folder of them")
-    return scenes
-
-
 def run(args: argparse.Namespace) -> int:
     from xtimage.distributed import cleanup, init_distributed
     from xtimage.predict import Predictor
@@ -99,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
             amp=args.amp,
             threshold=args.threshold,
         )
-        xview3 = predictor.kind == "xview3"
-        files = expand_scenes(args.inputs) if xview3 else expand_inputs(args.inputs, out)
+        files = predictor.task.expand_inputs(args.inputs, out)
         counts = predictor.predict_files(
             files,
             out,
@@ -111,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         cleanup()
-    if xview3 and world.size == 1:
-        _merge_scenes(files, out)
+    if world.size == 1:
+        predictor.task.finish_outputs(files, out)
     if world.main:
         print(
             f"predicted {counts['done']} file(s), skipped {counts['skipped']} already done"
@@ -120,14 +74,3 @@ def run(args: argparse.Namespace) -> int:
             + f"; outputs in {out}"
         )
     return 0
-
-
-def _merge_scenes(scenes: list[Path], out: Path) -> None:
-    """Every scene's ``SCENE.xview3.csv`` as one challenge file, ``predictions.csv``."""
-    import pandas as pd
-
-    from xtimage.metrics.xview3 import write_predictions_csv
-
-    tables = [pd.read_csv(out / f"{scene.name}.xview3.csv") for scene in scenes]
-    table = pd.concat(tables, ignore_index=True).astype({"scene_id": str})
-    write_predictions_csv(out / "predictions.csv", table)

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", help="preset name (xtimage/presets/NAME.yaml) or a YAML file")
+    p.add_argument("config", nargs="?", help="preset name or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.lr=3e-4")
     p.add_argument("--resume", metavar="RUN", help="run folder or checkpoint to continue")
     p.add_argument("--overwrite", action="store_true", help="start again in a used run folder")

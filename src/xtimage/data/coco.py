@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from xtimage.build import DATASETS, Datasets, Windows
 from xtimage.config import DataConfig, ModelConfig
+from xtimage.data.registry import DATASETS, Datasets
+from xtimage.data.sampling import WindowDataset
 from xtimage.errors import ConfigError, InputError
 from xtimage.io import open_reader, read_padded
 from xtimage.window import Window
@@ -288,8 +289,6 @@ def coco_datasets(model: ModelConfig, data: DataConfig) -> Datasets:
             f"{model.num_classes}; set model.num_classes={train.num_classes}"
         )
     if data.window is not None:
-        indices = list(range(len(train)))
-        return Datasets(
-            Windows(train, indices, data.window, data.train_samples, data.seed), val, train.classes
-        )
+        windows = WindowDataset(train, data.window, data.train_samples, data.seed)
+        return Datasets(windows, val, train.classes)
     return Datasets(train, val, train.classes)

@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xtimage.config import DataConfig, ModelConfig
+from xtimage.data.registry import DATASETS, Datasets, holdout
+from xtimage.data.sampling import WindowDataset
 from xtimage.errors import ConfigError, InputError
 from xtimage.io import open_reader, read_padded
 from xtimage.window import Window
@@ -327,3 +330,33 @@ def _to_float(pixels: np.ndarray) -> np.ndarray:
     if np.issubdtype(pixels.dtype, np.integer):
         return (pixels / np.iinfo(pixels.dtype).max).astype(np.float32)
     return pixels.astype(np.float32)
+
+
+@DATASETS.register("folder")
+def folder(model: ModelConfig, data: DataConfig) -> Datasets:
+    """A user's folder (`xtimage.data.folder.FolderDataset`) with a held-out share or a
+    separate validation folder; ``data.window`` trains on random windows."""
+    if data.root is None:
+        raise ConfigError("data.kind=folder needs data.root=<folder> (see preset folder_template)")
+    kw = dict(task=model.head, classes=model.classes, **data.params)
+    try:
+        full = FolderDataset(data.root, **kw)
+    except TypeError as exc:
+        raise ConfigError(f"data.params {data.params}: {exc}") from None
+    classes = full.classes
+    if data.val_root is not None:
+        train_idx = list(range(len(full)))
+        val = FolderDataset(data.val_root, **{**kw, "classes": classes})
+    else:
+        train_idx, val_idx = holdout(len(full), data.val_fraction, data.seed)
+        val = torch.utils.data.Subset(full, val_idx)
+    if classes is not None and len(classes) != model.num_classes:
+        raise ConfigError(
+            f"{data.root} has {len(classes)} classes ({', '.join(classes[:10])}) but "
+            f"model.num_classes={model.num_classes}; set model.num_classes={len(classes)}"
+        )
+    if data.window is not None:
+        train = WindowDataset(full, data.window, data.train_samples, data.seed, train_idx)
+    else:
+        train = torch.utils.data.Subset(full, train_idx)
+    return Datasets(train, val, classes)

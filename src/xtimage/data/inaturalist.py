@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from xtimage.build import DATASETS, Datasets
 from xtimage.config import DataConfig, ModelConfig
 from xtimage.data.coco import check_entry, load_json, unique_ids
+from xtimage.data.registry import DATASETS, Datasets
 from xtimage.errors import ConfigError, InputError
 from xtimage.io import open_reader
 from xtimage.io.atomic import atomic_path

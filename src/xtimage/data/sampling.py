@@ -79,43 +79,45 @@ class WindowSource(Protocol):
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """The windows a sampler plans, read from a source and augmented: a training set.
+    """Random windows of some images of a source, planned per epoch: a training set.
 
-    The plan is drawn once per epoch (`set_epoch`), so the data set is map-style and
-    works with any `DataLoader` and worker count; the augmentation of item ``i`` depends
-    on ``(seed, epoch, i)`` only.
+    Keys are ``(image index, Window)`` pairs; `plan` gives an epoch's keys in order and
+    depends on (seed, epoch) only, so the trainer can shard, resume and augment them
+    reproducibly (it augments each key by its position in the epoch). A window past an
+    image's border is served padded by the source.
 
     Args:
-        source: serves ``read(index, window)``.
-        sampler: plans the windows.
-        augment: applied to every window, or None.
-        seed: seed of the augmentation draws.
+        source: serves ``read(index, window)`` and ``image_sizes``.
+        window: window side, or (height, width).
+        n: windows per epoch.
+        seed: seed of the plan.
+        indices: the source's images to sample from (default: all).
     """
 
     def __init__(
         self,
         source: WindowSource,
-        sampler: RandomWindowSampler,
-        augment: Augment | None = None,
+        window: int | tuple[int, int],
+        n: int,
         seed: int = 0,
+        indices: Sequence[int] | None = None,
     ) -> None:
-        self.source, self.sampler, self.augment, self.seed = source, sampler, augment, seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-        self.plan = list(self.sampler)
+        self.source = source
+        self.indices = list(range(len(source.image_sizes))) if indices is None else list(indices)
+        sizes = [source.image_sizes[i] for i in self.indices]
+        self.sampler = RandomWindowSampler(sizes, window, n, seed=seed)
 
     def __len__(self) -> int:
-        return len(self.plan)
+        return len(self.sampler)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        index, window = self.plan[i]
-        sample = self.source.read(index, window)
-        if self.augment is not None:
-            sample = self.augment(sample, np.random.default_rng([self.seed, self.epoch, i]))
-        return sample
+    def plan(self, epoch: int) -> list[tuple[int, Window]]:
+        """The epoch's keys, in order."""
+        self.sampler.set_epoch(epoch)
+        return [(self.indices[i], window) for i, window in self.sampler]
+
+    def __getitem__(self, key: tuple[int, Window]) -> dict[str, torch.Tensor]:
+        index, window = key
+        return self.source.read(index, window)
 
 
 class Augment:

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from xtimage.config import DataConfig, ModelConfig
+from xtimage.data.registry import DATASETS, Datasets
 from xtimage.errors import ConfigError
 
 KINDS = ("segmentation", "classification", "detection")
@@ -281,6 +283,7 @@ class SyntheticTask(torch.utils.data.Dataset):
             out["label"] = torch.tensor(s.label)
         if s.boxes is not None:
             out["boxes"] = torch.from_numpy(s.boxes)
+            out["labels"] = torch.zeros(len(s.boxes), dtype=torch.long)  # one class: 0
             out["points"] = torch.from_numpy(s.points)
         return out
 
@@ -363,3 +366,23 @@ def _grow(cells: np.ndarray) -> np.ndarray:
         for dx in range(3):
             out[dy : dy + h, dx : dx + w] |= cells
     return out
+
+
+@DATASETS.register("synthetic")
+def synthetic(model: ModelConfig, data: DataConfig) -> Datasets:
+    """The built-in texture-key task of ``model.head``'s kind."""
+    common = dict(
+        kind=model.head, size=data.size, region=model.region, channels=model.in_chans, **data.params
+    )
+    try:
+        train = SyntheticTask(seed=data.seed, length=data.train_samples, **common)
+        n_val = data.val_samples
+        val = SyntheticTask(seed=data.seed + 1, length=n_val, **common) if n_val else []
+    except TypeError as exc:
+        raise ConfigError(f"data.params {data.params}: {exc}") from None
+    if model.num_classes != train.num_classes:
+        raise ConfigError(
+            f"the synthetic {model.head} task has {train.num_classes} classes but "
+            f"model.num_classes={model.num_classes}; set model.num_classes={train.num_classes}"
+        )
+    return Datasets(train, val)

@@ -36,7 +36,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from xtimage.config import DataConfig, ModelConfig
+from xtimage.data.registry import DATASETS, Datasets, holdout
 from xtimage.errors import ConfigError, InputError, require
 from xtimage.io.base import Level, PixelSize, check_window, read_padded
 from xtimage.window import Window
@@ -73,6 +76,18 @@ LABEL_COLUMNS = (
     "right",
     "detect_id",
 )
+
+
+def scene_bands(in_chans: int) -> tuple[str, ...]:
+    """The bands an xView3 model of ``in_chans`` channels reads: the first ``in_chans`` of
+    VV, VH and the ancillary rasters, in that order."""
+    order = SAR_BANDS + ANCILLARY_BANDS
+    if not 1 <= in_chans <= len(order):
+        raise ConfigError(
+            f"an xView3 model reads 1 to {len(order)} bands ({', '.join(order)}), in that "
+            f"order; model.in_chans={in_chans}"
+        )
+    return order[:in_chans]
 
 
 @dataclass(frozen=True)
@@ -133,34 +148,6 @@ def read_labels(path: str | Path) -> pd.DataFrame:
             f"{list(LABEL_COLUMNS)}"
         )
     return labels
-
-
-def load_shoreline(root: str | Path, scene_id: str) -> np.ndarray:
-    """All shoreline contour points of a scene, stacked, as (M, 2) (row, column) pixels.
-
-    The official file is a NumPy object array of (n, 2) contour arrays, which only loads
-    with ``allow_pickle=True``: this is the one pickled load in xtimage, kept for that
-    format; unpickling runs code, so load shoreline files only from a source you trust.
-    """
-    path = Path(root) / f"{scene_id}_shoreline.npy"
-    if not path.is_file():
-        raise InputError(
-            f"{path}: no shoreline file for scene {scene_id}; the shore score needs "
-            f"{{scene_id}}_shoreline.npy for every scored scene in the shoreline folder"
-        )
-    try:
-        contours = np.load(path, allow_pickle=True)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a readable shoreline .npy file ({exc})") from exc
-    if len(contours) == 0:
-        return np.zeros((0, 2))
-    points = np.vstack(list(contours)).astype(np.float64)
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise InputError(
-            f"{path}: shoreline contours must be (n, 2) row/column arrays, got points of "
-            f"shape {points.shape}"
-        )
-    return points
 
 
 class XView3Scene:
@@ -469,3 +456,101 @@ def _flag_array(values: pd.Series) -> np.ndarray:
     """True/False/empty label cells as 1.0/0.0/NaN."""
     mapped = values.map(lambda v: np.nan if v is None or v != v else float(v))
     return mapped.to_numpy(np.float64)
+
+
+# ---------------------------------------------------------------------------- the data set
+
+
+@DATASETS.register("xview3")
+def xview3(model: ModelConfig, data: DataConfig) -> Datasets:
+    """xView3-SAR scene folders (`xtimage.data.xview3`): training crops of ``data.window``
+    px (default 512) around detections, validation scenes whole.
+
+    ``data.root`` and ``data.val_root`` hold scene folders (without ``val_root``,
+    ``val_fraction`` of the root's scenes are held out); ``data.params``: ``labels`` (the
+    labels CSV, required), ``val_labels`` (default: ``labels``), ``shoreline`` (folder of
+    ``{scene_id}_shoreline.npy``, for ``loc_fscore_shore``), ``positive_fraction``.
+    Targets: `xview3_targets` with ``data.point_radius``.
+    """
+    if model.head != "xview3":
+        raise ConfigError(f"data.kind=xview3 needs model.head=xview3, got {model.head!r}")
+    params = dict(data.params)
+    unknown = set(params) - {"labels", "val_labels", "shoreline", "positive_fraction"}
+    if data.root is None or "labels" not in params or unknown:
+        raise ConfigError(
+            f"data.kind=xview3 needs data.root=<scene folders> and data.params.labels=<csv> "
+            f"(optional: val_labels, shoreline, positive_fraction); unknown: {sorted(unknown)}"
+        )
+    labels = read_labels(params["labels"])
+    scenes = [s for s in list_scenes(data.root) if s in set(labels["scene_id"].astype(str))]
+    if data.val_root is not None:
+        train_ids, val_root, val_ids = scenes, data.val_root, None
+    else:
+        _, held = holdout(len(scenes), data.val_fraction, data.seed)
+        val_ids = sorted(scenes[i] for i in held)
+        train_ids, val_root = [s for s in scenes if s not in val_ids], data.root
+    bands = scene_bands(model.in_chans)
+    crops = XView3Crops(
+        data.root,
+        labels,
+        scene_ids=train_ids or None,
+        crop_size=data.window or 512,
+        crops_per_scene=max(1, -(-data.train_samples // max(len(train_ids), 1))),
+        positive_fraction=params.get("positive_fraction", 0.5),
+        bands=bands,
+        seed=data.seed,
+    )
+    val_labels = read_labels(params["val_labels"]) if "val_labels" in params else labels
+    val = _XView3Scenes(val_root, val_labels, val_ids, bands, params.get("shoreline"))
+    return Datasets(_XView3Crops(crops, data.point_radius), val)
+
+
+class _XView3Crops(torch.utils.data.Dataset):
+    """`XView3Crops` as training samples: ``image``, ``points`` (n, 2) as (x, y) pixel
+    centres (moved by `Augment`), the detections' attributes and the target radius."""
+
+    def __init__(self, crops: Any, radius: int) -> None:
+        self.crops, self.radius = crops, radius
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def plan(self, epoch: int) -> list[tuple[int, int]]:
+        """The epoch's keys: the crops of epoch ``epoch`` (see `XView3Crops`)."""
+        return [(epoch, i) for i in range(len(self.crops))]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        self.crops.set_epoch(epoch)
+        item = self.crops[index]
+        points = np.stack([item["cols"] + 0.5, item["rows"] + 0.5], axis=1)  # (n, 2)
+        return {
+            "image": torch.from_numpy(item["image"]),
+            "points": torch.from_numpy(points.reshape(-1, 2)),
+            **{k: torch.tensor(item[k]) for k in ("is_vessel", "is_fishing", "length_m")},
+            "point_radius": self.radius,
+        }
+
+
+class _XView3Scenes(torch.utils.data.Dataset):
+    """Whole validation scenes: items ``image`` (an `XView3Scene`, opened on access; the
+    caller closes it) and ``scene_id``; ``labels`` and ``shore_root`` for the scorer."""
+
+    def __init__(
+        self, root: str, labels: Any, scene_ids: list[str] | None, bands: Any, shore: str | None
+    ) -> None:
+        present = set(labels["scene_id"].astype(str))
+        ids = scene_ids if scene_ids is not None else list_scenes(root)
+        self.root, self.bands, self.shore_root = root, bands, shore
+        self.scene_ids = [s for s in ids if s in present]
+        self.labels = labels[labels["scene_id"].astype(str).isin(self.scene_ids)]
+
+    def __len__(self) -> int:
+        return len(self.scene_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scene_id = self.scene_ids[index]
+        return {
+            "image": XView3Scene(Path(self.root) / scene_id, bands=self.bands),
+            "scene_id": scene_id,
+        }

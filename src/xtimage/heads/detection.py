@@ -1,5 +1,4 @@
-"""Box detection on large scenes: a CenterNet-style head, its targets, decoding, and the
-streamed collector that finds an object once even where region borders cut it.
+"""Box detection on large scenes: a CenterNet-style head, its targets and its decoding.
 
 Objects as points (Zhou et al., "Objects as Points", 2019): one heatmap per class peaks
 at box centres; at each peak the head also reads the box's size and the offset from the
@@ -19,11 +18,8 @@ centre to the box centre.
 Coordinates are continuous pixels: (0, 0) is the image's top-left corner, pixel (i, j)
 covers ``[j, j + 1) x [i, i + 1)``; boxes are ``(x1, y1, x2, y2)``.
 
-Streaming: `BoxCollector` is the writer `Engine.segment` sends each region core's
-outputs to. Peaks are found window by window with a 3 x 3 max-pool, which cannot see
-across a core border: an object whose peak lies on a border (or a corner) may be found
-by two (or four) cores. `BoxCollector.finish` applies class-wise box NMS over the whole
-image, which keeps one.
+Decoding core windows and merging their boxes over a whole image, streamed, is the
+detection task's (`xtimage.tasks.detection.BoxCollector`).
 """
 
 from __future__ import annotations
@@ -31,21 +27,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
 
 from xtimage.encoders.region import FeatureInfo
 from xtimage.errors import ConfigError, InputError
 from xtimage.heads.segmentation import DenseHead, DenseOutput, focal_loss
 from xtimage.io.vector import Detection
-from xtimage.window import Window
-
-if TYPE_CHECKING:
-    from xtimage.engine.runner import Engine, Image
 
 ALPHA = 0.54  # TTFNet's gaussian size factor
 MIN_SIGMA = 0.5  # pixels; keeps tiny boxes' gaussians a few pixels wide
@@ -281,84 +270,3 @@ def decode_boxes(
     w, h = size[0, y, x].clamp_min(0), size[1, y, x].clamp_min(0)
     boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)  # (n, 4)
     return Boxes(boxes, heatmap.flatten()[index], labels)
-
-
-class BoxCollector:
-    """A writer for `Engine.segment` that decodes each core window and merges the boxes.
-
-    Memory holds the boxes only, never the maps, so it serves images of any size.
-
-    Args:
-        num_classes: heatmap channels K of the `BoxHead`.
-        threshold: minimum score of a peak.
-        k: most peaks per core window.
-        iou: class-wise NMS threshold across the whole image.
-        max_detections: most boxes kept in the end (best first), or None.
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        *,
-        threshold: float = 0.1,
-        k: int = 100,
-        iou: float = 0.5,
-        max_detections: int | None = None,
-    ) -> None:
-        self.num_classes = num_classes
-        self.threshold = threshold
-        self.k = k
-        self.iou = iou
-        self.max_detections = max_detections
-        self._parts: list[Boxes] = []
-
-    def write(self, window: Window, data: np.ndarray) -> None:
-        """Decode one core window's raw outputs (K + 4, h, w) at ``window``."""
-        if data.shape[0] != self.num_classes + 4:
-            raise ConfigError(
-                f"BoxCollector for {self.num_classes} classes expects {self.num_classes + 4} "
-                f"channels (heatmap, size, offset), got {data.shape[0]}"
-            )
-        x = torch.from_numpy(np.asarray(data, dtype=np.float32))  # (K + 4, h, w)
-        k = self.num_classes
-        found = decode_boxes(x[:k].sigmoid(), x[k : k + 2], x[k + 2 :], self.threshold, self.k)
-        shift = torch.tensor([window.left, window.top] * 2, dtype=found.boxes.dtype)
-        self._parts.append(Boxes(found.boxes + shift, found.scores, found.labels))
-
-    def close(self) -> None:
-        """Nothing to flush: the boxes stay in memory until `finish`."""
-
-    def abort(self) -> None:
-        """Drop the boxes gathered so far."""
-        self._parts.clear()
-
-    def finish(self) -> Boxes:
-        """All boxes after class-wise NMS, best first."""
-        found = Boxes.cat(self._parts)
-        keep = batched_nms(found.boxes, found.scores, found.labels, self.iou)  # score order
-        if self.max_detections is not None:
-            keep = keep[: self.max_detections]
-        return found.select(keep)
-
-
-def detect(
-    engine: Engine,
-    image: Image,
-    *,
-    keep: Sequence[bool] | None = None,
-    threshold: float = 0.1,
-    k: int = 100,
-    iou: float = 0.5,
-    max_detections: int | None = None,
-) -> Boxes:
-    """Boxes of one image of any size, streamed through an engine whose model has a
-    `BoxHead`; ``keep`` is `Engine.segment`'s, the rest `BoxCollector`'s.
-    """
-    head = engine.model.head
-    if not isinstance(head, BoxHead):
-        raise ConfigError(f"detect needs a model with a BoxHead, not {type(head).__name__}")
-    collector = BoxCollector(
-        head.num_classes, threshold=threshold, k=k, iou=iou, max_detections=max_detections
-    )
-    engine.segment(image, keep, writer=collector)
-    return collector.finish()

@@ -1,5 +1,5 @@
-"""xView3-SAR head: centre heatmap, vessel and fishing maps and a length map, their
-training targets, and the streamed decoding of centre peaks into the challenge's rows.
+"""xView3-SAR head: centre heatmap, vessel and fishing maps and a length map, and their
+training targets.
 
 xT (Gupta et al., "xT: Nested Tokenization for Larger Context in Large Images", ICML
 2024) runs a dense decoder over the whole scene and reports the xView3-SAR score (Paolo
@@ -20,58 +20,31 @@ Coordinates: a detection at scene pixel (row, col) (``detect_scene_row``, intege
 labels) draws its peak at that pixel; a peak found at pixel (i, j) is reported as row i,
 column j.
 
-Streaming: `XView3Collector` is the writer `Engine.segment` sends each core window's
-outputs to. Peaks are pixels equal to the maximum of their 3 x 3 neighbourhood inside a
-window, so a peak on a core border may be found by both cores (the neighbour across the
-border is not seen); `XView3Collector.finish` then suppresses, best first, every peak
-within `MIN_DISTANCE` px of a better one over the whole scene, which keeps one.
-
-Thresholds: the collector keeps every peak scoring at least `CANDIDATE_FLOOR`, with its
-vessel and fishing probabilities; `apply_thresholds` turns these candidates into
-predictions, and `choose_thresholds` picks the thresholds that maximise the official
-aggregate (`xtimage.metrics.xview3.score_xview3`) on validation scenes.
+Decoding the maps into the challenge's rows, streamed scene by scene, and choosing the
+thresholds are the xView3 task's (`xtimage.tasks.xview3`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from xtimage.encoders.region import FeatureInfo
-from xtimage.errors import ConfigError, InputError, require
+from xtimage.errors import ConfigError, InputError
 from xtimage.heads.segmentation import DenseHead, DenseOutput, focal_loss
-from xtimage.window import Window
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 LENGTH_SCALE = 100.0  # metres per unit of the length output (lengths reach ~500 m)
-MIN_DISTANCE = 10.0  # px (100 m): peaks closer than half the 200 m match tolerance merge
-CANDIDATE_FLOOR = 0.05  # least centre score a candidate peak keeps
 PRIOR = 0.01  # initial centre probability (CenterNet's bias init); few pixels are centres
-DEFAULT_THRESHOLDS = {"center": 0.5, "vessel": 0.5, "fishing": 0.5}
-GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
 
 XVIEW3_OUTPUTS = (
     DenseOutput("center", 1, "focal"),
     DenseOutput("vessel", 1, "bce"),
     DenseOutput("fishing", 1, "bce"),
     DenseOutput("length", 1, "l1"),
-)
-CANDIDATE_COLUMNS = (
-    "detect_scene_row",
-    "detect_scene_column",
-    "scene_id",
-    "score",
-    "vessel_p",
-    "fishing_p",
-    "vessel_length_m",
 )
 
 
@@ -188,171 +161,3 @@ class XView3Head(DenseHead):
                 per_pixel = (pred - target).abs()
             total = total + spec.weight * (per_pixel * targets[f"{spec.name}_weight"] * v).sum()
         return total
-
-
-class XView3Collector:
-    """A writer for `Engine.segment` that finds centre peaks and reads their attributes.
-
-    Memory holds the candidates only, never the maps, so it serves whole scenes.
-
-    Args:
-        scene_id: the scene's id, written in every row.
-        floor: least centre score kept (the thresholds chosen later are at least this).
-        k: most peaks per core window.
-        min_distance: peaks within this many pixels of a better one are dropped.
-    """
-
-    def __init__(
-        self,
-        scene_id: str,
-        *,
-        floor: float = CANDIDATE_FLOOR,
-        k: int = 256,
-        min_distance: float = MIN_DISTANCE,
-    ) -> None:
-        self.scene_id = scene_id
-        self.floor, self.k, self.min_distance = floor, k, min_distance
-        self._parts: list[np.ndarray] = []
-
-    def write(self, window: Window, data: np.ndarray) -> None:
-        """Peaks of one core window's raw outputs (4, h, w) at ``window``."""
-        if data.shape[0] != len(XVIEW3_OUTPUTS):
-            raise ConfigError(
-                f"XView3Collector expects {len(XVIEW3_OUTPUTS)} channels (center, vessel, "
-                f"fishing, length), got {data.shape[0]}"
-            )
-        x = torch.from_numpy(np.asarray(data, dtype=np.float32))  # (4, h, w)
-        center = x[0].sigmoid()  # (h, w)
-        peaks = center == F.max_pool2d(center[None], 3, stride=1, padding=1)[0]
-        scores = torch.where(peaks & (center >= self.floor), center, -1.0).flatten()
-        top = scores.topk(min(self.k, scores.numel()))
-        index = top.indices[top.values >= 0]  # (n,)
-        i, j = index // center.shape[1], index % center.shape[1]
-        rows = np.stack(
-            [
-                (i + window.top).numpy(),
-                (j + window.left).numpy(),
-                center[i, j].numpy(),
-                x[1, i, j].sigmoid().numpy(),
-                x[2, i, j].sigmoid().numpy(),
-                (x[3, i, j] * LENGTH_SCALE).clamp_min(0).numpy(),
-            ],
-            axis=1,
-        )  # (n, 6)
-        self._parts.append(rows.astype(np.float64))
-
-    def close(self) -> None:
-        """Nothing to flush: the candidates stay in memory until `finish`."""
-
-    def abort(self) -> None:
-        """Drop the candidates gathered so far."""
-        self._parts.clear()
-
-    def finish(self) -> pd.DataFrame:
-        """The scene's candidates after distance suppression (`CANDIDATE_COLUMNS`), best
-        first, ties in raster order: the same for any window layout."""
-        from scipy.spatial import cKDTree
-
-        pd = require("pandas", "science", "xView3 predictions")
-        found = np.concatenate(self._parts) if self._parts else np.zeros((0, 6))
-        found = found[np.lexsort((found[:, 1], found[:, 0], -found[:, 2]))]  # ties: raster
-        keep = np.ones(len(found), bool)
-        if len(found):
-            tree = cKDTree(found[:, :2])
-            for a in range(len(found)):
-                if keep[a]:
-                    near = tree.query_ball_point(found[a, :2], self.min_distance)
-                    keep[[b for b in near if b > a]] = False
-        found = found[keep]
-        return pd.DataFrame(
-            {
-                "detect_scene_row": found[:, 0].astype(np.int64),
-                "detect_scene_column": found[:, 1].astype(np.int64),
-                "scene_id": self.scene_id,
-                "score": found[:, 2],
-                "vessel_p": found[:, 3],
-                "fishing_p": found[:, 4],
-                "vessel_length_m": found[:, 5],
-            },
-            columns=list(CANDIDATE_COLUMNS),
-        )
-
-
-def apply_thresholds(candidates: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
-    """Predictions in the challenge's columns: candidates scoring at least
-    ``thresholds["center"]``, flagged vessel / fishing at their thresholds."""
-    kept = candidates[candidates["score"] >= thresholds["center"]]
-    out = kept[["detect_scene_row", "detect_scene_column", "scene_id"]].copy()
-    out["is_vessel"] = (kept["vessel_p"] >= thresholds["vessel"]).to_numpy()
-    out["is_fishing"] = (kept["fishing_p"] >= thresholds["fishing"]).to_numpy()
-    out["vessel_length_m"] = kept["vessel_length_m"].to_numpy()
-    return out.reset_index(drop=True)
-
-
-def choose_thresholds(
-    candidates: pd.DataFrame,
-    ground_truth: pd.DataFrame | str,
-    shore_root: str | None = None,
-    *,
-    grid: Sequence[float] = GRID,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The centre, vessel and fishing thresholds that maximise the official aggregate.
-
-    The centre threshold is searched first with the others at 0.5; then the vessel and
-    the fishing thresholds, each on its own: given the centre threshold, the vessel
-    threshold changes only ``vessel_fscore`` and the fishing threshold only
-    ``fishing_fscore``, so these two searches are exact. Ties keep the lowest value.
-
-    Args:
-        candidates: `XView3Collector.finish` rows of the validation scenes.
-        ground_truth: their labels (table or CSV).
-        shore_root: the shoreline folder (for ``loc_fscore_shore``), or None.
-        grid: the values tried for each threshold (each >= the collector's floor).
-
-    Returns:
-        The thresholds and the official scores they give.
-    """
-    from xtimage.metrics.xview3 import score_xview3
-
-    if not len(grid):
-        raise ConfigError("choose_thresholds needs a non-empty grid of thresholds")
-    chosen = dict(DEFAULT_THRESHOLDS)
-    best: dict[str, float] = {}
-
-    for name in ("center", "vessel", "fishing"):
-        best = {"aggregate": -1.0}
-        for value in grid:
-            trial = {**chosen, name: float(value)}
-            result = score_xview3(apply_thresholds(candidates, trial), ground_truth, shore_root)
-            if result["aggregate"] > best["aggregate"]:
-                best, chosen = result, trial
-    return chosen, best
-
-
-def scene_bands(in_chans: int) -> tuple[str, ...]:
-    """The bands an xView3 model of ``in_chans`` channels reads: the first ``in_chans`` of
-    VV, VH and the ancillary rasters, in `xtimage.data.xview3` order."""
-    from xtimage.data.xview3 import ANCILLARY_BANDS, SAR_BANDS
-
-    order = SAR_BANDS + ANCILLARY_BANDS
-    if not 1 <= in_chans <= len(order):
-        raise ConfigError(
-            f"an xView3 model reads 1 to {len(order)} bands ({', '.join(order)}), in that "
-            f"order; model.in_chans={in_chans}"
-        )
-    return order[:in_chans]
-
-
-def saved_thresholds(metrics: dict[str, Any], path: Any = None) -> dict[str, float]:
-    """The thresholds a checkpoint keeps: its evaluation's ``thresholds`` (chosen on the
-    validation scenes by `choose_thresholds` and saved in the checkpoint's ``metrics``),
-    or `DEFAULT_THRESHOLDS` with a warning when it was saved before any evaluation."""
-    saved = metrics.get("thresholds") or {}
-    if not all(k in saved for k in DEFAULT_THRESHOLDS):
-        warnings.warn(
-            f"{path}: no xView3 thresholds saved (no validation ran); using "
-            f"{DEFAULT_THRESHOLDS}; evaluate on validation scenes to choose them",
-            stacklevel=2,
-        )
-        return dict(DEFAULT_THRESHOLDS)
-    return {k: float(saved[k]) for k in DEFAULT_THRESHOLDS}

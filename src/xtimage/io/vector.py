@@ -236,3 +236,15 @@ def write_coco_results(
             f.write(("" if i == 0 else ",\n") + json.dumps(result))
         f.write("]\n")
     return Path(path)
+
+
+def read_csv(path: str | Path) -> Iterator[Detection]:
+    """Box detections back from a `write_csv` file (rows without a box are skipped);
+    labels come back as the strings written."""
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if not row.get("top"):
+                continue
+            box = tuple(float(row[k]) for k in ("top", "left", "bottom", "right"))
+            score = float(row["score"]) if row.get("score") else None
+            yield Detection.from_box(*box, score=score, label=row.get("label") or None)

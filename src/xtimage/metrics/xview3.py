@@ -55,7 +55,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xtimage.data.xview3 import load_shoreline
 from xtimage.errors import ConfigError, InputError, require
 
 if TYPE_CHECKING:
@@ -93,6 +92,34 @@ SCORE_KEYS = (
     "length_acc",
     "aggregate",
 )
+
+
+def load_shoreline(root: str | Path, scene_id: str) -> np.ndarray:
+    """All shoreline contour points of a scene, stacked, as (M, 2) (row, column) pixels.
+
+    The official file is a NumPy object array of (n, 2) contour arrays, which only loads
+    with ``allow_pickle=True``: this is the one pickled load in xtimage, kept for that
+    format; unpickling runs code, so load shoreline files only from a source you trust.
+    """
+    path = Path(root) / f"{scene_id}_shoreline.npy"
+    if not path.is_file():
+        raise InputError(
+            f"{path}: no shoreline file for scene {scene_id}; the shore score needs "
+            f"{{scene_id}}_shoreline.npy for every scored scene in the shoreline folder"
+        )
+    try:
+        contours = np.load(path, allow_pickle=True)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: not a readable shoreline .npy file ({exc})") from exc
+    if len(contours) == 0:
+        return np.zeros((0, 2))
+    points = np.vstack(list(contours)).astype(np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise InputError(
+            f"{path}: shoreline contours must be (n, 2) row/column arrays, got points of "
+            f"shape {points.shape}"
+        )
+    return points
 
 
 def match_detections(
