@@ -349,7 +349,7 @@ def _proxy_size(model: XT, height: int, width: int, region_batch: int) -> tuple[
     steady state (the context's first whole segment, then two more chunks)."""
     plan = model.plan(height, width)
     tokens = region_batch * model.layout(model.region, model.region).tokens_per_region
-    multiple = getattr(model.context, "chunk_multiple", 1)
+    multiple = model.context.chunk_multiple
     n = region_batch * (3 + math.ceil(multiple / tokens)) + 1
     cols = min(plan.cols, n)
     rows = min(plan.rows, math.ceil(n / cols))
@@ -491,7 +491,7 @@ def _candidates(model: XT, mode: str, max_region_batch: int) -> list[int]:
     sizes = [2**i for i in range(int(math.log2(max(max_region_batch, 1))) + 1)]
     if mode == "streaming":
         layout = model.layout(model.region, model.region)
-        multiple = getattr(model.context, "chunk_multiple", 1)
+        multiple = model.context.chunk_multiple
         sizes = [k for k in sizes if k * layout.tokens_per_region % multiple == 0]
     return sizes
 
@@ -562,7 +562,7 @@ def plan_memory(
     if plan is None:
         raise ConfigError(
             f"no region batch up to {max_region_batch} feeds whole context segments of "
-            f"{getattr(model.context, 'chunk_multiple', 1)} tokens; raise max_region_batch"
+            f"{model.context.chunk_multiple} tokens; raise max_region_batch"
         )
     return plan
 

@@ -205,7 +205,7 @@ class Engine:
         source = self.source(image)
         layout = self.model.layout(source.height, source.width)
         head, state, pool = self.model.head, None, None
-        multiple = getattr(self.model.context, "chunk_multiple", 1)
+        multiple = self.model.context.chunk_multiple
         pending: list[torch.Tensor] = []  # tokens, positions, valid not yet contextualised
 
         def feed(tokens, pos, valid, final: bool):
@@ -448,7 +448,7 @@ class Engine:
         sources = [self.source(im) for im in images]
         layouts = [self.model.layout(s.height, s.width) for s in sources]
         kept = [self._kept(lay, kp) for lay, kp in zip(layouts, keep, strict=True)]
-        multiple = getattr(self.model.context, "chunk_multiple", 1)
+        multiple = self.model.context.chunk_multiple
         for layout in layouts:
             if self.region_batch * layout.tokens_per_region % multiple:
                 raise ConfigError(

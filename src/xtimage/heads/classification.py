@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xtimage.errors import ConfigError
+from xtimage.heads.base import Head
 
 
 @dataclass
@@ -29,7 +30,7 @@ class PoolState:
     peak: torch.Tensor  # (B,)
 
 
-class ClassificationHead(nn.Module):
+class ClassificationHead(Head):
     """Pool the valid tokens of each image, then a linear classifier.
 
     Args:

@@ -25,6 +25,7 @@ from torch import nn
 
 from xtimage.encoders.region import FeatureInfo
 from xtimage.errors import ConfigError
+from xtimage.heads.base import Head
 
 LOSSES = ("ce", "bce", "focal", "l1", "mse")
 
@@ -89,7 +90,7 @@ def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
     )
 
 
-class DenseHead(nn.Module):
+class DenseHead(Head):
     """U-Net decoder from contextualised tokens and skip maps to per-pixel outputs.
 
     Args:

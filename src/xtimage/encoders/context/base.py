@@ -34,10 +34,19 @@ CONTEXT_ENCODERS: Registry[nn.Module] = Registry("context encoder")
 
 
 class ContextEncoder(nn.Module):
-    """Base class: subclasses set ``dim`` and ``streamable`` and implement `forward`."""
+    """Base class: subclasses set ``dim`` and ``streamable`` and implement `forward`.
+
+    Attributes:
+        dim: token width D.
+        streamable: segments with the carried state equal one call on the whole sequence.
+        chunk_multiple: token count every streamed segment but the last must be a
+            multiple of (e.g. Transformer-XL's ``segment_len``); the engine rounds its
+            chunks of regions to it.
+    """
 
     dim: int
     streamable: bool = False
+    chunk_multiple: int = 1
 
     def forward(
         self,
