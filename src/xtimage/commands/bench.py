@@ -9,6 +9,7 @@ from pathlib import Path
 
 from xtimage.errors import ConfigError, InputError
 
+# benchmarks/ of the source checkout this package runs from (absent in a wheel install)
 BENCH_DIR = Path(__file__).resolve().parents[3] / "benchmarks"
 
 EXAMPLE = """examples:
@@ -36,9 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def discover(root: Path | None = None) -> dict[str, Path]:
     """Benchmark scripts by name: ``benchmarks/*.py`` whose parser has ``"--quick"``."""
-    root = root or BENCH_DIR
+    root = root or (Path("benchmarks") if Path("benchmarks").is_dir() else BENCH_DIR)
     if not root.is_dir():
-        raise InputError(f"{root}: no benchmarks folder (xt bench runs from a source checkout)")
+        raise InputError(
+            f"{root}: no benchmarks folder; xt bench runs the scripts of a source checkout: "
+            "run it from the repository's root"
+        )
     return {
         p.stem: p
         for p in sorted(root.glob("*.py"))
@@ -56,12 +60,7 @@ def run(args: argparse.Namespace) -> int:
     found = discover()
     if args.list:
         for name, path in found.items():
-            doc = (
-                path.read_text().split('"""')[1].strip().splitlines()[0]
-                if '"""' in path.read_text()
-                else ""
-            )
-            print(f"{name:<28} {doc}")
+            print(f"{name:<28} {_summary(path)}")
         return 0
     unknown = [n for n in args.names if n not in found]
     if unknown:
