@@ -47,6 +47,12 @@ class ModelConfig:
         pretrained: local weights file of the backbone, or None.
         frozen: keep the backbone fixed (eval mode, no gradients); train context + head.
         in_chans: image channels.
+        pixel_mean: per-channel mean the region encoder subtracts from [0, 1] pixels (the
+            backbone's pretraining statistics, e.g. ImageNet's), or None.
+        pixel_std: per-channel standard deviation it divides by, or None.
+        input_size: resize each whole image to this square side before the model (photo
+            classification, as the xT release's iNaturalist models); None: native size,
+            streamed.
         region: region side in pixels.
         margin: context pixels each region reads around the core it owns.
         subregion: sub-region side when the backbone takes a smaller input, or None.
@@ -78,6 +84,9 @@ class ModelConfig:
     pretrained: str | None = None
     frozen: bool = False
     in_chans: int = 3
+    pixel_mean: list[float] | None = None
+    pixel_std: list[float] | None = None
+    input_size: int | None = None
     region: int = 128
     margin: int = 0
     subregion: int | None = None
@@ -108,6 +117,19 @@ class ModelConfig:
                 f"model.classes has {len(self.classes)} names for model.num_classes="
                 f"{self.num_classes}; give one name per class"
             )
+        if (self.pixel_mean is None) != (self.pixel_std is None):
+            raise ConfigError("give model.pixel_mean and model.pixel_std together, or neither")
+        for key in ("pixel_mean", "pixel_std"):
+            values = getattr(self, key)
+            if values is not None and len(values) != self.in_chans:
+                raise ConfigError(
+                    f"model.{key} has {len(values)} values for model.in_chans={self.in_chans}; "
+                    f"give one per channel"
+                )
+        if self.pixel_std is not None and min(self.pixel_std) <= 0:
+            raise ConfigError(f"model.pixel_std must be positive, got {self.pixel_std}")
+        if self.input_size is not None:
+            _positive("model.input_size", self.input_size)
         if self.baseline == "downsample" and self.margin:
             raise ConfigError("model.baseline=downsample sees one region: set model.margin=0")
 

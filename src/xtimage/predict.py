@@ -36,10 +36,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xtimage.config import ModelConfig
+from xtimage.data.preprocess import resize_image, to_unit
 from xtimage.distributed import World, current_world, shard
 from xtimage.engine import Engine, RegionSource
 from xtimage.errors import InputError
-from xtimage.io.base import Reader, check_channels
+from xtimage.io.base import Reader, read_padded
+from xtimage.io.transforms import match_channels
 from xtimage.model import XT
 from xtimage.runtime import autocast
 from xtimage.tasks import Prediction, get_task, task_class
@@ -48,14 +50,6 @@ from xtimage.window import Window
 log = logging.getLogger(__name__)
 
 Image = str | Path | np.ndarray | torch.Tensor | Reader
-
-
-def to_unit(pixels: np.ndarray) -> np.ndarray:
-    """Pixels as float32 the way the data sets give them: integers over their type's
-    maximum (uint8 / 255), floats unchanged."""
-    if np.issubdtype(pixels.dtype, np.integer):
-        return (pixels / np.iinfo(pixels.dtype).max).astype(np.float32)
-    return pixels.astype(np.float32, copy=False)
 
 
 class Predictor:
@@ -137,8 +131,10 @@ class Predictor:
     # ------------------------------------------------------------------ runner
 
     def source(self, image: np.ndarray | torch.Tensor | Reader) -> RegionSource:
-        """An image as a region source: tensors as they are, arrays and readers scaled
-        to [0, 1] window by window (`to_unit`)."""
+        """An image as a region source, preprocessed as the data sets do
+        (`xtimage.data.preprocess`): tensors as they are; arrays and readers with their
+        bands matched to the model (grey -> RGB, alpha dropped), scaled to [0, 1] window
+        by window, or read whole and resized for a model with ``input_size``."""
         dtype = next(self.model.parameters()).dtype
         if isinstance(image, torch.Tensor):
             if image.ndim != 3 or image.shape[0] != self.config.in_chans:
@@ -151,7 +147,12 @@ class Predictor:
             from xtimage.io.array import ArrayReader
 
             image = ArrayReader(image)
-        check_channels(image, self.config.in_chans)
+        image = match_channels(image, self.config.in_chans)
+        size = self.config.input_size
+        if size is not None:
+            pixels = read_padded(image, Window(0, 0, image.height, image.width))
+            resized = resize_image(torch.from_numpy(pixels), size)  # (C, size, size)
+            return RegionSource(resized.to(dtype), dtype=dtype)
         return RegionSource(image, to_unit, dtype=dtype)
 
     def _whole(self, source: RegionSource) -> torch.Tensor:

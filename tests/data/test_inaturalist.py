@@ -11,7 +11,13 @@ from pycocotools.coco import COCO
 
 from xtimage.build import build_model
 from xtimage.config import CONFIG_DIR, load_config
-from xtimage.data.inaturalist import INaturalist, inat_transform, posterize, read_class_map
+from xtimage.data.inaturalist import (
+    IMAGENET_MEAN,
+    INaturalist,
+    inat_transform,
+    posterize,
+    read_class_map,
+)
 from xtimage.errors import ConfigError, InputError
 from xtimage.train import Trainer
 
@@ -159,9 +165,7 @@ def test_recipe_transforms():
     evaluate = inat_transform(32, train=False)
     out = evaluate(grey)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
-    expected = (128 / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor(
-        [0.229, 0.224, 0.225]
-    )
+    expected = torch.full((3,), 128 / 255)  # ImageNet's statistics are the model's
     torch.testing.assert_close(out.mean((1, 2)), expected, atol=1e-5, rtol=0)
     image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8)
     assert torch.equal(evaluate(image), evaluate(image))
@@ -218,6 +222,7 @@ def test_presets_hold_the_release_recipe():
         m, d, t = config.model, config.data, config.train
         family, context = path.stem.removeprefix("inat_reptilia_").rsplit("_", 1)
         assert m.context == context and timm.is_model(m.backbone), path
+        assert (m.pixel_mean, m.input_size) == (list(IMAGENET_MEAN), d.size), path
         assert (d.size, m.region) == ((448, 224) if family == "hiera_b" else (512, 256)), path
         assert t.lr == (1e-5 if family in ("swin_b", "swin_l") else 1e-4), path
         assert (t.optimizer, t.weight_decay, t.clip, t.warmup, t.min_lr_ratio, t.epochs) == (

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from xtimage.config import DataConfig, ModelConfig
+from xtimage.data.preprocess import to_unit
 from xtimage.data.registry import DATASETS, Datasets
 from xtimage.data.sampling import WindowDataset
 from xtimage.errors import ConfigError, InputError
@@ -246,13 +247,11 @@ class CocoDetection(torch.utils.data.Dataset):
             pixels = read_padded(reader, window)
         finally:
             reader.close()
-        if np.issubdtype(pixels.dtype, np.integer):
-            pixels = pixels / np.iinfo(pixels.dtype).max
         boxes = record.boxes - np.array([window.left, window.top] * 2, dtype=np.float32)
         cx, cy = boxes[:, [0, 2]].mean(1), boxes[:, [1, 3]].mean(1)
         keep = (cx >= 0) & (cx < window.width) & (cy >= 0) & (cy < window.height)
         return {
-            "image": torch.from_numpy(pixels.astype(np.float32)),
+            "image": torch.from_numpy(to_unit(pixels)),
             "boxes": torch.from_numpy(boxes[keep]),
             "labels": torch.from_numpy(record.labels[keep]),
             "iscrowd": torch.from_numpy(record.crowd[keep]),

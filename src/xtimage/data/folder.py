@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from xtimage.config import DataConfig, ModelConfig
+from xtimage.data.preprocess import to_unit
 from xtimage.data.registry import DATASETS, Datasets, holdout
 from xtimage.data.sampling import WindowDataset
 from xtimage.errors import ConfigError, InputError
@@ -280,7 +281,7 @@ class FolderDataset(torch.utils.data.Dataset):
             lies in the window, in window coordinates.
         """
         record = self.records[index]
-        out = {"image": torch.from_numpy(_to_float(_read(record.image, window)))}
+        out = {"image": torch.from_numpy(to_unit(_read(record.image, window)))}
         if record.mask is not None:
             mask = _read(record.mask, window)[0].astype(np.int64)  # (h, w)
             if self.classes is not None and (mask.min() < 0 or mask.max() >= len(self.classes)):
@@ -324,12 +325,6 @@ def _read(path: Path, window: Window) -> np.ndarray:
         return read_padded(reader, window)
     finally:
         reader.close()
-
-
-def _to_float(pixels: np.ndarray) -> np.ndarray:
-    if np.issubdtype(pixels.dtype, np.integer):
-        return (pixels / np.iinfo(pixels.dtype).max).astype(np.float32)
-    return pixels.astype(np.float32)
 
 
 @DATASETS.register("folder")

@@ -38,6 +38,7 @@ import torch
 
 from xtimage.config import DataConfig, ModelConfig
 from xtimage.data.coco import check_entry, load_json, unique_ids
+from xtimage.data.preprocess import resize_image
 from xtimage.data.registry import DATASETS, Datasets
 from xtimage.errors import ConfigError, InputError
 from xtimage.io import open_reader
@@ -263,11 +264,11 @@ def inat_transform(size: int, train: bool) -> Callable[[torch.Tensor], torch.Ten
     Training: timm's ``create_transform`` as the release calls it: a random resized crop
     to ``size`` (scale 0.08 to 1, bilinear), a horizontal flip and RandAugment
     ``rand-m9-mstd0.5-inc1``. Evaluation: the whole image resized to ``size`` x ``size``
-    (the release's; the aspect ratio is not kept). Both end in float32 normalised with
-    ImageNet's mean and standard deviation.
+    by `resize_image` (the release's; the aspect ratio is not kept), as the predictor
+    does for a model with ``input_size``. Both end in float32 in [0, 1]: ImageNet's mean
+    and standard deviation are the model's (``model.pixel_mean`` / ``pixel_std``).
     """
     from timm.data import create_transform
-    from torchvision import transforms
 
     if train:
         pipeline = create_transform(
@@ -276,22 +277,25 @@ def inat_transform(size: int, train: bool) -> Callable[[torch.Tensor], torch.Ten
             auto_augment=AUTO_AUGMENT,
             interpolation="bilinear",
             re_prob=0.0,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
+            mean=(0.0, 0.0, 0.0),  # normalised by the model (model.pixel_mean)
+            std=(1.0, 1.0, 1.0),
         )
         for step in pipeline.transforms:
             for op in getattr(step, "ops", []):  # RandAugment's operations
                 if op.name.startswith("Posterize"):
                     op.aug_fn = posterize
-    else:
-        pipeline = transforms.Compose(
-            [
-                transforms.Resize((size, size), transforms.InterpolationMode.BILINEAR),
-                transforms.ToTensor(),
-                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-            ]
-        )
-    return _OnPil(pipeline)
+        return _OnPil(pipeline)
+    return _Resize(size)
+
+
+class _Resize:
+    """`resize_image` to ``size`` (picklable for workers)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return resize_image(image, self.size)
 
 
 @DATASETS.register("inaturalist")
@@ -306,10 +310,9 @@ def inaturalist_datasets(model: ModelConfig, data: DataConfig) -> Datasets:
         raise ConfigError(
             f"data.params {unknown} are not iNaturalist options; use supercategory, class_map"
         )
-    train = INaturalist(
-        data.root, "train", transform=inat_transform(data.size, True), **data.params
-    )
-    val = INaturalist(data.root, "val", transform=inat_transform(data.size, False), **data.params)
+    size = model.input_size or data.size
+    train = INaturalist(data.root, "train", transform=inat_transform(size, True), **data.params)
+    val = INaturalist(data.root, "val", transform=inat_transform(size, False), **data.params)
     if [c["id"] for c in val.categories] != [c["id"] for c in train.categories]:
         raise InputError(
             f"{data.root}: train2018.json and val2018.json list different categories; give "

@@ -168,6 +168,9 @@ class RegionEncoder(nn.Module):
             only).
         out_indices: which of timm's feature maps to return (default all); stages after
             the deepest one asked for are dropped.
+        pixel_mean: per-channel mean subtracted from every region (the backbone's
+            pretraining statistics), or None.
+        pixel_std: per-channel standard deviation divided by, or None.
         **timm_kwargs: passed to ``timm.create_model`` (``embed_dim``, ``depths``,
             ``window_size``, ``drop_path_rate``...).
     """
@@ -182,6 +185,8 @@ class RegionEncoder(nn.Module):
         pretrained: str | Path | None = None,
         frozen: bool = False,
         out_indices: Sequence[int] | None = None,
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -202,11 +207,24 @@ class RegionEncoder(nn.Module):
             raise ConfigError(f"RegionEncoder sets {', '.join(managed)} itself ({fixes})")
         weights = _local_weights(pretrained)
 
+        if (pixel_mean is None) != (pixel_std is None) or (
+            pixel_mean is not None and not len(pixel_mean) == len(pixel_std) == in_chans
+        ):
+            raise ConfigError(
+                f"pixel_mean {pixel_mean!r} and pixel_std {pixel_std!r}: give both, one value "
+                f"per channel ({in_chans}), or neither"
+            )
         self.name = name
         self.region = region
         self.subregion = subregion
         self.in_chans = in_chans
         self.frozen = frozen
+        # The backbone's pixel statistics come from the config, not the weights: not saved.
+        for key, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+            stat = None if values is None else torch.tensor(values, dtype=torch.float32)
+            self.register_buffer(
+                key, None if stat is None else stat.reshape(1, -1, 1, 1), persistent=False
+            )  # (1, C, 1, 1)
         size = subregion or region  # what the backbone sees
         kwargs = dict(timm_kwargs, in_chans=in_chans, num_classes=0)
         cfg = timm.models.get_pretrained_cfg(name)
@@ -333,6 +351,8 @@ class RegionEncoder(nn.Module):
             region / stride, region / stride).
         """
         expected = (self.in_chans, self.region, self.region)
+        if self.pixel_mean is not None:
+            regions = (regions - self.pixel_mean) / self.pixel_std  # (N, C, R, R)
         if regions.ndim != 4 or tuple(regions.shape[1:]) != expected:
             raise InputError(
                 f"regions of shape {tuple(regions.shape)} do not fit region encoder "

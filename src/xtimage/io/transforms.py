@@ -1,8 +1,12 @@
-"""Reader-side pixel transforms: nodata fill, SAR dB clipping and scaling, mean/std.
+"""Reader-side pixel transforms: nodata fill, SAR dB clipping and scaling, mean/std, and
+band matching.
 
-Normalisation belongs to the data, not the model: these are plain callables on a
+A data set's own value mapping belongs to the data: these are plain callables on a
 (C, h, w) array that return float32, applied to each window right after it is read
-(``RegionSource(reader, transform=...)``, or `TransformedReader`). Compose them in the
+(``RegionSource(reader, transform=...)``, or `TransformedReader`). The statistics a
+pretrained backbone expects (ImageNet's mean and std) are the model's instead
+(``model.pixel_mean`` / ``pixel_std``, applied by the region encoder), so that training,
+evaluation and prediction cannot disagree on them. Compose them in the
 order written: fill nodata first, so that the nodata value never enters a statistic.
 
 For xView3-SAR scenes (VV and VH backscatter in dB, nodata -32768), the reference
@@ -17,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from xtimage.errors import ConfigError
-from xtimage.io.base import Reader, check_window
+from xtimage.io.base import Reader, check_channels, check_window
 from xtimage.window import Window
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -146,6 +150,41 @@ class TransformedReader:
     def read_region(self, window: Window, level: int = 0) -> np.ndarray:
         check_window(self, window, level)
         return self.transform(self.reader.read_region(window, level)).astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def match_channels(reader: Reader, channels: int) -> Reader:
+    """The reader seen with ``channels`` bands where photo conventions allow it: grey ->
+    RGB (the band repeated), RGBA -> RGB and grey + alpha -> grey (alpha dropped). Any
+    other mismatch is an `InputError` naming the model's ``in_chans``. Pixel values and
+    their type are unchanged."""
+    have = reader.channels
+    if have == channels:
+        return reader
+    if channels == 3 and have == 1:
+        bands = [0, 0, 0]
+    elif (channels, have) in ((3, 4), (1, 2)):
+        bands = list(range(channels))
+    else:
+        check_channels(reader, channels)  # raises, naming the fix
+    return _Bands(reader, bands)
+
+
+class _Bands:
+    """A reader of some bands of another, in a given order (dtype kept)."""
+
+    def __init__(self, reader: Reader, bands: list[int]) -> None:
+        self.reader, self.bands = reader, bands
+        for name in ("path", "height", "width", "levels", "pixel_size", "backend", "geo"):
+            setattr(self, name, getattr(reader, name))
+        self.channels, self.dtype = len(bands), reader.dtype
+        self.nodata = getattr(reader, "nodata", None)
+        self.metadata = dict(reader.metadata)
+
+    def read_region(self, window: Window, level: int = 0) -> np.ndarray:
+        return self.reader.read_region(window, level)[self.bands]
 
     def close(self) -> None:
         self.reader.close()
