@@ -109,6 +109,6 @@ def test_resize_image_keeps_uint8_and_float_inputs_consistent():
     image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
     out = resize_image(image, 32)
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
-    assert 0 <= out.min() and out.max() <= 1
+    assert out.min() >= 0 and out.max() <= 1
     close = resize_image(image.float() / 255, 32)
     assert (out - close).abs().mean() < 0.02
