@@ -18,6 +18,9 @@ Resuming is exact: the order of an epoch depends on (seed, epoch) only, the augm
 of a sample on (seed, epoch, position) only (never on the worker or the process that
 loads it), and a checkpoint stores the model, optimizer, scaler, step, epoch, position in
 the epoch and the random generators. Checkpoints resume on any number of processes.
+
+Over 500 lines because the loop, its four step modes and its checkpointing are one
+concept, read top to bottom (nanoGPT's ``train.py`` habit).
 """
 
 from __future__ import annotations

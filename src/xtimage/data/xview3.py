@@ -1,4 +1,4 @@
-"""xView3-SAR: scene folders, labels, shorelines, band scaling and training crops.
+"""xView3-SAR: scene folders, labels, band scaling, training crops and the data set.
 
 Data set: Paolo et al., "xView3-SAR: Detecting Dark Fishing Activity Using Synthetic
 Aperture Radar Imagery", NeurIPS 2022 Datasets and Benchmarks. xT (Gupta et al., ICML
@@ -22,7 +22,12 @@ reader-side transform (`scale_bands`): each band is clipped to a fixed range and
 linearly to [0, 1], nodata to 0. SAR is clipped below -50 dB, as in the reference code.
 
 GeoTIFFs are read with rasterio windowed reads here, directly: ``xtimage.io``'s GeoTIFF
-reader was not yet available when this module was written.
+reader was not yet available when this module was written. Shoreline files belong to the
+score (`xtimage.metrics.xview3.load_shoreline`).
+
+Over 500 lines because it is the whole of one data set as released, from the files to
+the ``data.kind=xview3`` builder; the scene reader, the crop planner and the builder
+share its constants and are read together.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Data set and score: Paolo et al., "xView3-SAR: Detecting Dark Fishing Activity U
 Synthetic Aperture Radar Imagery", NeurIPS 2022 Datasets and Benchmarks; xT (Gupta et al.,
 "xT: Nested Tokenization for Larger Context in Large Images", ICML 2024) reports it.
 
+Over 500 lines because it reproduces one external program, quirks included, and reads
+best next to it; shoreline files, which only the shore score reads, load here too.
+
 The official scorer is ``reference/metric.py`` of DIUx-xView/xview3-reference, run for the
 leaderboard as ``metric.py --distance_tolerance 200 --shore_tolerance 2 --shore_root ...
 --drop_low_detect --costly_dist``. This is our own implementation of the same rules; the
