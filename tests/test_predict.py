@@ -137,8 +137,8 @@ def test_classification_json_and_detection_csv_geojson(tmp_path, image):
 
 def test_wrong_channel_count_is_a_clear_error(image):
     pred, _ = predictor()
-    with pytest.raises(InputError, match="has 1 channel.*model expects 3"):
-        pred.predict(image[:1])
+    with pytest.raises(InputError, match="has 2 channel.*model expects 3"):
+        pred.predict(image[:2])  # one channel is read as grey (tests/data/test_preprocess.py)
 
 
 def test_evaluation_equals_a_plain_pooled_iou():

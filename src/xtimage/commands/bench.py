@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def discover(root: Path | None = None) -> dict[str, Path]:
     """Benchmark scripts by name: ``benchmarks/*.py`` whose parser has ``"--quick"``."""
-    root = root or (Path("benchmarks") if Path("benchmarks").is_dir() else BENCH_DIR)
+    root = root or (BENCH_DIR if BENCH_DIR.is_dir() else Path("benchmarks"))
     if not root.is_dir():
         raise InputError(
             f"{root}: no benchmarks folder; xt bench runs the scripts of a source checkout: "

@@ -277,9 +277,12 @@ def inat_transform(size: int, train: bool) -> Callable[[torch.Tensor], torch.Ten
             auto_augment=AUTO_AUGMENT,
             interpolation="bilinear",
             re_prob=0.0,
-            mean=(0.0, 0.0, 0.0),  # normalised by the model (model.pixel_mean)
-            std=(1.0, 1.0, 1.0),
+            mean=IMAGENET_MEAN,  # RandAugment fills with it
+            std=IMAGENET_STD,
         )
+        # The model normalises (model.pixel_mean / pixel_std): drop the last step.
+        assert type(pipeline.transforms[-1]).__name__ == "Normalize", pipeline
+        pipeline.transforms = pipeline.transforms[:-1]
         for step in pipeline.transforms:
             for op in getattr(step, "ops", []):  # RandAugment's operations
                 if op.name.startswith("Posterize"):
