@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiny import TINY_MODEL
 from xtimage import checkpoint as ckpt_module
 from xtimage.build import build_model
 from xtimage.checkpoint import (
@@ -19,13 +20,7 @@ from xtimage.checkpoint import (
 from xtimage.config import load_config
 from xtimage.errors import InputError
 
-TINY = [
-    "model.region=64",
-    "model.dim=32",
-    "model.backbone_kwargs={depths: [1, 1, 1, 1], dims: [8, 8, 16, 16]}",
-    "model.context_kwargs={depth: 1, heads: 2}",
-    "model.decoder_channels=8",
-]
+TINY = TINY_MODEL
 
 
 def _trained(config):

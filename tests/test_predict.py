@@ -9,6 +9,7 @@ import pytest
 import tifffile
 import torch
 
+from tiny import TINY_MODEL
 from xtimage.build import build_model
 from xtimage.config import load_config
 from xtimage.data.registry import build_datasets
@@ -16,11 +17,7 @@ from xtimage.errors import InputError
 from xtimage.predict import Predictor
 
 TINY = [
-    "model.region=64",
-    "model.dim=32",
-    "model.backbone_kwargs={depths: [1, 1, 1, 1], dims: [8, 8, 16, 16]}",
-    "model.context_kwargs={depth: 1, heads: 2}",
-    "model.decoder_channels=8",
+    *TINY_MODEL,
     "data.size=128",
 ]
 

@@ -6,16 +6,13 @@ import math
 import pytest
 import torch
 
+from tiny import TINY_MODEL
 from xtimage.config import load_config
 from xtimage.errors import ConfigError
 from xtimage.train import Trainer, lr_at
 
 TINY = [
-    "model.region=64",
-    "model.dim=32",
-    "model.backbone_kwargs={depths: [1, 1, 1, 1], dims: [8, 8, 16, 16]}",
-    "model.context_kwargs={depth: 1, heads: 2}",
-    "model.decoder_channels=8",
+    *TINY_MODEL,
     "data.size=128",
     "data.val_samples=1",
     "train.progress=false",

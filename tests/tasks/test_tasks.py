@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny import TINY_MODEL
 from xtimage.build import build_model
 from xtimage.config import HEADS, load_config
 from xtimage.data.synthetic import SyntheticTask
@@ -18,13 +19,7 @@ from xtimage.metrics.xview3 import SCORE_KEYS
 from xtimage.predict import Predictor
 from xtimage.tasks import TASKS, Prediction, get_task
 
-TINY = [
-    "model.region=64",
-    "model.dim=32",
-    "model.backbone_kwargs={depths: [1, 1, 1, 1], dims: [8, 8, 16, 16]}",
-    "model.context_kwargs={depth: 1, heads: 2}",
-    "model.decoder_channels=8",
-]
+TINY = TINY_MODEL
 FILE_TASKS = ["classification", "segmentation", "detection"]  # samples from SyntheticTask
 CLASSES = {"classification": 4, "segmentation": 2, "detection": 1, "xview3": 1}
 
