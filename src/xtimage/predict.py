@@ -44,7 +44,7 @@ from xtimage.io.base import Reader, read_padded
 from xtimage.io.transforms import match_channels
 from xtimage.model import XT
 from xtimage.runtime import autocast
-from xtimage.tasks import Prediction, get_task, task_class
+from xtimage.tasks import Job, Prediction, get_task, task_class
 from xtimage.window import Window
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,8 @@ class Predictor:
         out_dir.mkdir(parents=True, exist_ok=True)
         reader = self.task.open(path)
         try:
-            return self.task.write(self, path, reader, self.source(reader), expected, progress)
+            job = Job(path, reader, self.source(reader), expected, progress)
+            return self.task.write(self, job)
         finally:
             reader.close()
 

@@ -5,10 +5,20 @@ Adding a task: subclass `Task` in a new module here, register it under the name
 """
 
 from xtimage.tasks import classification, detection, segmentation, xview3
-from xtimage.tasks.base import TASKS, Prediction, Runner, Scorer, Task, get_task, task_class
+from xtimage.tasks.base import (
+    TASKS,
+    Job,
+    Prediction,
+    Runner,
+    Scorer,
+    Task,
+    get_task,
+    task_class,
+)
 
 __all__ = [
     "TASKS",
+    "Job",
     "Prediction",
     "Runner",
     "Scorer",

@@ -59,6 +59,25 @@ class Prediction:
     files: list[Path] = field(default_factory=list)
 
 
+@dataclass
+class Job:
+    """One input being predicted into files.
+
+    Attributes:
+        path: the input (a file, or a scene folder).
+        reader: its open reader (`Task.open`).
+        source: the model's region source of it.
+        outputs: the files to write (`Task.outputs`).
+        progress: show a progress bar.
+    """
+
+    path: Path
+    reader: Reader
+    source: Any
+    outputs: list[Path]
+    progress: bool = False
+
+
 class Runner(Protocol):
     """What a task needs to run a model: raw passes over an image (`Predictor`)."""
 
@@ -186,16 +205,8 @@ class Task:
         """The files `write` makes for the input ``path``."""
         raise NotImplementedError
 
-    def write(
-        self,
-        runner: Runner,
-        path: Path,
-        reader: Reader,
-        source: Any,
-        outputs: list[Path],
-        progress: bool,
-    ) -> Prediction:
-        """Predict one input and write ``outputs`` (each atomically)."""
+    def write(self, runner: Runner, job: Job) -> Prediction:
+        """Predict one input and write ``job.outputs`` (each atomically)."""
         raise NotImplementedError
 
     def finish_outputs(self, inputs: Sequence[Path], out_dir: Path) -> None:

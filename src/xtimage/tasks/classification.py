@@ -15,13 +15,12 @@ import numpy as np
 import torch
 
 from xtimage.distributed import all_reduce_sum
-from xtimage.tasks.base import TASKS, Prediction, Runner, Task, output_stem
+from xtimage.tasks.base import TASKS, Job, Prediction, Runner, Task, output_stem
 
 if TYPE_CHECKING:
     from torch import nn
 
     from xtimage.encoders.region import FeatureInfo
-    from xtimage.io.base import Reader
 
 
 @TASKS.register("classification")
@@ -56,30 +55,22 @@ class Classification(Task):
     def outputs(self, path: Path, out_dir: Path, heatmap: bool = False) -> list[Path]:
         return [out_dir / f"{output_stem(path)}.json"]
 
-    def write(
-        self,
-        runner: Runner,
-        path: Path,
-        reader: Reader,
-        source: Any,
-        outputs: list[Path],
-        progress: bool,
-    ) -> Prediction:
+    def write(self, runner: Runner, job: Job) -> Prediction:
         from xtimage.io.atomic import atomic_path
 
-        found = self.predict(runner, source, reader)
+        found = self.predict(runner, job.source, job.reader)
         names = self.config.classes
         label = int(found.label)
         record = {
-            "input": str(path),
+            "input": str(job.path),
             "label": label,
             "class": names[label] if names else str(label),
             "scores": [round(float(s), 6) for s in found.scores],
             "classes": names or [str(i) for i in range(len(found.scores))],
         }
-        with atomic_path(outputs[0]) as temp:
+        with atomic_path(job.outputs[0]) as temp:
             temp.write_text(json.dumps(record, indent=1) + "\n")
-        found.files = list(outputs)
+        found.files = list(job.outputs)
         return found
 
     def read_prediction(self, files: list[Path]) -> Prediction:

@@ -28,13 +28,12 @@ from xtimage.distributed import all_gather, all_reduce_sum
 from xtimage.errors import ConfigError
 from xtimage.heads.detection import Boxes, decode_boxes
 from xtimage.metrics.detection import match_boxes
-from xtimage.tasks.base import TASKS, Prediction, Runner, Task, output_stem
+from xtimage.tasks.base import TASKS, Job, Prediction, Runner, Task, output_stem
 
 if TYPE_CHECKING:
     from torch import nn
 
     from xtimage.encoders.region import FeatureInfo
-    from xtimage.io.base import Reader
     from xtimage.io.vector import Detection
     from xtimage.window import Window
 
@@ -76,21 +75,13 @@ class BoxDetection(Task):
         stem = output_stem(path)
         return [out_dir / f"{stem}.boxes.csv", out_dir / f"{stem}.boxes.geojson"]
 
-    def write(
-        self,
-        runner: Runner,
-        path: Path,
-        reader: Reader,
-        source: Any,
-        outputs: list[Path],
-        progress: bool,
-    ) -> Prediction:
+    def write(self, runner: Runner, job: Job) -> Prediction:
         from xtimage.io.vector import write_csv, write_geojson
 
-        found = self.detect(runner, source)
-        write_csv(outputs[0], found, geo=reader.geo)
-        write_geojson(outputs[1], found, geo=reader.geo)
-        return Prediction(self.name, detections=found, files=list(outputs))
+        found = self.detect(runner, job.source)
+        write_csv(job.outputs[0], found, geo=job.reader.geo)
+        write_geojson(job.outputs[1], found, geo=job.reader.geo)
+        return Prediction(self.name, detections=found, files=list(job.outputs))
 
     def read_prediction(self, files: list[Path]) -> Prediction:
         from dataclasses import replace

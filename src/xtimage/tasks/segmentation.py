@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from xtimage.distributed import all_reduce_sum
 from xtimage.errors import ConfigError
-from xtimage.tasks.base import TASKS, Prediction, Runner, Task, output_stem
+from xtimage.tasks.base import TASKS, Job, Prediction, Runner, Task, output_stem
 from xtimage.window import Window
 
 if TYPE_CHECKING:
@@ -103,15 +103,8 @@ class Segmentation(Task):
         stem = output_stem(path)
         return [out_dir / f"{stem}.mask.tif"] + ([out_dir / f"{stem}.heatmap.tif"] * heatmap)
 
-    def write(
-        self,
-        runner: Runner,
-        path: Path,
-        reader: Reader,
-        source: Any,
-        outputs: list[Path],
-        progress: bool,
-    ) -> Prediction:
+    def write(self, runner: Runner, job: Job) -> Prediction:
+        reader, source, outputs = job.reader, job.source, job.outputs
         mask = _map_writer(reader, outputs[0], self.mask_dtype(), classes=True)
         try:
             heat = (
@@ -126,7 +119,7 @@ class Segmentation(Task):
             total=runner.num_regions(source.height, source.width),
             desc=Path(reader.path or "image").name,
             unit="region",
-            disable=not progress,
+            disable=not job.progress,
             leave=False,
         )
         sink = MaskSink(self, mask, heat, bar)

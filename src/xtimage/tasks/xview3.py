@@ -34,7 +34,7 @@ from xtimage.distributed import all_gather
 from xtimage.errors import ConfigError, InputError, require
 from xtimage.heads.xview3 import LENGTH_SCALE, XVIEW3_OUTPUTS
 from xtimage.metrics.xview3 import score_xview3, write_predictions_csv
-from xtimage.tasks.base import TASKS, Prediction, Runner, Task
+from xtimage.tasks.base import TASKS, Job, Prediction, Runner, Task
 from xtimage.window import Window
 
 if TYPE_CHECKING:
@@ -287,17 +287,9 @@ class XView3(Task):
     def outputs(self, path: Path, out_dir: Path, heatmap: bool = False) -> list[Path]:
         return [out_dir / f"{path.name}.xview3.csv"]
 
-    def write(
-        self,
-        runner: Runner,
-        path: Path,
-        reader: Reader,
-        source: Any,
-        outputs: list[Path],
-        progress: bool,
-    ) -> Prediction:
-        points = self.points(runner, source, path.name)
-        written = write_predictions_csv(outputs[0], points)
+    def write(self, runner: Runner, job: Job) -> Prediction:
+        points = self.points(runner, job.source, job.path.name)
+        written = write_predictions_csv(job.outputs[0], points)
         return Prediction(self.name, points=points, files=[written])
 
     def finish_outputs(self, inputs: Sequence[Path], out_dir: Path) -> None:
