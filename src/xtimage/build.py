@@ -44,7 +44,10 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
     if config.baseline == "crop":
         context = create_context_encoder("none", dim=config.dim)
     else:
-        context = create_context_encoder(config.context, dim=config.dim, **config.context_kwargs)
+        kwargs = dict(config.context_kwargs)
+        if config.release and config.context in ("hyper", "mamba"):
+            kwargs.setdefault("release", True)  # the authors' blocks (xtimage.convert)
+        context = create_context_encoder(config.context, dim=config.dim, **kwargs)
     head = get_task(config).build_head(encoder.feature_info[:-1], config.dim)
     model = XT(
         encoder,
@@ -54,6 +57,7 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
         margin=config.margin,
         pool=config.pool,
         token_norm=config.token_norm,
+        release=config.release,
     )
     return Downsampled(model) if config.baseline == "downsample" else model
 

@@ -15,7 +15,7 @@ import sys
 
 from xtimage.errors import XTError
 
-COMMANDS = ["info", "demo", "train", "eval", "predict", "bench"]
+COMMANDS = ["info", "demo", "train", "eval", "predict", "bench", "convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,7 +67,10 @@ class ModelConfig:
             and the ancillary bands).
         num_classes: classes (segmentation: including background 0).
         classes: class names, or None (indices).
-        class_pool: classification pooling, "mean" or "attention".
+        class_pool: classification pooling, "mean", "attention" or "cls" (a learned CLS
+            token after the image's tokens; needs a non-streaming context encoder).
+        class_mlp_ratio: the xT release's plain classifier (mean, then Linear, GELU,
+            LayerNorm, Linear with this hidden ratio), or None (a linear classifier).
         label_smoothing: classification loss smoothing.
         decoder_channels: width of the dense decoder.
         decoder_norm: its normalisation, "layer" or "batch" (see `DenseHead`).
@@ -77,6 +80,9 @@ class ModelConfig:
             family's default (``mask`` ce over ``num_classes``, or ``center`` bce).
         baseline: "xt", "crop" (context none) or "downsample" (the image shrunk to one
             region).
+        release: the conventions of the authors' release, so that their checkpoints
+            (converted by `xt convert`) compute what they computed: see `xtimage.model`
+            and the ``release`` option of the hyper and mamba context encoders.
     """
 
     backbone: str = "convnext_atto"
@@ -99,6 +105,7 @@ class ModelConfig:
     num_classes: int = 2
     classes: list[str] | None = None
     class_pool: str = "mean"
+    class_mlp_ratio: int | None = None
     label_smoothing: float = 0.0
     decoder_channels: int = 32
     decoder_norm: str = "layer"
@@ -106,11 +113,12 @@ class ModelConfig:
     decoder_project_tokens: bool = True
     outputs: list[dict[str, Any]] = field(default_factory=list)
     baseline: str = "xt"
+    release: bool = False
 
     def check(self) -> None:
         _choice("model.head", self.head, HEADS)
         _choice("model.baseline", self.baseline, BASELINES)
-        _choice("model.class_pool", self.class_pool, ("mean", "attention"))
+        _choice("model.class_pool", self.class_pool, ("mean", "attention", "cls"))
         _positive("model.num_classes", self.num_classes)
         if self.classes is not None and len(self.classes) != self.num_classes:
             raise ConfigError(

@@ -10,6 +10,19 @@ memory management live in `xtimage.engine`. Its pieces in data-flow order:
 
 Dimension legend: k regions in a chunk, T tokens per region, N tokens per image, D the
 context width, B images.
+
+A CLS token. When the head reads one (``head.pool == "cls"``), `XT` owns a learned token
+and appends it after each image's tokens (after the padding of a batch, so it is always
+the last position); the context encoder runs over N + 1 tokens and the head reads the
+last. Such a model needs the whole sequence at once (a non-streamable context encoder).
+
+``release=True``: the conventions of the authors' release (github.com/bair-climate-
+initiative/xT), so that their checkpoints compute what they computed there
+(`xtimage.convert`). The sin-cos codes put the column in the first half of the channels
+(MAE's ``meshgrid(w, h)`` layout; ours put the row first), and the context encoder sees
+the tokens in the image's raster order (the release stitches every region's map into one
+image-wide map and flattens it row-major), the CLS token last. Without a CLS head (their
+plain classifier) no positions are added at all, as there.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ class XT(nn.Module):
         margin: pixels of context each region reads but does not own.
         pool: tokens per region side after pooling (None: the deepest map as is).
         token_norm: LayerNorm the projected tokens.
+        release: the xT release's conventions (see the module docstring).
     """
 
     def __init__(
@@ -52,6 +66,7 @@ class XT(nn.Module):
         margin: int = 0,
         pool: int | None = None,
         token_norm: bool = True,
+        release: bool = False,
     ) -> None:
         super().__init__()
         self.region_encoder = region_encoder
@@ -61,6 +76,16 @@ class XT(nn.Module):
         self.region = region
         self.margin = margin
         self.pool = pool
+        self.release = release
+        self.cls_token = None
+        if getattr(head, "pool", None) == "cls":
+            if context.streamable:
+                raise ConfigError(
+                    "a CLS-token head needs the whole sequence at once, but this context "
+                    "encoder streams; use pool 'mean' or 'attention', or a global encoder"
+                )
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, context.dim))
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
         # Validate the recipe once, on a one-region plan.
         self.layout(region - 2 * margin, region - 2 * margin)
 
@@ -115,9 +140,34 @@ class XT(nn.Module):
         mask: torch.Tensor | None = None,
         state: State = None,
     ) -> tuple[torch.Tensor, State]:
-        """Add 2-D positions and run the context encoder: (B, N, D) -> (B, N, D)."""
-        pos = sincos_2d(positions, self.dim).to(tokens.dtype)  # (B, N, D)
-        return self.context(tokens + pos, positions, mask, state)
+        """Add 2-D positions and run the context encoder: (B, N, D) -> (B, N, D).
+
+        With a CLS head the result has N + 1 tokens, the CLS token's output last.
+        """
+        if self.release and self.cls_token is None:
+            return self.context(tokens, positions, mask, state)  # their plain classifier
+        codes = positions.flip(-1) if self.release else positions  # release: column first
+        x = tokens + sincos_2d(codes, self.dim).to(tokens.dtype)  # (B, N, D)
+        order = None
+        if self.release:  # region-major -> the image's raster order, padding last
+            order = raster_order(positions, mask)  # (B, N)
+            x = x.gather(1, order[..., None].expand_as(x))
+            positions = positions.gather(1, order[..., None].expand_as(positions))
+            mask = None if mask is None else mask.gather(1, order)
+        if self.cls_token is not None:
+            b = x.shape[0]
+            x = torch.cat([x, self.cls_token.to(x.dtype).expand(b, -1, -1)], dim=1)
+            positions = torch.cat([positions, positions[:, -1:]], dim=1)  # unused
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+        out, state = self.context(x, positions, mask, state)  # (B, N [+1], D)
+        if order is not None:  # back to region-major; the CLS output stays last
+            n = order.shape[1]
+            body = torch.empty_like(out[:, :n]).scatter(
+                1, order[..., None].expand(-1, -1, out.shape[-1]), out[:, :n]
+            )
+            out = torch.cat([body, out[:, n:]], dim=1)
+        return out, state
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """All regions of every image at once, with full autograd (the xT release's way).
@@ -195,3 +245,20 @@ class XT(nn.Module):
     def decode(self, maps: list[torch.Tensor], windows: torch.Tensor) -> torch.Tensor:
         """Dense head: skip maps + token windows (k, D, w, w) -> (k, K, R, R)."""
         return self.head(maps[:-1], windows, self.region)
+
+
+def raster_order(positions: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The permutation that puts tokens in the image's raster order, padding last.
+
+    Args:
+        positions: (B, N, 2) global (row, col).
+        mask: (B, N) True for real tokens, or None.
+
+    Returns:
+        (B, N) int64 indices: ``tokens.gather(1, order)`` is row-major over the image.
+    """
+    width = int(positions[..., 1].max()) + 1 if positions.numel() else 1
+    key = positions[..., 0] * width + positions[..., 1]  # (B, N)
+    if mask is not None:
+        key = key.masked_fill(~mask, torch.iinfo(key.dtype).max)
+    return torch.argsort(key, dim=1, stable=True)

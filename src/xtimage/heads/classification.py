@@ -1,8 +1,14 @@
-"""Image classification from contextualised tokens, by mean or attention pooling.
+"""Image classification from contextualised tokens, by mean or attention pooling, or a CLS token.
 
-Both poolings have a running form (`partial`, `merge`, `logits`) so that streamed
-inference can pool segment by segment without keeping the token sequence; attention
-pooling merges partial softmaxes by their log-sum-exp, exactly.
+Mean and attention pooling have a running form (`partial`, `merge`, `logits`) so that
+streamed inference can pool segment by segment without keeping the token sequence;
+attention pooling merges partial softmaxes by their log-sum-exp, exactly.
+
+``pool="cls"`` reads the last token only: the learned CLS token `XT` appends after the
+image's tokens when its head asks for one (the xT release's classifier: LayerNorm and a
+linear layer on the CLS output). ``mlp_ratio`` replaces the pre-norm and the linear layer
+by the release's plain ("naive") classifier on the mean of the tokens: Linear to
+``mlp_ratio * dim``, GELU, LayerNorm, Linear.
 """
 
 from __future__ import annotations
@@ -36,26 +42,52 @@ class ClassificationHead(Head):
     Args:
         dim: token width.
         num_classes: number of classes.
-        pool: "mean" or "attention" (a learned query scores every token).
+        pool: "mean", "attention" (a learned query scores every token) or "cls" (the
+            last token, a CLS token `XT` appends; not streamable).
         label_smoothing: used by `loss`.
+        mlp_ratio: with mean pooling, the release's plain classifier (mean of the raw
+            tokens, then Linear, GELU, LayerNorm, Linear) with this hidden ratio.
     """
 
     dense = False
 
     def __init__(
-        self, dim: int, num_classes: int, pool: str = "mean", label_smoothing: float = 0.0
+        self,
+        dim: int,
+        num_classes: int,
+        pool: str = "mean",
+        label_smoothing: float = 0.0,
+        mlp_ratio: int | None = None,
     ) -> None:
         super().__init__()
-        if pool not in ("mean", "attention"):
-            raise ConfigError(f"unknown pooling '{pool}'; use 'mean' or 'attention'")
+        if pool not in ("mean", "attention", "cls"):
+            raise ConfigError(f"unknown pooling '{pool}'; use 'mean', 'attention' or 'cls'")
+        if mlp_ratio is not None and pool != "mean":
+            raise ConfigError(f"a classifier MLP (mlp_ratio={mlp_ratio}) needs pool='mean'")
         self.pool = pool
         self.label_smoothing = label_smoothing
-        self.norm = nn.LayerNorm(dim)
         self.score = nn.Linear(dim, 1) if pool == "attention" else None
-        self.fc = nn.Linear(dim, num_classes)
+        if mlp_ratio is None:
+            self.norm = nn.LayerNorm(dim)
+            self.fc = nn.Linear(dim, num_classes)
+        else:  # normalised after pooling: the mean of raw tokens is what it sees
+            hidden = mlp_ratio * dim
+            self.norm = nn.Identity()
+            self.fc = nn.Sequential(
+                nn.Linear(dim, hidden),
+                nn.GELU(),
+                nn.LayerNorm(hidden),
+                nn.Linear(hidden, num_classes),
+            )
 
     def partial(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> PoolState:
-        """Pool a segment: tokens (B, N, D), mask (B, N) True for real tokens."""
+        """Pool a segment: tokens (B, N, D), mask (B, N) True for real tokens.
+
+        With ``pool="cls"`` the segment must end with the CLS token (the whole sequence).
+        """
+        if self.pool == "cls":
+            x = self.norm(tokens[:, -1])  # (B, D)
+            return PoolState(x, x.new_ones(x.shape[0]), x.new_zeros(x.shape[0]))
         x = self.norm(tokens)
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
@@ -72,6 +104,8 @@ class ClassificationHead(Head):
         """Combine the pools of two disjoint segments."""
         if a is None:
             return b
+        if self.pool == "cls":
+            raise ConfigError("a CLS-token classifier reads one token; it cannot merge segments")
         if self.score is None:
             return PoolState(a.total + b.total, a.weight + b.weight, a.peak)
         peak = torch.maximum(a.peak, b.peak)

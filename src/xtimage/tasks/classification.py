@@ -35,7 +35,11 @@ class Classification(Task):
 
         c = self.config
         return ClassificationHead(
-            dim, c.num_classes, pool=c.class_pool, label_smoothing=c.label_smoothing
+            dim,
+            c.num_classes,
+            pool=c.class_pool,
+            label_smoothing=c.label_smoothing,
+            mlp_ratio=c.class_mlp_ratio,
         )
 
     def targets(self, sample: dict[str, Any]) -> torch.Tensor:

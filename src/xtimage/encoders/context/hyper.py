@@ -12,6 +12,11 @@ HyperAttention is global: every token attends to every other one, so the encoder
 stream. It is exact while the sequence is at most ``min_seq_len`` tokens and approximate,
 in near-linear time, above. In training the hash directions and samples are drawn afresh
 each call; in eval they come from a generator seeded with ``seed``, so results repeat.
+
+``release=True`` is the authors' block as released, for their checkpoints
+(`xtimage.convert`): qkv and output projections with biases, RMSNorm with eps 1e-5, no
+final norm, and no positions added here (`XT` adds them once; by default this encoder
+adds the same sin-cos codes a second time, which the release does not).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class HyperSelfAttention(nn.Module):
         sample_size: int,
         min_seq_len: int,
         drop: float = 0.0,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.heads = heads
@@ -87,8 +93,8 @@ class HyperSelfAttention(nn.Module):
         self.block_size = block_size
         self.sample_size = sample_size
         self.min_seq_len = min_seq_len
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
         self.drop = nn.Dropout(drop)
 
     def forward(
@@ -126,12 +132,13 @@ class HyperBlock(nn.Module):
         mlp_ratio: float = 4.0,
         drop: float = 0.0,
         drop_path: float = 0.0,
+        eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.RMSNorm(dim, eps=1e-6)
+        self.norm1 = nn.RMSNorm(dim, eps=eps)
         self.attn = attn
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.RMSNorm(dim, eps=1e-6)
+        self.norm2 = nn.RMSNorm(dim, eps=eps)
         self.mlp = GatedMLP(dim, int(mlp_ratio * dim), drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -157,6 +164,8 @@ class HyperContext(ContextEncoder):
         drop: dropout after the attention projection and the MLP.
         drop_path: stochastic depth of the last block, rising linearly from 0.
         seed: seed of the hash and samples in eval mode.
+        release: the authors' released block (see the module docstring): projection
+            biases, RMSNorm eps 1e-5, no final norm, no positions added here.
     """
 
     streamable = False
@@ -175,6 +184,7 @@ class HyperContext(ContextEncoder):
         drop: float = 0.0,
         drop_path: float = 0.0,
         seed: int = 0,
+        release: bool = False,
     ) -> None:
         super().__init__()
         if dim % 4 or dim % heads:
@@ -186,6 +196,7 @@ class HyperContext(ContextEncoder):
             raise ConfigError(f"hyper context encoder: depth must be >= 1, got {depth}")
         self.dim = dim
         self.seed = seed
+        self.release = release
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.ModuleList(
             HyperBlock(
@@ -198,15 +209,17 @@ class HyperContext(ContextEncoder):
                     sample_size=sample_size,
                     min_seq_len=min_seq_len,
                     drop=drop,
+                    bias=release,
                 ),
                 dim,
                 mlp_ratio=mlp_ratio,
                 drop=drop,
                 drop_path=rate,
+                eps=1e-5 if release else 1e-6,
             )
             for rate in rates
         )
-        self.norm = nn.RMSNorm(dim, eps=1e-6)
+        self.norm = nn.Identity() if release else nn.RMSNorm(dim, eps=1e-6)
 
     def forward(
         self,
@@ -220,7 +233,7 @@ class HyperContext(ContextEncoder):
                 "the hyper context encoder is global (streamable = False) and takes no "
                 "state: the engine must give it the whole token sequence in one call"
             )
-        x = tokens + sincos_2d(positions, self.dim, tokens.dtype)  # (B, N, D)
+        x = tokens if self.release else tokens + sincos_2d(positions, self.dim, tokens.dtype)
         generator = None
         if not self.training:
             generator = torch.Generator(device=tokens.device).manual_seed(self.seed)

@@ -19,8 +19,14 @@ so the decay is 1 and the input 0) and the conv window slides over real tokens o
 are gathered to the front before the conv and scattered back). The outputs at real tokens
 therefore equal those of the sequence with the masked tokens removed, in either direction
 and across segments. Masked tokens may hold any finite values; their outputs are
-unspecified. Positions are not used: Mamba reads position from the token order
-(region-major, see `xtimage.tiling`).
+unspecified. This encoder does not use ``positions`` itself: Mamba reads position from the
+token order (region-major, see `xtimage.tiling`); the tokens it receives from `XT` carry the
+2-D sin-cos codes `XT.contextualise` adds for every context encoder, as in the release.
+
+``release=True`` is the authors' block as released, for their checkpoints
+(`xtimage.convert`): a LayerNorm (eps 1e-5, with bias) instead of the RMSNorm, the
+residual taken from the *normed* tokens (``h = norm(x); h + mixer(h)``, their Block),
+and no final norm.
 
 Dimension legend: B batch, L tokens, D width (``dim``), E inner width (``expand * dim``),
 N state size (``d_state``), R rank of dt (``dt_rank``), W conv width (``d_conv``).
@@ -156,6 +162,7 @@ class MambaBlock(nn.Module):
         reverse: run the mixer on the reversed sequence (no state: not streamable).
         drop: dropout on the mixer output.
         drop_path: stochastic-depth rate of the residual branch.
+        release: the authors' block: LayerNorm, residual from the normed tokens.
         **mixer_kwargs: `MambaMixer` arguments.
     """
 
@@ -165,11 +172,13 @@ class MambaBlock(nn.Module):
         reverse: bool = False,
         drop: float = 0.0,
         drop_path: float = 0.0,
+        release: bool = False,
         **mixer_kwargs,
     ) -> None:
         super().__init__()
         self.reverse = reverse
-        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.release = release
+        self.norm = nn.LayerNorm(dim, eps=1e-5) if release else nn.RMSNorm(dim, eps=1e-5)
         self.mixer = MambaMixer(dim, **mixer_kwargs)
         self.drop = nn.Dropout(drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -184,7 +193,7 @@ class MambaBlock(nn.Module):
             y = y.flip(1)
         else:
             y, state = self.mixer(h, mask, state)
-        return x + self.drop_path(self.drop(y)), state
+        return (h if self.release else x) + self.drop_path(self.drop(y)), state
 
 
 @CONTEXT_ENCODERS.register("mamba")
@@ -208,6 +217,8 @@ class MambaContext(ContextEncoder):
         chunk_size: tokens per chunk of the pure-PyTorch scan (speed only).
         use_kernel: use mamba_ssm's CUDA kernel when installed and on CUDA (its final
             state carries no gradient: stream with a detached state, or set False).
+        release: the authors' released blocks (see the module docstring): LayerNorm,
+            residual from the normed tokens, no final norm.
     """
 
     def __init__(
@@ -224,6 +235,7 @@ class MambaContext(ContextEncoder):
         drop_path: float = 0.0,
         chunk_size: int | None = None,
         use_kernel: bool = True,
+        release: bool = False,
     ) -> None:
         super().__init__()
         for name, value in [("dim", dim), ("depth", depth), ("d_state", d_state),
@@ -249,10 +261,11 @@ class MambaContext(ContextEncoder):
                 dt_rank=dt_rank,
                 chunk_size=chunk_size,
                 use_kernel=use_kernel,
+                release=release,
             )
             for i in range(depth)
         )
-        self.norm = nn.RMSNorm(dim, eps=1e-5)
+        self.norm = nn.Identity() if release else nn.RMSNorm(dim, eps=1e-5)
         with torch.no_grad():  # residual branches summed over depth stay O(1) (GPT-2, Mamba)
             for layer in self.layers:
                 layer.mixer.out_proj.weight.div_(math.sqrt(depth))
