@@ -14,8 +14,8 @@ xtimage checkpoint (`xtimage.checkpoint.save_checkpoint`) that carries the archi
 Their decoder families and where they go:
 
 - "naive" classifier (``decoder.layers.{0,2,3}``: Linear, GELU, LayerNorm, Linear on the
-  mean of the last map): context ``none``, the classifier MLP (``class_mlp_ratio``); the
-  token projection is the identity (their head sees the raw backbone channels).
+  mean of the last map): context ``none``, the classifier MLP (``class_mlp_ratio``), no
+  token projection (their head sees the backbone's channels).
 - "xl" classifier with Hyper attention (``decoder.layers.N.attn``: LLaMA-style blocks):
   ``input_proj`` -> the token projection, ``cls_token`` -> `XT.cls_token`, blocks -> the
   hyper encoder's (gate and up projections fused into ``fc_in``), ``cls`` -> the head's
@@ -214,7 +214,7 @@ def _checked(cfg: ModelConfig) -> ModelConfig:
     return cfg
 
 
-def map_release_state(ckpt: ReleaseCheckpoint, model: torch.nn.Module) -> tuple[dict, list[str]]:
+def map_release_state(ckpt: ReleaseCheckpoint) -> tuple[dict, list[str]]:
     """The release's tensors under xtimage's names, and the source names left unused."""
     out: dict[str, torch.Tensor] = {}
     unused: list[str] = []
@@ -235,10 +235,6 @@ def map_release_state(ckpt: ReleaseCheckpoint, model: torch.nn.Module) -> tuple[
                 del out[name]
             else:
                 out[name] = torch.cat(parts, dim=0)
-    if fam["head"] == "naive":  # their head reads the raw channels: an identity projection
-        proj = model.tokenizer.proj
-        out["tokenizer.proj.weight"] = torch.eye(proj.out_features, proj.in_features)
-        out["tokenizer.proj.bias"] = torch.zeros(proj.out_features)
     return out, unused
 
 
@@ -350,7 +346,7 @@ def convert_checkpoint(
         run = load_config(preset, list(overrides or []))
     run.model = release_model_config(run.model, ckpt)
     model = build_model(run.model, load_pretrained=False)
-    mapped, unused = map_release_state(ckpt, model)
+    mapped, unused = map_release_state(ckpt)
     target = model.state_dict()
     for name, value in mapped.items():
         if name in target and tuple(target[name].shape) != tuple(value.shape):

@@ -22,7 +22,8 @@ initiative/xT), so that their checkpoints compute what they computed there
 (MAE's ``meshgrid(w, h)`` layout; ours put the row first), and the context encoder sees
 the tokens in the image's raster order (the release stitches every region's map into one
 image-wide map and flattens it row-major), the CLS token last. Without a CLS head (their
-plain classifier) no positions are added at all, as there.
+plain classifier) the tokens are the backbone's cells as they are: no projection (``dim``
+must equal the backbone's channels) and no positions, as there.
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ class XT(nn.Module):
                 )
             self.cls_token = nn.Parameter(torch.zeros(1, 1, context.dim))
             nn.init.trunc_normal_(self.cls_token, std=0.02)
+        elif release:  # their plain classifier reads the backbone's channels
+            channels = region_encoder.channels
+            if context.dim != channels:
+                raise ConfigError(
+                    f"release=True without a CLS head reads the backbone's {channels} channels "
+                    f"unprojected; set dim={channels}"
+                )
+            self.tokenizer.proj = nn.Identity()
         # Validate the recipe once, on a one-region plan.
         self.layout(region - 2 * margin, region - 2 * margin)
 

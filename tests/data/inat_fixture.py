@@ -5,7 +5,13 @@ categories, annotations, licenses) and entries: images ``{id, width, height,
 file_name, license, rights_holder}``, annotations ``{id, image_id, category_id}`` (one
 per image), categories ``{id, name, supercategory, kingdom, phylum, class, order,
 family, genus}``, the same full list in both files, with ids that are not contiguous
-within a supercategory. JPEGs under ``train_val2018/<supercategory>/<category id>/
+within a supercategory. As shipped, the names in those two files are obfuscated (the
+2018 competition hid every taxonomic name); the real ones are in the separate
+``categories.json`` (a list of the same category objects, un-obfuscated), which the
+xT release reads for the supercategory. ``obfuscated_taxonomy=False`` writes the names in
+the clear; ``bare_categories=True`` keeps only ``id`` and ``name`` in the two files (a
+copy whose taxonomy lives in ``categories.json`` alone); ``categories_json=False`` leaves
+that file out. JPEGs under ``train_val2018/<supercategory>/<category id>/
 <32 hex digits>.jpg``, of varied sizes; one is greyscale, as some of the release's are.
 Each image is a flat colour per class plus noise, so a tiny model can learn the labels.
 
@@ -14,6 +20,7 @@ Usage: ``python tests/data/inat_fixture.py OUT_FOLDER``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -117,11 +124,32 @@ class INatFixture:
     greyscale: str  # file_name of the greyscale image
 
 
-def write_inat_fixture(root: str | Path, seed: int = 0) -> INatFixture:
+def obfuscate(text: str) -> str:
+    """A stand-in for the competition's hidden names: a hex digest."""
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def write_inat_fixture(
+    root: str | Path,
+    seed: int = 0,
+    *,
+    obfuscated_taxonomy: bool = True,
+    bare_categories: bool = False,
+    categories_json: bool = True,
+) -> INatFixture:
     """Write the data set under ``root``; returns where and what."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     categories = [dict(zip(FIELDS, c, strict=True)) for c in CATEGORIES]
+    if categories_json:
+        (root / "categories.json").write_text(json.dumps(categories))
+    listed = categories
+    if obfuscated_taxonomy:
+        hidden = ("name", "kingdom", "phylum", "class", "order", "family", "genus")
+        listed = [{k: obfuscate(v) if k in hidden else v for k, v in c.items()} for c in listed]
+    if bare_categories:
+        listed = [{"id": c["id"], "name": c["name"]} for c in listed]
     supers = {c["id"]: c["supercategory"] for c in categories}
     labels: dict[str, dict[str, int]] = {}
     image_id, greyscale = 0, ""
@@ -163,7 +191,7 @@ def write_inat_fixture(root: str | Path, seed: int = 0) -> INatFixture:
                 "date_created": "2018-02-19 10:34:00",
             },
             "images": images,
-            "categories": categories,
+            "categories": listed,
             "annotations": annotations,
             "licenses": [
                 {

@@ -46,6 +46,33 @@ def test_fixture_is_read_by_pycocotools(fx, split, capsys):
             assert im.size == (img["width"], img["height"])
 
 
+def test_names_come_from_categories_json_as_the_release_ships_them(fx):
+    listed = json.loads((fx.root / "train2018.json").read_text())["categories"]
+    assert "Crotalus atrox" not in {c["name"] for c in listed}  # obfuscated there
+    data = INaturalist(fx.root, "val", supercategory="Reptilia")
+    assert data.classes[0] == "Crotalus atrox" and data.categories[0]["genus"] == "Crotalus"
+
+
+def test_taxonomy_only_in_categories_json(tmp_path):
+    bare = write_inat_fixture(tmp_path / "bare", bare_categories=True)
+    data = INaturalist(bare.root, "train", supercategory="Reptilia")
+    assert [c["id"] for c in data.categories] == REPTILIA
+    assert len(data) == sum(COUNTS["train"][c] for c in REPTILIA)
+    (bare.root / "categories.json").rename(tmp_path / "elsewhere.json")
+    again = INaturalist(
+        bare.root, "train", supercategory="Reptilia", categories_file=tmp_path / "elsewhere.json"
+    )
+    assert again.classes == data.classes
+    with pytest.raises(InputError, match="no supercategory; the release ships them in categor"):
+        INaturalist(bare.root, "train", supercategory="Reptilia")
+
+
+def test_without_categories_json_the_annotation_file_is_used(tmp_path):
+    plain = write_inat_fixture(tmp_path / "plain", obfuscated_taxonomy=False, categories_json=False)
+    data = INaturalist(plain.root, "train", supercategory="Reptilia")
+    assert data.classes == ["Crotalus atrox", "Chelonia mydas", "Anolis carolinensis"]
+
+
 def test_reptilia_subset_and_labels(fx):
     data = INaturalist(fx.root, "train", supercategory="Reptilia")
     assert data.num_classes == 3 and data.classes == [
@@ -147,8 +174,8 @@ def edited(fx, tmp_path, edit):
             r"annotations\[3\] \(id 3\): image_id 1234 is not in images",
         ),
         (
-            lambda d: d["categories"][2].pop("supercategory"),
-            r"categories\[2\] has supercategory=None",
+            lambda d: d["categories"].append({"id": 4242, "name": "x"}),
+            r"categories.json lacks categories \[4242\] of",
         ),
         (lambda d: d["images"][4].update(file_name=7), r"images\[4\] has file_name=7"),
     ],
@@ -202,7 +229,11 @@ def test_transform_is_applied_to_uint8(fx):
 
 # ------------------------------------------------------------------------- presets
 
-PRESETS = sorted(CONFIG_DIR.glob("inat_reptilia_*.yaml"))
+PRESETS = sorted(  # the 512/256 ones (the others: tests/test_paper.py)
+    p
+    for p in CONFIG_DIR.glob("inat_reptilia_*.yaml")
+    if p.stem.endswith(("_hyper", "_xl", "_mamba"))
+)
 # the xT release's README: parameters (millions) of its Reptilia models at 512/256
 RELEASE_PARAMS = {
     "swin_t_hyper": 47,

@@ -15,6 +15,8 @@ EXAMPLE = """examples:
   xt info VV_dB.tif --region 512 --json
   xt info --size 32768x32768 --backbone convnext_atto --context xl --max-memory 4GB
   xt info --size 8192x8192 --backbone convnext_atto --context hyper --max-memory 4GB --train
+  xt info --presets                       # every preset, its size and the paper's number
+  xt info --presets inat_reptilia_swin_t_hyper --json
 """
 
 
@@ -37,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token-stride", type=int, default=32, help="pixels per token side")
     p.add_argument("--pool", type=int, default=None, help="pool to N x N tokens per region")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--presets",
+        nargs="*",
+        metavar="NAME",
+        help="list presets (all, or those named): region, context, parameters, paper row",
+    )
     mem = p.add_argument_group("memory plan (needs --backbone)")
     mem.add_argument("--backbone", help="timm region encoder, e.g. convnext_atto")
     mem.add_argument("--context", default="xl", help="context encoder (default xl)")
@@ -157,7 +165,34 @@ def memory_plan(args: argparse.Namespace, height: int, width: int, region: int, 
     return plan.describe()
 
 
+def list_presets(args: argparse.Namespace) -> int:
+    """``--presets``: each preset's region, image, context and parameters, and the paper's
+    reported top-1 and parameters where the preset is one of its rows."""
+    from xtimage.paper import preset_names, preset_summary
+
+    rows = [preset_summary(name) for name in (args.presets or preset_names())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        f"{'preset':<34} {'region':>6} {'image':>5} {'context':<9} {'params':>8}  "
+        f"{'paper row':<22} {'res':>7} {'top-1':>6} {'params':>6}"
+    )
+    for r in rows:
+        paper = r["paper"] or {}
+        top1 = f"{paper['top1']:.2f}" if paper.get("top1") is not None else "-"
+        pm = f"{paper['params_m']:g}M" if paper.get("params_m") is not None else "-"
+        print(
+            f"{r['preset']:<34} {r['region']:>6} {r['image'] or '-':>5} {r['context']:<9} "
+            f"{r['params'] / 1e6:>7.2f}M  {paper.get('model', '-'):<22} "
+            f"{paper.get('resolution', '-'):>7} {top1:>6} {pm:>6}"
+        )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.presets is not None:
+        return list_presets(args)
     info = describe(args)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -8,12 +8,18 @@ regions.
 On disk (the public release's layout; ``root`` is the folder given)::
 
     root/train2018.json  root/val2018.json       COCO-style, see below
+    root/categories.json                         the categories, names in the clear
     root/train_val2018/<supercategory>/<category id>/<hash>.jpg
 
 Each JSON holds ``images [{id, file_name, width, height, license, rights_holder}]``,
 ``annotations [{id, image_id, category_id}]`` (one per image) and all 8,142
 ``categories [{id, name, supercategory, kingdom, phylum, class, order, family,
-genus}]`` (in both files); ``file_name`` is relative to ``root``.
+genus}]`` (in both files); ``file_name`` is relative to ``root``. The competition
+obfuscated the taxonomic names in those two files and later published the real ones as
+``categories.json`` (a JSON list of the same category objects); like the xT release's
+loader, we take the categories (names, supercategory, taxonomy) from ``categories.json``
+when it is in ``root`` (or given as ``categories_file``), and from the annotation file
+otherwise. Every category the annotation file lists must be in ``categories.json``.
 
 Classes are the categories of the chosen supercategory, indexed in the order of their
 ids; since both files list every category, train and val agree. `save_class_map`
@@ -46,6 +52,7 @@ from xtimage.io.atomic import atomic_path
 from xtimage.window import Window
 
 SPLITS = {"train": "train2018.json", "val": "val2018.json"}
+CATEGORIES_FILE = "categories.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # the release's RandAugment, in timm's notation
@@ -65,6 +72,8 @@ class INaturalist(torch.utils.data.Dataset):
         transform: applied to each image, a uint8 (3, H, W) tensor (e.g.
             `inat_transform`); None: float32 in [0, 1].
         annotation_file: read this JSON instead of ``root/{split}2018.json``.
+        categories_file: the categories JSON list; default ``root/categories.json`` when
+            it exists, else the annotation file's own ``categories``.
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class INaturalist(torch.utils.data.Dataset):
         class_map: str | Path | None = None,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         annotation_file: str | Path | None = None,
+        categories_file: str | Path | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"unknown iNaturalist split '{split}'; use {', '.join(SPLITS)}")
@@ -84,8 +94,9 @@ class INaturalist(torch.utils.data.Dataset):
         path = Path(annotation_file) if annotation_file is not None else self.root / SPLITS[split]
         self.annotation_file = path
         data = load_json(path, ("images", "annotations", "categories"))
+        source, categories = _read_categories(self.root, path, data["categories"], categories_file)
         self.supercategory, subset, self.categories = _choose_classes(
-            path, data["categories"], supercategory, class_map
+            source, categories, supercategory, class_map
         )
         index = {c["id"]: i for i, c in enumerate(self.categories)}
         labels = _image_labels(path, data)
@@ -136,6 +147,39 @@ class INaturalist(torch.utils.data.Dataset):
                 json.dumps({"supercategory": self.supercategory, "classes": classes}, indent=1)
             )
         return Path(path)
+
+
+def _read_categories(
+    root: Path, path: Path, listed: list[Any], categories_file: str | Path | None
+) -> tuple[Path, list[Any]]:
+    """Where the categories come from and the list: ``categories.json`` (the release's
+    names in the clear), else the annotation file's own list."""
+    file = Path(categories_file) if categories_file is not None else root / CATEGORIES_FILE
+    if categories_file is None and not file.is_file():
+        if any(isinstance(c, dict) and "supercategory" not in c for c in listed):
+            raise InputError(
+                f"{path}: its categories carry no supercategory; the release ships them in "
+                f"{CATEGORIES_FILE}: put that file in {root} (or pass categories_file=)"
+            )
+        return path, listed
+    if not file.is_file():
+        raise InputError(f"{file}: no such categories file")
+    try:
+        full = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{file}: not valid JSON ({exc})") from exc
+    if not isinstance(full, list):
+        raise InputError(f"{file}: expected a JSON list of categories (the release's format)")
+    for i, cat in enumerate(listed):
+        check_entry(path, f"categories[{i}]", cat, {"id": int})
+    by_id = {c.get("id"): c for c in full if isinstance(c, dict)}
+    missing = [c["id"] for c in listed if c["id"] not in by_id]
+    if missing:
+        raise InputError(
+            f"{file} lacks categories {missing[:5]} of {path}; use the categories.json of "
+            f"the same release"
+        )
+    return file, [by_id[c["id"]] for c in listed]  # the annotation file's categories
 
 
 def _choose_classes(
@@ -308,10 +352,11 @@ def inaturalist_datasets(model: ModelConfig, data: DataConfig) -> Datasets:
     ``supercategory`` and ``class_map`` (see `INaturalist`)."""
     if data.root is None:
         raise ConfigError("data.kind=inaturalist needs data.root=<folder with train2018.json>")
-    unknown = sorted(set(data.params) - {"supercategory", "class_map"})
+    unknown = sorted(set(data.params) - {"supercategory", "class_map", "categories_file"})
     if unknown:
         raise ConfigError(
-            f"data.params {unknown} are not iNaturalist options; use supercategory, class_map"
+            f"data.params {unknown} are not iNaturalist options; use supercategory, "
+            f"class_map, categories_file"
         )
     size = model.input_size or data.size
     train = INaturalist(data.root, "train", transform=inat_transform(size, True), **data.params)

@@ -197,7 +197,7 @@ class HyperContext(ContextEncoder):
         self.dim = dim
         self.seed = seed
         self.release = release
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # meta-safe
         self.blocks = nn.ModuleList(
             HyperBlock(
                 HyperSelfAttention(

@@ -248,7 +248,7 @@ class MambaContext(ContextEncoder):
         self.dim = dim
         self.bidirectional = bidirectional
         self.streamable = not bidirectional
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # meta-safe
         self.layers = nn.ModuleList(
             MambaBlock(
                 dim,

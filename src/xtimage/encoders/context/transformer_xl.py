@@ -116,7 +116,7 @@ class TransformerXL(ContextEncoder):
         self.causal = causal
         self.chunk_multiple = 1 if causal else segment_len
         self.rel_pos = RelativePositionBias2d(heads, rel_buckets, rel_max_distance)
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # meta-safe
         self.blocks = nn.ModuleList(
             Block(dim, heads, mlp_ratio, drop=drop, attn_drop=attn_drop, drop_path=rate)
             for rate in rates

@@ -101,7 +101,7 @@ class WindowedContext(ContextEncoder):
         self.block_len = max(self.radius, MIN_BLOCK)
         self.rel_pos = RelativePositionBias2d(heads, rel_buckets, rel_max_distance)
         self.global_tokens = nn.Parameter(torch.zeros(1, num_global, dim)) if num_global else None
-        rates = torch.linspace(0, drop_path, depth).tolist()
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # meta-safe
         self.blocks = nn.ModuleList(
             Block(dim, heads, mlp_ratio, drop=drop, attn_drop=attn_drop, drop_path=rate)
             for rate in rates
