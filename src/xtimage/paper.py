@@ -4,7 +4,9 @@ Numbers are those of Gupta et al., "xT: Nested Tokenization for Larger Context i
 Images" (ICML 2024, arXiv 2403.01915) as the authors' release lists them
 (github.com/bair-climate-initiative/xT, README "Pretrained Models"): iNaturalist 2018
 Reptilia top-1 and parameters in millions, rounded as printed there. Their released
-weights are named in ``weights`` (convert them with ``xt convert``).
+weights are named in ``weights`` (convert them with ``xt convert``). The release also
+configures Hiera-B (alone at 224 px, and with Hyper at 448/224) without reporting a number
+for it; those rows have None.
 
 `preset_summary` builds a preset's model on the meta device (no memory, no weights) to
 count its parameters, so ``xt info --presets`` can show them beside the paper's.
@@ -63,6 +65,8 @@ def _rows() -> dict[str, PaperRow]:
             rows[f"inat_reptilia_swin_{k}_mamba"] = PaperRow(
                 f"{name} <xT> Mamba", "512/256", *mamba, f"{w}-mamba-512-256-top1.ckpt"
             )
+    rows["inat_reptilia_hiera_b"] = PaperRow("Hiera-B", "224", None, None)
+    rows["inat_reptilia_hiera_b_hyper"] = PaperRow("Hiera-B <xT> Hyper", "448/224", None, None)
     return rows
 
 
