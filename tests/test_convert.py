@@ -114,6 +114,7 @@ def test_guess_preset_needs_a_release_width() -> None:
         guess_preset(ckpt)
     ckpt.state["encoder.model.patch_embed.proj.weight"] = torch.zeros(96, 3, 4, 4)
     assert guess_preset(ckpt) == "inat_reptilia_swin_t_hyper"
+    assert guess_preset(ckpt, "swin-t-hyper-256-256-top1.ckpt") == "inat_reptilia_swin_t_hyper_256"
 
 
 class _Hostile:

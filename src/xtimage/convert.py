@@ -143,8 +143,10 @@ def _depth(state: dict[str, torch.Tensor], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def guess_preset(ckpt: ReleaseCheckpoint) -> str:
-    """The shipped preset of the release row a checkpoint belongs to (by its widths)."""
+def guess_preset(ckpt: ReleaseCheckpoint, filename: str = "") -> str:
+    """The shipped preset of the release row a checkpoint belongs to: by its widths, and
+    for Hyper at 256/256 by the release's file name (``swin-t-hyper-256-256-top1.ckpt``);
+    the weights of 256/256 and 512/256 have the same shapes."""
     s, fam = ckpt.state, ckpt.family
     width = s["encoder.model.patch_embed.proj.weight"].shape[0]
     if fam["backbone"] == "swin":
@@ -158,7 +160,10 @@ def guess_preset(ckpt: ReleaseCheckpoint) -> str:
             f"a {fam['backbone']} of width {width} matches no release preset; name the preset "
             f"(or a YAML file) with the backbone: xt convert SRC OUT PRESET"
         )
-    return f"inat_reptilia_{name}" + ("" if fam["head"] == "naive" else f"_{fam['head']}")
+    preset = f"inat_reptilia_{name}" + ("" if fam["head"] == "naive" else f"_{fam['head']}")
+    if fam["head"] == "hyper" and "256-256" in filename and name.startswith("swin"):
+        preset += "_256"
+    return preset
 
 
 def release_model_config(base: ModelConfig, ckpt: ReleaseCheckpoint) -> ModelConfig:
@@ -342,7 +347,7 @@ def convert_checkpoint(
     if isinstance(config, RunConfig):
         run, preset = copy.deepcopy(config), "(given config)"
     else:
-        preset = str(config) if config is not None else guess_preset(ckpt)
+        preset = str(config) if config is not None else guess_preset(ckpt, Path(src).name)
         run = load_config(preset, list(overrides or []))
     run.model = release_model_config(run.model, ckpt)
     model = build_model(run.model, load_pretrained=False)
