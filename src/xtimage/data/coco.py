@@ -57,14 +57,19 @@ class _Image:
     crowd: np.ndarray  # (n,) bool
 
 
-def load_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A JSON object with list-valued ``keys``, or an `InputError` that names the file."""
+def read_json(path: Path, what: str = "annotation file") -> Any:
+    """A JSON file's value, or an `InputError` that names the file."""
     if not path.is_file():
-        raise InputError(f"{path}: no such annotation file")
+        raise InputError(f"{path}: no such {what}")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def load_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON object with list-valued ``keys``, or an `InputError` that names the file."""
+    data = read_json(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object with {', '.join(keys)}")
     for key in keys:

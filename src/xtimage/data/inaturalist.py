@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from xtimage.config import DataConfig, ModelConfig
-from xtimage.data.coco import check_entry, load_json, unique_ids
+from xtimage.data.coco import check_entry, load_json, read_json, unique_ids
 from xtimage.data.preprocess import resize_image
 from xtimage.data.registry import DATASETS, Datasets
 from xtimage.errors import ConfigError, InputError
@@ -162,12 +162,7 @@ def _read_categories(
                 f"{CATEGORIES_FILE}: put that file in {root} (or pass categories_file=)"
             )
         return path, listed
-    if not file.is_file():
-        raise InputError(f"{file}: no such categories file")
-    try:
-        full = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{file}: not valid JSON ({exc})") from exc
+    full = read_json(file, "categories file")
     if not isinstance(full, list):
         raise InputError(f"{file}: expected a JSON list of categories (the release's format)")
     for i, cat in enumerate(listed):
