@@ -101,6 +101,23 @@ def test_cli_convert_reports(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert read_checkpoint(out).config.model.class_mlp_ratio == 2
 
 
+def test_a_full_payload_with_numpy_metrics_and_optimizer_state_loads(tmp_path: Path) -> None:
+    """Their trainer also saves the optimizer and metrics, which may be numpy scalars."""
+    import numpy as np
+
+    payload = torch.load(FIXTURES / "swin_naive.ckpt", weights_only=True)
+    params = [torch.nn.Parameter(v.clone()) for v in list(payload["state_dict"].values())[:3]]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    sum(p.sum() for p in params).backward()
+    opt.step()
+    payload["optimizer_state_dict"] = opt.state_dict()
+    payload["metrics"] = {"top1": np.float64(0.61), "epoch": np.int64(3), "best": np.float32(2)}
+    src = tmp_path / "swin-t-nonxl-256-top1.ckpt"
+    torch.save(payload, src)
+    ckpt = read_release_checkpoint(src)
+    assert ckpt.epoch == 3 and ckpt.family == {"backbone": "swin", "head": "naive"}
+
+
 def test_wrong_preset_names_the_tensor(tmp_path: Path) -> None:
     out = tmp_path / "out.safetensors"
     with pytest.raises(InputError, match="shape"):
