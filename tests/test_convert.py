@@ -63,6 +63,24 @@ def test_release_checkpoint_matches_their_forward(family: str, tmp_path: Path) -
     torch.testing.assert_close(logits, io["logits"], atol=TOLERANCE, rtol=0)
 
 
+def test_release_windows_path_matches_theirs(tmp_path: Path) -> None:
+    """Their in-context-patches path (the XL rows' code, memory never carried) with
+    windows of 6 tokens: swin_hyper's weights, model.release_chunk=6."""
+    out = tmp_path / "w.safetensors"
+    config = tiny_config(SWIN)
+    config.model.release_chunk = 6
+    convert_checkpoint(FIXTURES / "swin_hyper.ckpt", out, config)
+    model, ckpt = load_model(out)
+    assert ckpt.config.model.release_chunk == 6
+    io = load_file(str(FIXTURES / "swin_hyper_windows.io.safetensors"))
+    with torch.no_grad():
+        logits = model(io["image"])
+    torch.testing.assert_close(logits, io["logits"], atol=TOLERANCE, rtol=0)
+    model.release_chunk = None  # the whole sequence at once: another number
+    with torch.no_grad():
+        assert (model(io["image"]) - io["logits"]).abs().max() > 1e-3
+
+
 def test_release_options_matter(tmp_path: Path) -> None:
     """Without the release's token order and channel layout the numbers differ: the
     options are what makes the parity, not an accident of the fixture."""

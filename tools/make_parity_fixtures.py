@@ -7,7 +7,8 @@ runs it on a fixed input and writes
 
 - ``<family>.ckpt``: a ``torch.save`` payload as their trainer writes it (``epoch``,
   ``state_dict`` with the DistributedDataParallel ``module.`` prefix, ``metrics``);
-- ``<family>.io.safetensors``: the input image and their logits.
+- ``<family>.io.safetensors``: the input image and their logits (a family with
+  ``weights`` reuses that family's weights and input and writes its logits only).
 
 `tests/test_convert.py` converts each checkpoint with `xtimage.convert` and checks that
 xtimage's model gives the same logits. Not part of the test run: it needs their checkout,
@@ -54,6 +55,11 @@ FAMILIES = {
                        hidden=None, layers=0, classes=7),
     "hiera_hyper": dict(backbone="hiera", region=64, image=128, head="xl", method="hyper",
                         hidden=128, layers=1, classes=7),
+    # the in-context-patches path (its XL rows' code): windows of 6 of the 16 tokens, with
+    # swin_hyper's weights (only the logits are written)
+    "swin_hyper_windows": dict(backbone="swin", region=64, image=128, head="xl",
+                               method="hyper", hidden=128, layers=2, classes=7, windows=6,
+                               weights="swin_hyper"),
 }  # fmt: skip
 
 
@@ -99,6 +105,7 @@ def build_release(spec: dict) -> torch.nn.Module:
         hidden_size=spec["hidden"] or 768,
         n_layer=spec["layers"],
         attention_method=spec["method"] or "hyper",
+        in_context_patches=spec.get("windows", -1),
     )
     return xT(
         backbone=backbone,
@@ -127,9 +134,11 @@ def main() -> None:
     args = parser.parse_args()
     import_release(args.xt.resolve(), args.mamba.resolve() if args.mamba else None)
     args.out.mkdir(parents=True, exist_ok=True)
-    for i, (family, spec) in enumerate(FAMILIES.items()):
+    names = list(FAMILIES)
+    for family, spec in FAMILIES.items():
         if args.only and family not in args.only:
             continue
+        i = names.index(spec.get("weights", family))  # seeds of the weights' family
         if spec["method"] == "mamba" and args.mamba is None:
             print(f"{family}: skipped (needs --mamba)")
             continue
@@ -143,7 +152,8 @@ def main() -> None:
             logits = model(image)["label"]  # (1, classes)
         state = {f"module.{k}": v.detach().clone() for k, v in model.state_dict().items()}
         payload = {"epoch": 3, "state_dict": state, "metrics": {"top1": 0.5, "loss": 1.25}}
-        torch.save(payload, args.out / f"{family}.ckpt")
+        if "weights" not in spec:
+            torch.save(payload, args.out / f"{family}.ckpt")
         save_file(
             {"image": image.contiguous(), "logits": logits.contiguous()},
             str(args.out / f"{family}.io.safetensors"),

@@ -58,6 +58,7 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
         pool=config.pool,
         token_norm=config.token_norm,
         release=config.release,
+        release_chunk=config.release_chunk,
     )
     return Downsampled(model) if config.baseline == "downsample" else model
 

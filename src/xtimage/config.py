@@ -83,6 +83,8 @@ class ModelConfig:
         release: the conventions of the authors' release, so that their checkpoints
             (converted by `xt convert`) compute what they computed: see `xtimage.model`
             and the ``release`` option of the hyper and mamba context encoders.
+        release_chunk: with ``release`` and a CLS head, the release's in-context-patches
+            path with windows of this many tokens (see `xtimage.model`), or None.
     """
 
     backbone: str = "convnext_atto"
@@ -114,6 +116,7 @@ class ModelConfig:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     baseline: str = "xt"
     release: bool = False
+    release_chunk: int | None = None
 
     def check(self) -> None:
         _choice("model.head", self.head, HEADS)

@@ -24,6 +24,14 @@ the tokens in the image's raster order (the release stitches every region's map 
 image-wide map and flattens it row-major), the CLS token last. Without a CLS head (their
 plain classifier) the tokens are the backbone's cells as they are: no projection (``dim``
 must equal the backbone's channels) and no positions, as there.
+
+``release_chunk=P``: the release's "in-context patches" path (``in_context_patches`` in
+its config; the code behind its Transformer-XL rows): the sequence (CLS token included)
+is cut into windows of P tokens, P // 2 apart; each window, with its own copy of the CLS
+token appended, runs through the context encoder on its own (the release passes a memory
+along but never updates it, so none is carried), and the head reads the mean of the
+windows' CLS outputs. Only that mean is returned after the tokens, which come back
+uncontextualised (the release discards their outputs too).
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ class XT(nn.Module):
         pool: tokens per region side after pooling (None: the deepest map as is).
         token_norm: LayerNorm the projected tokens.
         release: the xT release's conventions (see the module docstring).
+        release_chunk: the release's window length of its in-context-patches path (with
+            a CLS head; see the module docstring), or None.
     """
 
     def __init__(
@@ -68,6 +78,7 @@ class XT(nn.Module):
         pool: int | None = None,
         token_norm: bool = True,
         release: bool = False,
+        release_chunk: int | None = None,
     ) -> None:
         super().__init__()
         self.region_encoder = region_encoder
@@ -95,6 +106,14 @@ class XT(nn.Module):
                     f"unprojected; set dim={channels}"
                 )
             self.tokenizer.proj = nn.Identity()
+        if release_chunk is not None and (
+            self.cls_token is None or isinstance(release_chunk, bool) or release_chunk < 2
+        ):
+            raise ConfigError(
+                f"release_chunk={release_chunk!r}: the release's windows need a CLS head "
+                f"(class_pool cls) and at least 2 tokens"
+            )
+        self.release_chunk = release_chunk
         # Validate the recipe once, on a one-region plan.
         self.layout(region - 2 * margin, region - 2 * margin)
 
@@ -169,6 +188,8 @@ class XT(nn.Module):
             positions = torch.cat([positions, positions[:, -1:]], dim=1)  # unused
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+        if self.release_chunk is not None:
+            return torch.cat([tokens, self._release_windows(x, positions, mask)], 1), None
         out, state = self.context(x, positions, mask, state)  # (B, N [+1], D)
         if order is not None:  # back to region-major; the CLS output stays last
             n = order.shape[1]
@@ -177,6 +198,26 @@ class XT(nn.Module):
             )
             out = torch.cat([body, out[:, n:]], dim=1)
         return out, state
+
+    def _release_windows(
+        self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The release's in-context-patches path over (B, N + 1, D): (B, 1, D), the mean
+        CLS output of windows of ``release_chunk`` tokens, half a window apart."""
+        if mask is not None and not bool(mask.all()):
+            raise ConfigError(
+                "the release's windowed path (release_chunk) knows no padding: classify "
+                "images of one size together"
+            )
+        b, size, step = x.shape[0], self.release_chunk, self.release_chunk // 2
+        cls = self.cls_token.to(x.dtype).expand(b, -1, -1)
+        outs = []
+        for start in range(0, x.shape[1] - 1, step):  # the CLS token is in the last window
+            piece = torch.cat([x[:, start : start + size], cls], 1)  # (B, <= P + 1, D)
+            where = torch.cat([positions[:, start : start + size], positions[:, -1:]], 1)
+            out, _ = self.context(piece, where, None)
+            outs.append(out[:, -1])  # (B, D)
+        return torch.stack(outs, 1).mean(1, keepdim=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """All regions of every image at once, with full autograd (the xT release's way).
