@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("build", ("build", "checkpoint")),
     ("predict", ("predict", "evaluate")),
     ("train", ("train",)),
-    ("app", ("cli", "commands", "demo", "report", "api", "view", "archive", "convert")),
+    ("app", ("cli", "commands", "demo", "report", "api", "view", "archive", "convert", "paper")),
 ]
 
 
