@@ -32,7 +32,8 @@ def test_list_models_are_the_presets():
     names = xtimage.list_models()
     assert "synthetic_seg" in names and "demo" in names
     assert xtimage.list_models("inat_reptilia_swin_t_*") == [
-        "inat_reptilia_swin_t_hyper", "inat_reptilia_swin_t_mamba", "inat_reptilia_swin_t_xl"
+        "inat_reptilia_swin_t_hyper", "inat_reptilia_swin_t_hyper_256",
+        "inat_reptilia_swin_t_mamba", "inat_reptilia_swin_t_xl",
     ]  # fmt: skip
 
 
