@@ -138,6 +138,27 @@ def reduce_gradients(
     if total <= 0:
         raise ConfigError("no training samples reached any process in this step")
     used = [p for p, n in zip(params, summed[:-2].tolist(), strict=True) if n > 0]
+    _reduce_buckets(used, total)
+    return loss_sum / total, total
+
+
+def sum_gradients(params: Sequence[torch.nn.Parameter]) -> None:
+    """Sum ``p.grad`` over all processes, in place (context parallelism: each process
+    holds its own regions' share of one image's gradient).
+
+    A parameter without a gradient on one process counts as zero there; one without a
+    gradient on every process keeps none.
+    """
+    if current_world().size == 1 or not params:
+        return
+    counts = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    summed = all_reduce_sum(counts).tolist()
+    _reduce_buckets([p for p, n in zip(params, summed, strict=True) if n > 0], 1.0)
+
+
+def _reduce_buckets(used: Sequence[torch.nn.Parameter], divisor: float) -> None:
+    """All-reduce the gradients of ``used`` in flat buckets of `BUCKET` elements and
+    divide them by ``divisor`` (a missing gradient is zeros)."""
     for p in used:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -148,13 +169,14 @@ def reduce_gradients(
             bucket.append(used[start].grad)
             size += used[start].numel()
             start += 1
-        flat = all_reduce_sum(torch.cat([g.reshape(-1).float() for g in bucket]))
-        flat /= total
+        work = torch.float64 if bucket[0].dtype == torch.float64 else torch.float32
+        flat = all_reduce_sum(torch.cat([g.reshape(-1).to(work) for g in bucket]))
+        if divisor != 1.0:
+            flat /= divisor
         offset = 0
         for g in bucket:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
-    return loss_sum / total, total
 
 
 def shard(items: Sequence[T], world: World) -> list[T]:

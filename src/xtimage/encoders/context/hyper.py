@@ -21,6 +21,8 @@ adds the same sin-cos codes a second time, which the release does not).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -30,6 +32,8 @@ from torch import nn
 from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder, State
 from xtimage.encoders.context.hyperattention import hyper_attention
 from xtimage.errors import ConfigError
+
+Gather = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def sincos_2d(
@@ -102,9 +106,14 @@ class HyperSelfAttention(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None,
         generator: torch.Generator | None,
+        gather: Gather | None = None,
     ) -> torch.Tensor:
         qkv = self.qkv(x)  # (B, N, 3D)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        key_mask = mask
+        if gather is not None:  # this slice's queries against every process's keys
+            k, v = gather(k, 2), gather(v, 2)  # (B, H, N_all, D/H)
+            key_mask = None if mask is None else gather(mask, 1)
         out = hyper_attention(
             q,
             k,
@@ -114,7 +123,7 @@ class HyperSelfAttention(nn.Module):
             block_size=self.block_size,
             sample_size=self.sample_size,
             min_seq_len=self.min_seq_len,
-            key_mask=mask,
+            key_mask=key_mask,
             query_mask=mask,
             generator=generator,
         )  # (B, H, N, D/H)
@@ -142,8 +151,8 @@ class HyperBlock(nn.Module):
         self.mlp = GatedMLP(dim, int(mlp_ratio * dim), drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x, mask, generator):
-        x = x + self.drop_path1(self.attn(self.norm1(x), mask, generator))  # (B, N, D)
+    def forward(self, x, mask, generator, gather=None):
+        x = x + self.drop_path1(self.attn(self.norm1(x), mask, generator, gather))  # (B, N, D)
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
@@ -233,10 +242,48 @@ class HyperContext(ContextEncoder):
                 "the hyper context encoder is global (streamable = False) and takes no "
                 "state: the engine must give it the whole token sequence in one call"
             )
+        return self._run(tokens, positions, mask, None), None
+
+    def shardable(self, num_tokens: int) -> bool:
+        """Whether `forward_sharded` equals `forward` on a sequence of ``num_tokens``:
+        two-way attention, exact (at most ``min_seq_len`` keys). HyperAttention's hashed
+        path sorts every query among all queries, so a slice of them cannot run alone."""
+        attn = self.blocks[0].attn
+        return not attn.causal and num_tokens <= attn.min_seq_len
+
+    def forward_sharded(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        gather: Gather,
+    ) -> torch.Tensor:
+        """`forward` on one process's contiguous slice of the sequence (context
+        parallelism, `xtimage.engine.parallel`).
+
+        Norms, projections and the MLP run on the slice; each attention takes the
+        slice's queries against every process's keys and values, joined by ``gather``.
+        Equal to the slice of `forward`'s output where `shardable`; the memory of the
+        MLP and of the attention scores falls with the number of processes, the keys
+        and values (2 x N x D a block) do not.
+
+        Args:
+            tokens: (B, n, D) this process's slice.
+            positions: (B, n, 2).
+            mask: (B, n) or None.
+            gather: ``gather(t, dim)``: every process's ``t`` concatenated along ``dim``
+                in sequence order, differentiable.
+
+        Returns:
+            (B, n, D).
+        """
+        return self._run(tokens, positions, mask, gather)
+
+    def _run(self, tokens, positions, mask, gather: Gather | None) -> torch.Tensor:
         x = tokens if self.release else tokens + sincos_2d(positions, self.dim, tokens.dtype)
         generator = None
         if not self.training:
             generator = torch.Generator(device=tokens.device).manual_seed(self.seed)
         for block in self.blocks:
-            x = block(x, mask, generator)
-        return self.norm(x), None
+            x = block(x, mask, generator, gather)
+        return self.norm(x)
