@@ -15,7 +15,9 @@ Writes per input: NAME.json (classification), NAME.mask.tif [+ NAME.heatmap.tif]
 (segmentation; GeoTIFF with the input's CRS for a GeoTIFF input), NAME.boxes.csv and
 NAME.boxes.geojson (detection); for an xView3 model, whose inputs are scene folders (or
 folders of them), SCENE.xview3.csv per scene and predictions.csv, the challenge's file.
-Inputs whose outputs exist are skipped unless --overwrite.
+Inputs whose outputs exist are skipped unless --overwrite (a rerun resumes); a failing
+input is recorded and the rest go on; xt_index.csv / .json list every input's outputs,
+status, error and seconds (see xtimage.archive).
 """
 
 
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xtimage.archive import predict_archive
     from xtimage.distributed import cleanup, init_distributed
     from xtimage.predict import Predictor
     from xtimage.runtime import resolve_device
@@ -55,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             threshold=args.threshold,
         )
         files = predictor.task.expand_inputs(args.inputs, out)
-        counts = predictor.predict_files(
+        result = predict_archive(
+            predictor,
             files,
             out,
             overwrite=args.overwrite,
@@ -65,12 +69,17 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         cleanup()
-    if world.size == 1:
-        predictor.task.finish_outputs(files, out)
-    if world.main:
-        print(
-            f"predicted {counts['done']} file(s), skipped {counts['skipped']} already done"
-            + (f" (this process of {world.size})" if world.size > 1 else "")
-            + f"; outputs in {out}"
-        )
-    return 0
+    if not world.main:
+        return 0
+    written = [f for f, row in zip(files, result.rows, strict=True) if row["outputs"]]
+    predictor.task.finish_outputs(written, out)  # e.g. xView3's predictions.csv
+    counts = result.counts
+    print(
+        f"predicted {counts['done']} file(s), skipped {counts['skipped']} already done"
+        + (f" (this process of {world.size})" if world.size > 1 else "")
+        + f"; {len(result.failed)} of {len(result.rows)} input(s) failed; outputs in {out}, "
+        f"index {result.index[0].name}"
+    )
+    for row in result.failed:
+        print(f"  {row['input']}: {row['error']}")
+    return 1 if result.failed else 0
