@@ -10,10 +10,13 @@ fsync'd), so the part files always say what is on disk. Then:
   job redoes only what is missing (``overwrite`` redoes everything);
 - an input that fails (unreadable, wrong band count, out of memory...) is recorded with
   its error and the others go on;
-- after a barrier, rank 0 merges every part file there is (this run's and earlier
-  runs', whatever their number of processes) into one index, ``OUT/xt_index.csv`` and
-  ``OUT/xt_index.json``: one row per input of this run, in input order, its latest
-  record; a skip keeps the record of the run that wrote the outputs (and its time).
+- at the end every process's records are all-gathered (the barrier), and rank 0 merges
+  them with every part file it can read (earlier runs', whatever their number of
+  processes) into one index, ``OUT/xt_index.csv`` and ``OUT/xt_index.json``: one row
+  per input of this run, in input order, its latest record; a skip keeps the record of
+  the run that wrote the outputs (and its time). On nodes without a shared disk the
+  gathered records still make this run's index complete; earlier runs' timings come
+  from the part files rank 0 sees.
 
 Record fields: ``input`` (as given), ``outputs`` (the files; joined by ``;`` in the CSV),
 ``status`` (``done``, ``skipped``: outputs found and no record of writing them,
@@ -36,7 +39,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from xtimage.distributed import World, current_world, shard
+from xtimage.distributed import World, all_gather, current_world, shard
 from xtimage.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -95,16 +98,18 @@ def predict_archive(
     part = parts / f"part-{world.rank}.jsonl"
     counts = {"done": 0, "skipped": 0, "failed": 0}
     mine = shard(list(inputs), world)
+    records = []
     bar = tqdm(mine, desc="predict", unit="file", disable=not (progress and world.main))
     for path in bar:
         record = _predict_one(predictor, Path(path), out_dir, overwrite, heatmap, progress)
         record.update(input=str(path), rank=world.rank, finished=_now())
         _append(part, record)
+        records.append(record)
         counts[record["status"]] += 1
-    _barrier(world)
+    records = all_gather(records)  # also the barrier; the index without a shared disk
     if not world.main:
         return ArchiveResult(counts)
-    rows = merge_index(out_dir, inputs)
+    rows = merge_index(out_dir, inputs, records)
     return ArchiveResult(counts, rows, write_index(out_dir, rows))
 
 
@@ -144,13 +149,6 @@ def _append(part: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _barrier(world: World) -> None:
-    if world.size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def read_parts(out_dir: str | Path) -> list[dict[str, Any]]:
     """Every record of every part file under ``out_dir``; a torn last line (a process
     killed while writing it) is left out."""
@@ -164,11 +162,16 @@ def read_parts(out_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def merge_index(out_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """One row per input, in input order: its latest record in the part files, where a
-    skip keeps the record of the run that wrote the outputs."""
+def merge_index(
+    out_dir: str | Path, inputs: Sequence[str | Path], records: Sequence[dict] = ()
+) -> list[dict[str, Any]]:
+    """One row per input, in input order: its latest record among the part files and
+    ``records`` (this run's, gathered from every process: complete even when the part
+    files of other nodes are not on this one's disk); a skip keeps the record of the
+    run that wrote the outputs."""
     latest: dict[str, dict[str, Any]] = {}
-    for record in sorted(read_parts(out_dir), key=lambda r: r["finished"]):
+    everything = [*read_parts(out_dir), *records]
+    for record in sorted(everything, key=lambda r: r["finished"]):
         before = latest.get(record["input"])
         if record["status"] == "skipped" and before is not None and before["status"] == "done":
             continue

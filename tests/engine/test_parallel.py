@@ -1,6 +1,8 @@
 """Context parallelism: 2 and 3 gloo processes on one image equal one process's engine
 (outputs and parameter gradients), with uneven splits, skipped regions, a sharded
-context (Hyper, exact attention) and a gathered one, classification and dense heads."""
+context (Hyper, exact attention), a gathered one and a relayed one (Transformer-XL's
+state passed from process to process in inference; gathered in training),
+classification and dense heads."""
 
 import os
 import socket
@@ -10,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from xtimage.encoders.context.base import ContextEncoder
+from xtimage.encoders.context.base import ContextEncoder, create_context_encoder
 from xtimage.encoders.context.hyper import HyperContext
 from xtimage.encoders.region import RegionEncoder
 from xtimage.engine import Engine
@@ -40,7 +42,12 @@ def tiny_xt(context: str, dense: bool) -> XT:
     margin = 32 if dense else 0
     region = 64 + 2 * margin
     encoder = RegionEncoder("convnext_atto", region=region, depths=(1,) * 4, dims=(8, 8, 16, 16))
-    ctx = HyperContext(16, depth=1, heads=2) if context == "hyper" else GlobalAttention(16)
+    if context == "hyper":
+        ctx = HyperContext(16, depth=1, heads=2)
+    elif context == "xl":  # streamable: relayed in inference, segments of 2 regions
+        ctx = create_context_encoder("xl", dim=16, depth=1, heads=2, segment_len=8, mem_len=8)
+    else:
+        ctx = GlobalAttention(16)
     if dense:
         head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8)
     else:
@@ -51,7 +58,7 @@ def tiny_xt(context: str, dense: bool) -> XT:
 # 150 x 200 px: 3 x 4 regions of 64 px cores. Two processes: 8 + 4 regions; three: two
 # regions skipped, the 10 others split 4 + 3 + 3.
 CASES = {2: ([8, 4], None), 3: (None, [r not in (1, 6) for r in range(12)])}
-MODELS = [(c, d) for c in ("hyper", "global") for d in (False, True)]
+MODELS = [(c, d) for c in ("hyper", "global", "xl") for d in (False, True)]
 
 
 def _grads(model):
@@ -106,7 +113,7 @@ def _free_port() -> int:
 def test_processes_equal_one(tmp_path, world):
     torch.manual_seed(0)
     models = [tiny_xt(c, d) for c, d in MODELS]
-    assert [isinstance(m.context, HyperContext) for m in models] == [True, True, False, False]
+    assert [isinstance(m.context, HyperContext) for m in models] == [True] * 2 + [False] * 4
     image = torch.randn(3, 150, 200, dtype=torch.float64)
     targets = [
         {"mask": torch.randint(0, 3, (150, 200))} if dense else torch.tensor(3)
@@ -151,6 +158,9 @@ def test_one_process_equals_the_engine():
 
 def test_split_regions_contiguous_balanced_or_given():
     assert split_regions(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_regions(list(range(7)), 2, unit=2) == [[0, 1, 2, 3], [4, 5, 6]]
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        split_regions(list(range(7)), 2, [3, 4], unit=2)
     assert split_regions([0, 2, 5, 9], 2, [1, 3]) == [[0], [2, 5, 9]]
     with pytest.raises(ConfigError, match="add up|give"):
         split_regions(list(range(4)), 2, [1, 2])

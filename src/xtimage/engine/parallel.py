@@ -11,6 +11,9 @@ context encoder        what each process runs
 sharded (Hyper, exact  its own slice of the context: norms, projections and MLP on
 attention, two-way)    its tokens, attention of its queries against every
                        process's keys and values, all-gathered per block
+relayed (streamable:   inference: waits for the state after the processes before it,
+XL, forward Mamba...)  runs its tokens, sends the state on (shares end on segment
+                       boundaries); training: gathered, as below
 any other              every process's tokens all-gathered (N x D), the whole
                        context run on every process, its own slice kept
 =====================  ============================================================
@@ -39,10 +42,12 @@ its own chunk streams), and stochastic depth in a sharded context is drawn per p
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+from torch.utils._pytree import tree_map
 
 from xtimage.distributed import all_reduce_sum, sum_gradients
 from xtimage.encoders.positional import sincos_2d
@@ -55,7 +60,7 @@ from xtimage.tiling import TokenLayout
 
 
 def split_regions(
-    regions: Sequence[int], parts: int, sizes: Sequence[int] | None = None
+    regions: Sequence[int], parts: int, sizes: Sequence[int] | None = None, unit: int = 1
 ) -> list[list[int]]:
     """Cut ``regions`` (raster order) into ``parts`` contiguous ranges, one per process.
 
@@ -63,18 +68,29 @@ def split_regions(
         regions: the kept regions' indices, sorted.
         parts: number of processes.
         sizes: regions per process (e.g. in proportion to the devices' speeds); None:
-            balanced, the first ``len(regions) % parts`` processes take one more.
+            balanced in whole units, the first processes taking one unit more and the
+            last the remainder.
+        unit: every range but the last holds a multiple of this many regions (a relayed
+            context's segment boundaries).
 
     Raises:
-        ConfigError: sizes that do not add up, or a process left without a region.
+        ConfigError: sizes that do not add up or break the unit, or a process left
+            without a region.
     """
     n = len(regions)
     if sizes is None:
-        base, extra = divmod(n, parts)
-        sizes = [base + (r < extra) for r in range(parts)]
+        base, extra = divmod(n // unit, parts)
+        sizes = [(base + (r < extra)) * unit for r in range(parts)]
+        sizes[-1] += n % unit
     if len(sizes) != parts or sum(sizes) != n:
         raise ConfigError(
             f"region split {list(sizes)} must give {parts} processes {n} regions in all"
+        )
+    if any(size % unit for size in sizes[:-1]):
+        raise ConfigError(
+            f"region split {list(sizes)}: the context is relayed from process to process "
+            f"in whole segments, so every share but the last must be a multiple of {unit} "
+            f"regions"
         )
     if min(sizes) < 1:
         raise ConfigError(
@@ -192,32 +208,50 @@ class ContextParallel:
 
     # ------------------------------------------------------------------ pieces
 
-    def share(self, image: Image, keep: Sequence[bool] | None = None) -> tuple:
-        """(source, `_Share`) of an image: which regions this process owns."""
+    def share(self, image: Image, keep: Sequence[bool] | None = None, relay: bool = False) -> tuple:
+        """(source, `_Share`) of an image: which regions this process owns (for a relayed
+        context, shares end on the context's segment boundaries)."""
         source = self.engine.source(image)
         layout = self.model.layout(source.height, source.width)
         kept = self.engine._kept(layout, keep)
-        parts = split_regions(kept, self.size, self.sizes)
+        unit = 1
+        if relay:
+            multiple, t = getattr(self.model.context, "chunk_multiple", 1), layout.tokens_per_region
+            unit = multiple // math.gcd(multiple, t)
+        parts = split_regions(kept, self.size, self.sizes, unit)
         return source, _Share(layout, kept, parts, self.rank)
 
     def sharded(self, num_tokens: int) -> bool:
-        """Whether the context encoder runs sliced (else on gathered tokens)."""
+        """Whether the context encoder runs sliced."""
         context = self.model.context
         return hasattr(context, "forward_sharded") and context.shardable(num_tokens)
+
+    @property
+    def relays(self) -> bool:
+        """Whether inference passes a streamable context's state from process to process
+        (rather than gathering the tokens)."""
+        return self.size > 1 and self.model.context.streamable
 
     def _encode(self, source, share: _Share, seed: int | None) -> ImageTokens:
         return self.engine.encode(source, share.keep, seed)
 
-    def _contextualise(self, share: _Share, item: ImageTokens, tokens: torch.Tensor):
+    def _contextualise(
+        self, share: _Share, item: ImageTokens, tokens: torch.Tensor, relay: bool = False
+    ):
         """This process's slice of the contextualised tokens, (1, n, D), with autograd on
         ``tokens`` (n, D); and the gather of the image's token sequence."""
         gather = SequenceGather(share.counts, self.rank, self.group)
         engine = self.engine
+        pos, valid = item.positions[None], item.valid[None]  # (1, n, 2), (1, n)
         with autocast(engine.device, engine.autocast):
             if self.sharded(sum(share.counts)):
-                pos = item.positions[None]  # (1, n, 2)
                 x = tokens[None] + sincos_2d(pos, self.model.dim).to(tokens.dtype)
-                ctx = self.model.context.forward_sharded(x, pos, item.valid[None], gather)
+                ctx = self.model.context.forward_sharded(x, pos, valid, gather)
+            elif relay:  # inference: the state of the processes before, then on
+                state = self._receive() if self.rank > 0 else None
+                ctx, state = self.model.contextualise(tokens[None], pos, valid, state)
+                if self.rank < self.size - 1:
+                    self._send(state)
             else:
                 layout, kept = share.layout, share.kept
                 everything = gather(tokens, 0)[None]  # (1, N, D)
@@ -226,6 +260,23 @@ class ContextParallel:
                 ctx, _ = self.model.contextualise(everything, pos, valid)
                 ctx = ctx[:, gather.offset : gather.offset + tokens.shape[0]]
         return ctx.to(engine.dtype), gather
+
+    def _global(self, rank: int) -> int:
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+    def _send(self, state) -> None:
+        """The context state after this process's tokens, to the next process (pickled,
+        its tensors through the CPU so that they land on the receiver's device)."""
+        state = tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t, state)
+        dist.send_object_list([state], dst=self._global(self.rank + 1), group=self.group)
+
+    def _receive(self):
+        """The context state after every earlier process's tokens."""
+        box = [None]
+        src = self._global(self.rank - 1)
+        dist.recv_object_list(box, src=src, group=self.group, device=self.engine.device)
+        device = self.engine.device
+        return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, box[0])
 
     def _logits(self, ctx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The image's logits from this process's slice: pools gathered and merged."""
@@ -256,9 +307,9 @@ class ContextParallel:
     @torch.no_grad()
     def classify(self, image: Image, keep: Sequence[bool] | None = None) -> torch.Tensor:
         """The image's class logits (1, K), on every process."""
-        source, share = self.share(image, keep)
+        source, share = self.share(image, keep, self.relays)
         item = self._encode(source, share, None)
-        ctx, _ = self._contextualise(share, item, item.tokens)
+        ctx, _ = self._contextualise(share, item, item.tokens, self.relays)
         return self._logits(ctx, item.valid)
 
     @torch.no_grad()
@@ -274,9 +325,9 @@ class ContextParallel:
                 None: the whole (C, H, W) output is summed over the processes and
                 returned on each (images that fit in memory).
         """
-        source, share = self.share(image, keep)
+        source, share = self.share(image, keep, self.relays)
         item = self._encode(source, share, None)
-        ctx, gather = self._contextualise(share, item, item.tokens)
+        ctx, gather = self._contextualise(share, item, item.tokens, self.relays)
         everything = gather(ctx[0], 0)  # (N, D): margins read neighbours' tokens
         plan = share.layout.plan
         out = None
@@ -364,4 +415,3 @@ class ContextParallel:
 def _gather_equal(tensor: torch.Tensor, size: int, group) -> list[torch.Tensor]:
     """Every process's ``tensor`` (equal shapes), differentiable; alone: itself."""
     return [tensor] if size == 1 else _all_gather(tensor, group)
-
