@@ -5,18 +5,17 @@ import csv
 import json
 import os
 import signal
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import torch.multiprocessing as mp
 
+from forked import fork_processes
 from xtimage.archive import merge_index, predict_archive
 from xtimage.build import build_model
 from xtimage.config import load_config
-from xtimage.distributed import World
+from xtimage.distributed import World, init_distributed
 from xtimage.predict import Predictor
 
 TINY = [
@@ -62,25 +61,10 @@ def _killed_run(predictor, files, out):
     predict_archive(predictor, files, out, progress=False, world=World())
 
 
-def _rerun(rank, world, port, predictor, files, out):
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        result = predict_archive(predictor, files, out, progress=False)
-        with open(out / f"counts{rank}.json", "w") as f:
-            json.dump(result.counts, f)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rerun(rank, predictor, files, out):
+    init_distributed("cpu")
+    result = predict_archive(predictor, files, out, progress=False)
+    (out / f"counts{rank}.json").write_text(json.dumps(result.counts))
 
 
 def test_killed_archive_rerun_skips_written_files_and_merges_a_complete_index(archive):
@@ -97,9 +81,7 @@ def test_killed_archive_rerun_skips_written_files_and_merges_a_complete_index(ar
     rows = merge_index(out, files)
     assert [r["status"] for r in rows] == ["done", "done", "failed", "done"] + ["missing"] * 3
 
-    mp.start_processes(
-        _rerun, args=(2, _free_port(), predictor, files, out), nprocs=2, start_method="fork"
-    )
+    fork_processes(_rerun, 2, predictor, files, out)
     counts = [json.loads((out / f"counts{r}.json").read_text()) for r in (0, 1)]
     # rank 0 takes a, bad, e, g; rank 1 b, d, f
     assert counts == [

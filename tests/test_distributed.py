@@ -2,14 +2,12 @@
 weights and evaluation; a checkpoint resumed on another world size; sharding without
 duplicates."""
 
-import os
 import shutil
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from forked import fork_processes
 from xtimage import distributed
 from xtimage.config import load_config
 from xtimage.distributed import World, shard
@@ -48,34 +46,17 @@ def _run(out: str) -> dict:
     return {"grads": grads, "weights": weights, "metrics": result["metrics"]}
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    try:
-        result = _run(out)
-        if rank == 0:
-            torch.save(result, f"{out}/result.pt")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, out: str) -> None:
+    result = _run(out)  # the Trainer joins the group
+    if rank == 0:
+        torch.save(result, f"{out}/result.pt")
 
 
 def test_two_processes_equal_one(tmp_path, monkeypatch):
     monkeypatch.setattr(distributed, "BUCKET", 5000)  # several buckets (forked children too)
     one = _run(str(tmp_path / "one"))
     (tmp_path / "two").mkdir()
-    # fork: the children start with everything imported (spawn would re-import for seconds)
-    mp.start_processes(
-        _worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, start_method="fork"
-    )
+    fork_processes(_worker, 2, str(tmp_path / "two"))
     two = torch.load(tmp_path / "two" / "result.pt", weights_only=True)
     assert one["grads"].keys() == two["grads"].keys() and len(one["grads"]) > 20
     for name, g in one["grads"].items():  # step 1's all-reduced gradients

@@ -4,15 +4,12 @@ context (Hyper, exact attention), a gathered one and a relayed one (Transformer-
 state passed from process to process in inference; gathered in training),
 classification and dense heads."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
-from torch import nn
 
-from xtimage.encoders.context.base import ContextEncoder, create_context_encoder
+from forked import fork_processes
+from xtimage.distributed import init_distributed
+from xtimage.encoders.context.base import create_context_encoder
 from xtimage.encoders.context.hyper import HyperContext
 from xtimage.encoders.region import RegionEncoder
 from xtimage.engine import Engine
@@ -21,21 +18,7 @@ from xtimage.errors import ConfigError
 from xtimage.heads import ClassificationHead, DenseHead, DenseOutput
 from xtimage.model import XT
 
-
-class GlobalAttention(ContextEncoder):
-    """One masked softmax-attention layer, without a sharded path (tokens gathered)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-        self.qkv = nn.Linear(dim, 3 * dim)
-
-    def forward(self, tokens, positions, mask=None, state=None):
-        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
-        attn = q @ k.transpose(1, 2) / self.dim**0.5  # (B, N, N)
-        if mask is not None:
-            attn = attn.masked_fill(~mask[:, None, :], float("-inf"))
-        return tokens + attn.softmax(-1) @ v, None
+from .test_runner import GlobalAttention  # without a sharded path: tokens gathered
 
 
 def tiny_xt(context: str, dense: bool) -> XT:
@@ -85,28 +68,14 @@ def _reference(model, image, target, keep):
     return {"out": out, "loss": loss, "grads": _grads(model)}
 
 
-def _worker(rank, world, port, out, models, image, targets):
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        sizes, keep = CASES[world]
-        results = [
-            _run(m, image, t, sizes, keep, region_batch=2)
-            for m, t in zip(models, targets, strict=True)
-        ]
-        torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank, out, models, image, targets):
+    world = init_distributed("cpu")
+    sizes, keep = CASES[world.size]
+    results = [
+        _run(m, image, t, sizes, keep, region_batch=2)
+        for m, t in zip(models, targets, strict=True)
+    ]
+    torch.save(results, f"{out}/rank{rank}.pt")
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -121,13 +90,7 @@ def test_processes_equal_one(tmp_path, world):
     ]
     _, keep = CASES[world]
     expected = [_reference(m, image, t, keep) for m, t in zip(models, targets, strict=True)]
-    # fork: children inherit the models' weights and everything imported
-    mp.start_processes(
-        _worker,
-        args=(world, _free_port(), str(tmp_path), models, image, targets),
-        nprocs=world,
-        start_method="fork",
-    )
+    fork_processes(_worker, world, str(tmp_path), models, image, targets)  # same weights
     for rank in range(world):
         results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
         for (context, dense), got, want in zip(MODELS, results, expected, strict=True):
