@@ -10,8 +10,9 @@ Each measurement is a fresh ``torchrun --standalone`` job of P processes (gloo,
 ``--threads`` each): every process builds the model, opens the image and warms up on a
 small image (the *idle* process); after a barrier it resets the kernel's peak resident
 size (``/proc/self/clear_refs``), runs once (``classify``, or one
-exact training step), and reports its wall time and its peak above idle (VmHWM - VmRSS
-at idle, "+MiB") and in all. Wall time of a job is the slowest process's.
+exact training step), and reports its wall time, its CPU time and its peak above idle
+(VmHWM - VmRSS at idle, "+MiB") and in all. Wall time of a job is the slowest process's;
+CPU time is summed over the processes (the work done, whatever the machine's load).
 
 Runs alternate P (1, 2, 4, 1, 2, 4, ...) so that the machine's load falls on all alike;
 the table keeps the fastest of the repeats (the least disturbed) and the largest peak
@@ -69,9 +70,9 @@ def worker(args: argparse.Namespace) -> None:
     dist.barrier() if world.size > 1 else None
     idle = rss_mib()
     reset_peak()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run(args.side)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = peak_mib()
     share = parallel.share(open_image("procedural", args.side, args.side))[1]
     rows = all_gather(
@@ -80,6 +81,7 @@ def worker(args: argparse.Namespace) -> None:
                 "rank": world.rank,
                 "regions": len(share.mine),
                 "seconds": seconds,
+                "cpu_seconds": cpu,
                 "peak_mb": peak - idle,
                 "total_peak_mb": peak,
                 "sharded": parallel.sharded(sum(share.counts)),
@@ -117,6 +119,7 @@ def job(args: argparse.Namespace, processes: int) -> dict | None:
         "tokens": sum(r["regions"] for r in ranks) * 64,
         "sharded": all(r["sharded"] for r in ranks),
         "seconds": round(max(r["seconds"] for r in ranks), 2),
+        "cpu_seconds": round(sum(r["cpu_seconds"] for r in ranks), 2),
         "peak_mb": round(max(r["peak_mb"] for r in ranks), 1),
         "total_peak_mb": round(max(r["total_peak_mb"] for r in ranks), 1),
         "rank_peaks_mb": [round(r["peak_mb"], 1) for r in ranks],
@@ -159,6 +162,8 @@ def main() -> None:
     for _, done in sorted(runs.items()):
         row = dict(done[0])
         row["seconds"] = min(r["seconds"] for r in done)  # the least disturbed run
+        row["cpu_seconds"] = min(r["cpu_seconds"] for r in done)
+        row["runs_cpu_seconds"] = [r["cpu_seconds"] for r in done]
         row["peak_mb"] = max(r["peak_mb"] for r in done)  # the worst run
         row["total_peak_mb"] = max(r["total_peak_mb"] for r in done)
         row["runs_seconds"] = [r["seconds"] for r in done]
@@ -169,6 +174,7 @@ def main() -> None:
         one = next((r for r in rows if r["mode"] == row["mode"] and r["processes"] == 1), None)
         if one is not None:
             row["time_ratio"] = round(row["seconds"] / one["seconds"], 2)
+            row["cpu_ratio"] = round(row["cpu_seconds"] / one["cpu_seconds"], 2)
             row["memory_ratio"] = round(row["peak_mb"] / one["peak_mb"], 2)
         row.update(machine(), load_average=round(os.getloadavg()[0], 1))
     print_table(
@@ -179,6 +185,8 @@ def main() -> None:
             ("P", "processes", "d"),
             ("seconds", "seconds", ".2f"),
             ("x 1 proc", "time_ratio", ".2f"),
+            ("CPU s, all", "cpu_seconds", ".2f"),
+            ("x 1 proc", "cpu_ratio", ".2f"),
             ("+MiB/proc", "peak_mb", ".1f"),
             ("x 1 proc", "memory_ratio", ".2f"),
             ("total MiB", "total_peak_mb", ".1f"),
