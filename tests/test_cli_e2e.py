@@ -196,6 +196,8 @@ def test_torchrun_two_processes_train_and_predict(tmp_path):
     subprocess.run([*torchrun, "predict", str(ckpt), str(data / "images"), "-o",
                     str(tmp_path / "out"), "--quiet"], check=True, timeout=600)  # fmt: skip
     assert len(list((tmp_path / "out").glob("*.mask.tif"))) == 4
+    index = json.loads((tmp_path / "out" / "xt_index.json").read_text())  # merged by rank 0
+    assert [r["status"] for r in index] == ["done"] * 4 and {r["rank"] for r in index} == {0, 1}
 
 
 def test_resume_through_the_cli_continues_the_run(tmp_path, monkeypatch, capsys):
