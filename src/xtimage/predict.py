@@ -26,18 +26,16 @@ all exist is done and is skipped unless ``overwrite`` is asked for.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from xtimage.config import ModelConfig
 from xtimage.data.preprocess import resize_image, to_unit
-from xtimage.distributed import World, current_world, shard
+from xtimage.distributed import World
 from xtimage.engine import Engine, RegionSource
 from xtimage.errors import InputError
 from xtimage.io.base import Reader, read_padded
@@ -240,32 +238,6 @@ class Predictor:
             return self.task.write(self, job)
         finally:
             reader.close()
-
-    def predict_files(
-        self,
-        inputs: Sequence[str | Path],
-        out_dir: str | Path,
-        *,
-        overwrite: bool = False,
-        heatmap: bool = False,
-        progress: bool = True,
-        world: World | None = None,
-    ) -> dict[str, int]:
-        """Predict many files; with several processes each takes every W-th file.
-
-        Returns:
-            Counts of ``done`` and ``skipped`` files (this process's).
-        """
-        world = world or current_world()
-        mine = shard(list(inputs), world)
-        counts = {"done": 0, "skipped": 0}
-        bar = tqdm(mine, desc="predict", unit="file", disable=not (progress and world.main))
-        for path in bar:
-            result = self.predict_file(
-                path, out_dir, overwrite=overwrite, heatmap=heatmap, progress=progress
-            )
-            counts["skipped" if result is None else "done"] += 1
-        return counts
 
     def evaluate(
         self, dataset: Any, *, world: World | None = None, progress: bool = False
