@@ -336,14 +336,7 @@ class ContextParallel:
                 self.model.head.out_channels, plan.height, plan.width, dtype=self.engine.dtype
             )
         for _, pred, chunk in self._decode(source, share, everything, None):
-            for j, region in enumerate(chunk):
-                core, src = Engine._core(plan, region)
-                values = pred[j][:, src[0], src[1]].cpu()
-                if writer is None:
-                    rr, cc = core.slices()
-                    out[:, rr, cc] = values
-                else:
-                    writer.write(core, values.numpy())
+            Engine._put_cores(plan, chunk, pred, out, writer)
         return None if out is None else all_reduce_sum(out)
 
     def _decode(self, source, share: _Share, everything: torch.Tensor, seed: int | None):

@@ -262,15 +262,21 @@ class Engine:
                 maps, _ = self.model.encode(pixels)
                 windows = self.model.token_windows(ctx, layout, items.regions, chunk)
                 pred = self.model.decode(maps, windows).to(self.dtype)
-                for j, region in enumerate(chunk):
-                    core, src = self._core(plan, region)
-                    values = pred[j][:, src[0], src[1]].cpu()
-                    if writer is None:
-                        rr, cc = core.slices()
-                        out[:, rr, cc] = values
-                    else:
-                        writer.write(core, values.numpy())
+                self._put_cores(plan, chunk, pred, out, writer)
         return out
+
+    @classmethod
+    def _put_cores(cls, plan, chunk, pred: torch.Tensor, out, writer: Writer | None) -> None:
+        """Each region's core of ``pred`` (k, C, R, R) into ``out`` (C, H, W), or to
+        ``writer`` as numpy when there is one."""
+        for j, region in enumerate(chunk):
+            core, src = cls._core(plan, region)
+            values = pred[j][:, src[0], src[1]].cpu()
+            if writer is None:
+                rr, cc = core.slices()
+                out[:, rr, cc] = values
+            else:
+                writer.write(core, values.numpy())
 
     @staticmethod
     def _core(plan, region: int) -> tuple[Window, tuple[slice, slice]]:
