@@ -148,14 +148,6 @@ def test_eval_of_checkpoint_equals_eval_of_its_prediction_files(seg_run, tmp_pat
     assert direct["foreground_iou"] > 0.5 and "rule" in direct["thresholds"]
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "bench"])
-def test_help_shows_an_example(command, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([command, "--help"])
-    assert info.value.code == 0
-    assert f"examples:\n  xt {command}" in capsys.readouterr().out
-
-
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["train", "synthetic_seg", "train.lrr=1"]) == 2
     err = capsys.readouterr().err
