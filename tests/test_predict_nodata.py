@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from test_predict import predictor
 from xtimage.checkpoint import save_checkpoint
 from xtimage.cli import main
-
-from test_predict import predictor
 
 rasterio = pytest.importorskip("rasterio")
 
