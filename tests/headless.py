@@ -66,9 +66,9 @@ def dump_dom(url: str, budget_ms: int = 5000, timeout: float = 120) -> str:
 
 def checks_from_dom(dom: str) -> dict:
     """The JSON `CHECK_SCRIPT` wrote into a dumped DOM."""
-    found = re.search(r'<pre id="xt-check">(.*?)</pre>', dom, re.S)
+    found = re.findall(r'<pre id="xt-check">(\{.*?)</pre>', dom, re.S)
     assert found, f"the check script did not run; DOM starts: {dom[:500]}"
-    return json.loads(html.unescape(found.group(1)))
+    return json.loads(html.unescape(found[-1]))
 
 
 def page_checks(page: Path, delay_ms: int = 200) -> dict:

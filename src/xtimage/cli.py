@@ -19,7 +19,7 @@ import sys
 
 from xtimage.errors import XTError, did_you_mean
 
-COMMANDS = ["info", "demo", "train", "eval", "predict", "bench", "convert"]
+COMMANDS = ["info", "demo", "train", "eval", "predict", "view", "bench", "convert"]
 
 
 class Parser(argparse.ArgumentParser):
