@@ -13,7 +13,7 @@ from xtimage.demo import MODELS, DemoSettings, _write_report
 def report(tmp_path_factory):
     pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("report")
-    settings = DemoSettings(out=out, from_scratch=True, test_images=2)
+    settings = DemoSettings(out=out, test_images=2)  # the shipped-weights wording
     rng = np.random.default_rng(0)
     training, results = {}, {}
     for i, m in enumerate(MODELS):
@@ -35,7 +35,7 @@ def test_the_report_renders_tables_and_images_and_no_markdown(report):
     ), found["images"]
     assert {i["src"] for i in found["images"]} == {"predictions.png", "zoom.png"}
     text = found["text"]
-    for raw in ("```", "|---", "- xT:", "![", "**", "](", "## "):
+    for raw in ("`", "|---", "- xT:", "![", "**", "](", "## "):
         assert raw not in text, f"raw Markdown {raw!r} shows on the page"
     assert "remaining errors" in text and "Learning-rate sweep" in text
     # large panels: the figures are drawn at least as wide as the page shows them

@@ -258,7 +258,7 @@ def _write_report(settings, training, results, picture, seconds) -> dict[str, An
                "region (right), all the downsample model has to go on."),
     ]
     source = "trained from scratch in this run" if settings.from_scratch else (
-        "shipped weights (xtimage/assets/demo), trained by the project with `xt train demo`")
+        "shipped weights (xtimage/assets/demo), trained by the project with xt train demo")
     table = [["model", "foreground IoU", "mIoU", "ceiling", "parameters", "lr",
               "train steps", "train min", "eval peak MB", "s / image"]]
     models: dict[str, dict[str, Any]] = {}
