@@ -168,6 +168,7 @@ def test_bench_runs_the_quick_benchmarks_and_reports_failures(tmp_path, monkeypa
     (tmp_path / "broken.py").write_text(f'"""Fails."""\n{parse}raise SystemExit(3)\n')
     (tmp_path / "helper.py").write_text('"""Shared code: no quick mode, not a benchmark."""\n')
     monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    monkeypatch.chdir(tmp_path)  # a benchmarks/ folder in the working directory comes first
     assert main(["bench", "--list"]) == 0
     listed = capsys.readouterr().out
     assert "fast" in listed and "A fake benchmark." in listed and "helper" not in listed
