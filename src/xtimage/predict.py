@@ -148,7 +148,7 @@ class Predictor:
             from xtimage.io.array import ArrayReader
 
             image = ArrayReader(image)
-        valid = ValidPixels.of(image)  # nodata pixels reach the model as 0 (io/nodata.py)
+        valid = ValidPixels.of(image, self.config.in_chans)  # nodata reaches the model as 0
         image = match_channels(valid.filled() if valid else image, self.config.in_chans)
         size = self.config.input_size
         if size is not None:

@@ -86,3 +86,14 @@ def test_padding_past_the_border_is_the_nodata_value():
     plain = ArrayReader(np.ones((1, 4, 4), np.int16))
     assert (read_padded(plain, Window(2, 2, 4, 4))[0, 3] == 0).all()
     assert ValidPixels.of(ArrayReader(np.ones((1, 4, 4), np.int16))) is None
+
+
+def test_an_alpha_band_marks_pixels_without_data_for_an_rgb_model():
+    rgba = np.full((4, 8, 8), 200, np.uint8)
+    rgba[3, :4, :] = 0  # transparent top half
+    reader = ArrayReader(rgba)
+    assert ValidPixels.of(reader) is None  # no model: alpha is just a band
+    valid = ValidPixels.of(reader, channels=3)
+    assert valid.alpha == 3 and valid.pixels(Window(0, 0, 8, 8))[:4].sum() == 0
+    assert valid.keep(RegionPlan(8, 8, 4)) == [False, False, True, True]
+    assert (valid.filled().read_region(Window(0, 0, 8, 8))[:3, :4] == 0).all()

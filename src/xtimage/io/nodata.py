@@ -1,15 +1,15 @@
 """Nodata honoured end to end: pixels without data are neither seen nor predicted.
 
-A file's nodata value (`Reader.nodata`), NaN in a float image, or a user's mask (a
-single-band image of the same size, non-zero where there is data) marks pixels that hold
-no data. For prediction (`ValidPixels`):
+A file's nodata value (`Reader.nodata`), NaN in a float image, an alpha band (RGBA for an
+RGB model: 0 is empty) or a user's mask (a single-band image of the same size, non-zero
+where there is data) marks pixels that hold no data. For prediction (`ValidPixels`):
 
 - *the model does not see them*: `ValidPixels.filled` reads the image with those pixels
   set to ``fill`` (0, in the file's own dtype, so valid pixels reach the model exactly as
   before), not -32768 or NaN;
 - *regions wholly without data are skipped*: `ValidPixels.keep` finds them on a thumbnail
-  (`valid_mask`, any valid pixel makes a cell valid) and confirms each candidate at full
-  resolution, so a region with one valid pixel is never skipped;
+  (any valid pixel makes a cell valid) and confirms each candidate at full resolution, so
+  a region with one valid pixel is never skipped;
 - *outputs carry nodata where the input had none*: `MaskedWriter` writes `output_nodata`
   (255 / 65535 for class maps, NaN for float maps) at invalid pixels, and the output file
   declares that value (GeoTIFF: GDAL's NoData, which also fills the blocks of skipped
@@ -28,7 +28,7 @@ import numpy as np
 
 from xtimage.errors import InputError
 from xtimage.io.base import Reader, check_window
-from xtimage.io.foreground import region_has_foreground, valid_mask
+from xtimage.io.foreground import reduce_level, region_has_foreground, thumbnail_level
 from xtimage.tiling import RegionPlan
 from xtimage.window import Window
 
@@ -48,12 +48,20 @@ class ValidPixels:
         nodata: its nodata value (default: ``reader.nodata``); NaN pixels of a float
             image never hold data.
         mask: a single-band image of the reader's size, non-zero where there is data.
+        alpha: the index of an alpha band: 0 there means no data (the band itself is
+            not data: the other bands decide the nodata rule).
     """
 
-    def __init__(self, reader: Reader, nodata: float | None = None, mask: Reader | None = None):
+    def __init__(
+        self,
+        reader: Reader,
+        nodata: float | None = None,
+        mask: Reader | None = None,
+        alpha: int | None = None,
+    ) -> None:
         self.reader = reader
         self.nodata = reader.nodata if nodata is None else nodata
-        self.mask = mask
+        self.mask, self.alpha = mask, alpha
         self.skipped: list[Window] = []  # cores of the regions the last `keep` dropped
         if mask is not None and (mask.height, mask.width) != (reader.height, reader.width):
             raise InputError(
@@ -62,20 +70,29 @@ class ValidPixels:
             )
 
     @classmethod
-    def of(cls, reader: Reader, mask: Reader | None = None) -> ValidPixels | None:
-        """The valid pixels of ``reader``, or None when it declares no nodata and no mask is
-        given (every pixel holds data)."""
-        if reader.nodata is None and mask is None:
+    def of(
+        cls, reader: Reader, channels: int | None = None, mask: Reader | None = None
+    ) -> ValidPixels | None:
+        """The valid pixels of ``reader`` for a model of ``channels`` bands, or None when
+        nothing marks any pixel as empty. An alpha band is the last of RGBA for an RGB model
+        or of grey + alpha for a one-band one (the bands `match_channels` drops)."""
+        alpha = None
+        if channels is not None and (channels, reader.channels) in ((3, 4), (1, 2)):
+            alpha = reader.channels - 1
+        if reader.nodata is None and mask is None and alpha is None:
             return None
-        return cls(reader, mask=mask)
+        return cls(reader, mask=mask, alpha=alpha)
 
     def of_pixels(self, pixels: np.ndarray, window: Window | None = None) -> np.ndarray:
         """(h, w) bool: True where ``pixels`` (C, h, w), read at ``window`` of level 0 (for
         the user's mask), hold data in any band."""
-        invalid = np.isnan(pixels) if pixels.dtype.kind == "f" else np.zeros(pixels.shape, bool)
+        data = pixels if self.alpha is None else np.delete(pixels, self.alpha, axis=0)
+        invalid = np.isnan(data) if data.dtype.kind == "f" else np.zeros(data.shape, bool)
         if self.nodata is not None and not math.isnan(self.nodata):
-            invalid |= pixels == np.asarray(self.nodata).astype(pixels.dtype)
+            invalid |= data == np.asarray(self.nodata).astype(data.dtype)
         valid = ~invalid.all(axis=0)
+        if self.alpha is not None:
+            valid &= pixels[self.alpha] != 0
         if self.mask is not None and window is not None:
             valid &= self.mask.read_region(window, 0)[0] != 0
         return valid
@@ -91,9 +108,12 @@ class ValidPixels:
         A thumbnail proposes the regions without data; each is confirmed by reading its
         core, so only regions wholly without data are dropped.
         """
-        keep = [True] * plan.num_regions
-        if self.nodata is not None:
-            keep = region_has_foreground(plan, *valid_mask(self.reader, max_side, self.nodata))
+        level, factor = thumbnail_level(self.reader, max_side)
+        fraction = reduce_level(  # (h, w): the share of valid pixels in each cell
+            self.reader, level, factor, lambda x: self.of_pixels(x)[None].astype(np.float32)
+        )[0]
+        downsample = self.reader.levels[level].downsample * factor
+        keep = region_has_foreground(plan, fraction > 0, downsample)
         image = Window(0, 0, plan.height, plan.width)
         self.skipped = []
         for index in range(plan.num_regions):

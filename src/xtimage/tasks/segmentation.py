@@ -106,7 +106,7 @@ class Segmentation(Task):
 
     def write(self, runner: Runner, job: Job) -> Prediction:
         reader, source, outputs = job.reader, job.source, job.outputs
-        valid = ValidPixels.of(reader)  # nodata: written as the outputs' NoData
+        valid = ValidPixels.of(reader, self.config.in_chans)  # nodata: the outputs' NoData
         mask = _map_writer(reader, outputs[0], self.mask_dtype(), classes=True, valid=valid)
         try:
             heat = (
