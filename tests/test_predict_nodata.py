@@ -10,6 +10,7 @@ import pytest
 from test_predict import predictor
 from xtimage.checkpoint import save_checkpoint
 from xtimage.cli import main
+from xtimage.window import Window
 
 rasterio = pytest.importorskip("rasterio")
 
@@ -58,3 +59,20 @@ def test_xt_predict_writes_declared_nodata_where_the_input_has_none(tmp_path, ca
     # the model never saw the nodata values: different raw corners, the same predictions
     np.testing.assert_allclose(heats[0][~corner], heats[1][~corner], atol=1e-6)
     assert np.array_equal(masks[0], masks[1])
+
+
+def test_a_plain_tiff_output_declares_its_nodata_too(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    from xtimage.io import open_reader
+
+    rgba = np.random.default_rng(0).integers(0, 256, (100, 150, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[:CORNER, :CORNER, 3] = 0  # transparent corner
+    tifffile.imwrite(tmp_path / "photo.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    pred, _ = predictor()
+    pred.predict_file(tmp_path / "photo.tif", tmp_path / "out", heatmap=True)
+    mask = open_reader(tmp_path / "out" / "photo.mask.tif")
+    heat = open_reader(tmp_path / "out" / "photo.heatmap.tif")
+    assert mask.nodata == 255 and math.isnan(heat.nodata)
+    m = mask.read_region(Window(0, 0, 100, 150))[0]
+    assert (m[:CORNER, :CORNER] == 255).all() and (m[CORNER:] <= 1).all()

@@ -161,7 +161,7 @@ def _map_writer(
     """A tiled one-band writer of an image-sized map: a GeoTIFF with the input's
     georeference, else an (OME-)TIFF; class maps are reduced by nearest neighbour in the
     pyramid, probabilities by averaging. With the input's ``valid`` pixels, pixels without
-    data get `output_nodata`, which a GeoTIFF declares as its NoData."""
+    data get `output_nodata`, which the file declares as its NoData."""
     height, width = reader.height, reader.width
     nodata = output_nodata(dtype)
     if reader.geo is not None:
@@ -174,9 +174,8 @@ def _map_writer(
     from xtimage.io.tiff_writer import TiffWriter
 
     resampling = "nearest" if classes else "mean"
-    writer = TiffWriter(
-        path, height, width, 1, dtype, resampling=resampling, pixel_size=reader.pixel_size
-    )
+    writer = TiffWriter(path, height, width, 1, dtype, resampling=resampling,
+                        pixel_size=reader.pixel_size, nodata=nodata if valid else None)  # fmt: skip
     return MaskedWriter.over(valid, nodata, writer)
 
 
