@@ -57,27 +57,44 @@ def test_tiles_load_at_several_zoom_levels(server):
     assert len(levels) >= 3 and {layer for layer, *_ in server.served} == {0, 1}, levels
 
 
-def test_the_overlay_lines_up_with_the_input(server, tmp_path):
-    """At 2 screen px per image px, the white square under the half-transparent red class-1
-    overlay must show as one blend: pure white (input without overlay) or red over black
-    (overlay without input) would mean a shift."""
-    top, left, h, w = SQUARE
-    url = f"{server.url}#ppx=2&cx={left + w / 2}&cy={top + h / 2}"
-    shot = screenshot(url, tmp_path / "view.png", width=900, height=700, budget_ms=8000)
+def overlay_check(shot) -> list[str]:
+    """What is wrong with a screenshot of the square at 2 screen px per image px (empty:
+    nothing). The white square under the half-transparent red class-1 overlay must show
+    as one blend: pure white (input without overlay) or red over black (overlay without
+    input) would mean a shift."""
+    _, _, h, w = SQUARE
     rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)[40:]  # below the bar
     red = MaskLayer.colour.__globals__["PALETTE"][1].astype(int)
-    blend = (0.6 * red + 0.4 * 255).round()
-    is_blend = (np.abs(rgb - blend) <= 6).all(-1)
+    is_blend = (np.abs(rgb - (0.6 * red + 0.4 * 255).round()) <= 6).all(-1)
     white = (rgb >= 250).all(-1)
     red_on_black = (np.abs(rgb - 0.6 * red) <= 6).all(-1)
     rows, cols = np.nonzero(is_blend)
-    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-    assert abs(cols.max() - cols.min() + 1 - 2 * w) <= 2  # 2 screen px per image px
-    # headless Chromium may stretch the canvas vertically after a late resize; both layers
-    # alike, so the square is checked as one filled rectangle, whatever its height
-    assert is_blend.sum() > 0.98 * box and rows.max() - rows.min() + 1 >= 2 * h - 2
-    assert white.sum() < 0.01 * box and red_on_black.sum() < 0.01 * box
-    assert abs(cols.mean() - 450) < 4  # centred where the address asked
+    if not len(rows):
+        return ["no blend of the square and the overlay"]
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    box = height * width
+    problems = {
+        f"width {width}, not {2 * w}": abs(width - 2 * w) > 2,  # 2 screen px per image px
+        # headless Chromium may stretch the canvas vertically after a late resize; both
+        # layers alike, so the square is checked as one filled rectangle of any height
+        f"height {height} < {2 * h - 2}": height < 2 * h - 2,
+        f"blend fills {is_blend.sum() / box:.3f} of its box": is_blend.sum() < 0.98 * box,
+        f"{white.sum()} bare input pixels": white.sum() > 0.01 * box,
+        f"{red_on_black.sum()} bare overlay pixels": red_on_black.sum() > 0.01 * box,
+        f"centred at column {cols.mean():.1f}, not 450": abs(cols.mean() - 450) > 4,
+    }
+    return [name for name, bad in problems.items() if bad]
+
+
+def test_the_overlay_lines_up_with_the_input(server, tmp_path):
+    top, left, h, w = SQUARE
+    url = f"{server.url}#ppx=2&cx={left + w / 2}&cy={top + h / 2}"
+    for budget in (8000, 20000, 40000):  # a busy machine may draw late: look again, longer
+        shot = screenshot(url, tmp_path / f"view{budget}.png", 900, 700, budget_ms=budget)
+        problems = overlay_check(shot)
+        if not problems:
+            break
+    assert not problems, problems
 
 
 def test_tiles_cover_the_image_and_colour_each_layer(outputs, tmp_path):
