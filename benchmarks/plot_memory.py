@@ -10,7 +10,7 @@ a run stopped at the budget is drawn as "!" on the budget line.
 
     python benchmarks/plot_memory.py        # writes benchmarks/results/memory_vs_side.png
 
-`plot_memory_vs_side` is the reusable part (the demo report calls it on the same rows).
+`plot_memory_vs_side(rows, path)` is the reusable part.
 """
 
 from __future__ import annotations

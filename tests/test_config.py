@@ -33,8 +33,15 @@ def test_overrides_are_typed_and_reach_inside_mappings():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.lrr=1", "unknown config key 'train.lrr'; allowed under train: accumulate"),
-        ("modle.region=64", "unknown config key 'modle'; allowed under the top level: data"),
+        (
+            "train.lrr=1",
+            "unknown config key 'train.lrr' (did you mean 'train.lr'?); allowed under train: "
+            "accumulate",
+        ),
+        (
+            "modle.region=64",
+            "unknown config key 'modle' (did you mean 'model'?); allowed under the top level: data",
+        ),
         ("train.lr=fast", "train.lr: expected float, got 'fast'"),
         ("train.epochs=1.5", "train.epochs: expected int, got 1.5"),
         ("train.steps=true", "train.steps: expected int | None, got True"),

@@ -164,3 +164,9 @@ def test_token_stride_must_divide_region_and_margin():
         TokenLayout(RegionPlan(64, 64, 32, margin=4), 8)
     with pytest.raises(ConfigError, match="cannot be pooled"):
         TokenLayout.pooled(RegionPlan(64, 64, 30), 4)
+
+
+@pytest.mark.parametrize("size", [(1000, 1500), (64, 64), (1, 300), (257, 513)])
+def test_num_valid_counts_valid_tokens(size):
+    layout = TokenLayout(RegionPlan(*size, 128, 32), 32)
+    assert layout.num_valid == int(layout.valid().sum())

@@ -4,6 +4,10 @@ Each subcommand lives in `xtimage.commands.<name>` with a ``register(subparsers)
 adds its parser and sets ``func``. Exit codes: 0 success, 1 failure (a bug or a runtime
 error), 2 bad usage or input (an `XTError`, printed as one line). ``--debug`` shows the
 traceback.
+
+Startup is kept light: this module and the command modules import no torch; each command
+imports what it runs inside its ``run``, so help, usage errors and config errors answer at
+once (benchmarks/cli_startup.py, tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
@@ -13,13 +17,27 @@ import importlib
 import logging
 import sys
 
-from xtimage.errors import XTError
+from xtimage.errors import XTError, did_you_mean
 
-COMMANDS = ["info", "demo", "train", "eval", "predict", "bench", "convert"]
+COMMANDS = ["info", "demo", "train", "eval", "predict", "view", "bench", "convert"]
+
+
+class Parser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` whose invalid choices (a misspelled subcommand) get a
+    "did you mean"."""
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(
+                action,
+                f"invalid choice: {value!r}{did_you_mean(str(value), action.choices)} "
+                f"(choose from {choices})",
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xt",
         description="xT for extremely large images: plan, train, evaluate and predict.",
     )

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from xtimage.errors import ConfigError, InputError
+from xtimage.errors import ConfigError, InputError, did_you_mean
 
 HEADS = ("classification", "segmentation", "detection", "xview3")
 BASELINES = ("xt", "crop", "downsample")
@@ -287,7 +287,10 @@ class RunConfig:
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; use one of {', '.join(allowed)}")
+        raise ConfigError(
+            f"{key}={value!r} is not allowed{did_you_mean(value, allowed)}; use one of "
+            f"{', '.join(allowed)}"
+        )
 
 
 def _positive(key: str, value: int) -> None:
@@ -358,8 +361,11 @@ def _field(obj: Any, key: str, path: str) -> str:
     names = [f.name for f in dataclasses.fields(obj)]
     if key not in names:
         where = path.rsplit(".", 1)[0] if "." in path else "the top level"
+        parent = path[: len(path) - len(key)]  # "train." for "train.lrr"
+        hint = did_you_mean(path, [parent + n for n in names])
         raise ConfigError(
-            f"unknown config key '{path}'; allowed under {where}: {', '.join(sorted(names))}"
+            f"unknown config key '{path}'{hint}; allowed under {where}: "
+            f"{', '.join(sorted(names))}"
         )
     return key
 
@@ -426,7 +432,8 @@ def find_preset(name: str | Path) -> Path:
         return preset
     known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
     raise InputError(
-        f"config '{name}' is neither a file nor a preset; presets: {', '.join(known) or '(none)'}"
+        f"config '{name}' is neither a file nor a preset{did_you_mean(str(name), known)}; "
+        f"presets: {', '.join(known) or '(none)'}"
     )
 
 

@@ -42,3 +42,12 @@ def require(module: str, extra: str, purpose: str):
             f"{purpose} needs the optional package '{module}', which is not installed: "
             f"run `pip install 'xtimage[{extra}]'`"
         ) from exc
+
+
+def did_you_mean(word: str, options) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``options`` to a misspelled ``word``, else
+    ``""``: appended to the message of an unknown name."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -39,6 +39,7 @@ from xtimage.distributed import World
 from xtimage.engine import Engine, RegionSource
 from xtimage.errors import InputError
 from xtimage.io.base import Reader, read_padded
+from xtimage.io.nodata import ValidPixels
 from xtimage.io.transforms import match_channels
 from xtimage.model import XT
 from xtimage.runtime import autocast
@@ -145,7 +146,8 @@ class Predictor:
             from xtimage.io.array import ArrayReader
 
             image = ArrayReader(image)
-        image = match_channels(image, self.config.in_chans)
+        valid = ValidPixels.of(image, self.config.in_chans)  # nodata reaches the model as 0
+        image = match_channels(valid.filled() if valid else image, self.config.in_chans)
         size = self.config.input_size
         if size is not None:
             pixels = read_padded(image, Window(0, 0, image.height, image.width))
@@ -168,10 +170,12 @@ class Predictor:
         return logits.float().softmax(-1)[0].cpu().numpy()
 
     @torch.no_grad()
-    def dense(self, source: RegionSource, writer: Any) -> None:
-        """Raw dense outputs of every core window into ``writer``."""
+    def dense(self, source: RegionSource, writer: Any, keep: Any = None) -> None:
+        """Raw dense outputs of every core window into ``writer`` (of the regions
+        ``keep(plan)`` keeps, e.g. `ValidPixels.keep`)."""
         if self.engine is not None:
-            self.engine.segment(source, writer=writer)
+            plan = self.engine.model.plan(source.height, source.width)
+            self.engine.segment(source, keep=keep and keep(plan), writer=writer)
             return
         with autocast(self.device, self.autocast):
             out = self.model(self._whole(source))[0].float().cpu().numpy()

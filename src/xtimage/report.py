@@ -26,6 +26,9 @@ class Figure:
     caption: str
 
 
+Table = list[list[str]]  # rows of cells, the first row the header
+
+
 @dataclass
 class Report:
     """What the report shows, in order.
@@ -35,15 +38,16 @@ class Report:
         intro: paragraphs of Markdown-free text under the title.
         table: rows of the metrics table (first row: the header).
         figures: pictures under the table.
-        sections: further (heading, text) pairs; text may hold code lines in ``` fences.
+        sections: further (heading, content) pairs; content is text (paragraphs split by
+            blank lines, code lines in ``` fences) or a `Table`.
         metrics: the numbers, written as ``metrics.json``.
     """
 
     title: str
     intro: list[str] = field(default_factory=list)
-    table: list[list[str]] = field(default_factory=list)
+    table: Table = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
-    sections: list[tuple[str, str]] = field(default_factory=list)
+    sections: list[tuple[str, str | Table]] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
 
     def write(self, folder: Path) -> None:
@@ -59,16 +63,12 @@ class Report:
         lines = [f"# {self.title}", ""]
         for p in self.intro:
             lines += [p, ""]
-        if self.table:
-            header, *rows = self.table
-            lines.append("| " + " | ".join(header) + " |")
-            lines.append("|" + "---|" * len(header))
-            lines += ["| " + " | ".join(r) + " |" for r in rows]
-            lines.append("")
+        lines += _markdown_table(self.table)
         for f in self.figures:
             lines += [f"![{f.caption}]({f.file})", "", f"*{f.caption}*", ""]
-        for heading, text in self.sections:
-            lines += [f"## {heading}", "", text, ""]
+        for heading, content in self.sections:
+            lines += [f"## {heading}", ""]
+            lines += [content, ""] if isinstance(content, str) else _markdown_table(content)
         return "\n".join(lines)
 
     def html(self) -> str:
@@ -76,26 +76,27 @@ class Report:
         parts = [
             "<!doctype html><html><head><meta charset='utf-8'>",
             f"<title>{esc(self.title)}</title>",
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;"
-            "text-align:right}th{background:#f3f3f3}img{max-width:100%}"
-            "pre{background:#f6f6f6;padding:.8em;overflow-x:auto}</style></head><body>",
+            "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
+            "line-height:1.45}table{border-collapse:collapse;margin:1em 0}td,th{border:1px "
+            "solid #ccc;padding:4px 10px;text-align:right}td:first-child,th:first-child"
+            "{text-align:left}th{background:#f3f3f3}figure{margin:1.5em 0}img{width:100%;"
+            "height:auto}figcaption{margin-top:.4em}pre{background:#f6f6f6;padding:.8em;"
+            "overflow-x:auto}</style></head><body>",
             f"<h1>{esc(self.title)}</h1>",
         ]
         parts += [f"<p>{esc(p)}</p>" for p in self.intro]
-        if self.table:
-            header, *rows = self.table
-            parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
-            parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
-            parts.append("</table>")
+        parts += _html_table(self.table)
         for f in self.figures:
             parts.append(
                 f"<figure><img src='{esc(f.file)}' alt='{esc(f.caption)}'>"
                 f"<figcaption>{esc(f.caption)}</figcaption></figure>"
             )
-        for heading, text in self.sections:
+        for heading, content in self.sections:
             parts.append(f"<h2>{esc(heading)}</h2>")
-            chunks = text.split("```")
+            if not isinstance(content, str):
+                parts += _html_table(content)
+                continue
+            chunks = content.split("```")
             for i, chunk in enumerate(chunks):
                 if i % 2:
                     parts.append(f"<pre>{esc(chunk.strip())}</pre>")
@@ -105,23 +106,49 @@ class Report:
         return "\n".join(parts)
 
 
+def _markdown_table(table: Table) -> list[str]:
+    if not table:
+        return []
+    header, *rows = table
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+def _html_table(table: Table) -> list[str]:
+    if not table:
+        return []
+    esc = html.escape
+    header, *rows = table
+    parts = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
+    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows]
+    return parts + ["</table>"]
+
+
 def save_panels(
     path: Path,
     panels: Sequence[tuple[str, np.ndarray]],
     cmap: str = "viridis",
     boxes: Mapping[int, tuple[int, int, int, int]] | None = None,
+    columns: int | None = None,
+    frame: Sequence[int] = (),
 ) -> None:
-    """A row of images with titles as one PNG.
+    """Images with large titles as one PNG, in rows of ``columns``.
 
     Args:
         path: the PNG to write.
         panels: (title, image) pairs; images are (H, W) maps or (H, W, 3) RGB in [0, 1].
         cmap: colour map of (H, W) panels.
-        boxes: panel index -> (top, left, height, width) rectangle to outline (a zoom).
+        boxes: panel index -> (top, left, height, width) rectangle to outline in red.
+        columns: panels per row (default: all in one row).
+        frame: panel indices drawn with a red frame (the contents of a red box).
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-    for i, (ax, (title, image)) in enumerate(zip(np.atleast_1d(axes), panels, strict=True)):
+    columns = columns or len(panels)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    for i, (ax, (title, image)) in enumerate(zip(axes.flat, panels, strict=False)):
         ax.imshow(
             image,
             cmap=None if image.ndim == 3 else cmap,
@@ -129,56 +156,21 @@ def save_panels(
             vmin=0,
             vmax=max(1, float(image.max())) if image.ndim == 2 else None,
         )
-        ax.set_title(title, fontsize=10)
-        ax.set_axis_off()
+        ax.set_title(title, fontsize=17, pad=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(i in frame)
+            spine.set_color("red")
+            spine.set_linewidth(4)
         if boxes and i in boxes:
             top, left, h, w = boxes[i]
-            ax.add_patch(plt.Rectangle((left, top), w, h, fill=False, color="red", lw=1.5))
+            ax.add_patch(plt.Rectangle((left - 0.5, top - 0.5), w, h, fill=False, color="red",
+                                       lw=2.5))  # fmt: skip
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-
-
-def save_memory_plot(path: Path, rows: Sequence[Mapping], budget_mb: float | None = None) -> bool:
-    """Peak memory against image side, one line per method, from benchmark JSON rows.
-
-    Args:
-        path: the PNG to write.
-        rows: rows with ``method`` (or ``mode``), ``side`` and ``peak_mb``; failed points
-            (``peak_mb`` None) are left out.
-        budget_mb: draw the budget as a horizontal line.
-
-    Returns:
-        Whether a plot was written (False when no row has a measurement).
-    """
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        if r.get("peak_mb") is None or r.get("side") is None:
-            continue
-        series.setdefault(str(r.get("method") or r.get("mode")), []).append(
-            (int(r["side"]), float(r["peak_mb"]))
-        )
-    if not series:
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in sorted(series.items()):
-        xs, ys = zip(*sorted(points), strict=True)
-        ax.plot(xs, ys, marker="o", label=name)
-    if budget_mb:
-        ax.axhline(budget_mb, color="grey", ls="--", lw=1, label="budget")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("image side (px)")
-    ax.set_ylabel("peak memory increase (MB)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return True
 
 
 def _pyplot():

@@ -29,12 +29,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-
-import torch
-from einops import rearrange
+from typing import TYPE_CHECKING
 
 from xtimage.errors import ConfigError
 from xtimage.window import Window
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: plans alone stay light (xt info)
+    import torch
 
 
 def _positive(name: str, value: int) -> None:
@@ -218,6 +219,8 @@ class TokenLayout:
 
     def positions(self, regions: range | None = None) -> torch.Tensor:
         """Global (row, col) token coordinates, (n, 2) int64, region-major."""
+        import torch
+
         regions = regions if regions is not None else range(self.plan.num_regions)
         idx = torch.as_tensor(list(regions), dtype=torch.long)
         region_row, region_col = idx // self.plan.cols, idx % self.plan.cols  # (R,)
@@ -233,6 +236,14 @@ class TokenLayout:
             pos[:, 1] * self.stride < self.plan.width
         )
 
+    @property
+    def num_valid(self) -> int:
+        """How many tokens are valid, ``valid().sum()`` without building the tensor."""
+        rows, cols = self.grid
+        return min(rows, -(-self.plan.height // self.stride)) * min(
+            cols, -(-self.plan.width // self.stride)
+        )
+
     def crop(self, features: torch.Tensor) -> torch.Tensor:
         """Crop region maps at this stride to their cores: (N, C, r, r) -> (N, C, side, side)."""
         m = self.plan.margin // self.stride
@@ -244,6 +255,8 @@ class TokenLayout:
 
         ``tokens[:, layout.raster_order()]`` is the xT release's order.
         """
+        import torch
+
         rows, cols = self.grid
         pos = self.positions()
         return torch.argsort(pos[:, 0] * cols + pos[:, 1])
@@ -258,6 +271,8 @@ def crop_padded(images: torch.Tensor, window: Window) -> torch.Tensor:
     Returns:
         (..., window.height, window.width).
     """
+    import torch
+
     height, width = images.shape[-2:]
     if window.intersect(Window(0, 0, height, width)) == window:
         rows, cols = window.slices()
@@ -287,6 +302,8 @@ def extract_regions(
             f"image of size {tuple(images.shape[-2:])} does not match the plan's "
             f"{plan.height} x {plan.width}"
         )
+    import torch
+
     regions = range(plan.num_regions) if regions is None else regions
     return torch.stack([crop_padded(images, plan.window(i)) for i in regions], dim=1)
 
@@ -314,6 +331,8 @@ def stitch_regions(outputs: torch.Tensor, plan: RegionPlan) -> torch.Tensor:
         )
     scale = plan.region // side
     m, core = plan.margin // scale, plan.core // scale
+    from einops import rearrange
+
     cores = outputs[..., m : m + core, m : m + core]
     image = rearrange(cores, "b (gh gw) c h w -> b c (gh h) (gw w)", gh=plan.rows, gw=plan.cols)
     return image[..., : math.ceil(plan.height / scale), : math.ceil(plan.width / scale)]

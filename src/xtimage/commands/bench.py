@@ -12,13 +12,14 @@ from xtimage.errors import ConfigError, InputError
 # benchmarks/ of the source checkout this package runs from (absent in a wheel install)
 BENCH_DIR = Path(__file__).resolve().parents[3] / "benchmarks"
 
-EXAMPLE = """examples:
-  xt bench                     # every benchmark, --quick
-  xt bench --list
-  xt bench io_throughput mamba_scan
-  xt bench context_local_attention --full
+ABOUT = """Run the benchmarks in benchmarks/ (a source checkout). Each prints its table and
+writes JSON rows to benchmarks/results/NAME.json.
+"""
 
-Each benchmark prints its table and writes JSON rows to benchmarks/results/NAME.json.
+EXAMPLE = """examples:
+  xt bench --list
+  xt bench io_throughput mamba_scan            # --quick sizes
+  xt bench context_local_attention --full
 """
 
 
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="run the quick benchmarks and print their tables",
+        description=ABOUT,
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+ABOUT = """Convert an xT release checkpoint. It is read without running pickle code
+(torch.load weights_only). Without a config, the release preset matching the checkpoint's
+backbone width is used (its backbone and region); the context and head are read off the
+checkpoint, with model.release=true. The result loads with `xt eval` / `xt predict` /
+`xt train --resume`-free fine-tuning (model.pretrained is not needed: the weights are
+inside).
+"""
+
 EXAMPLE = """examples:
   xt convert swin-t-hyper-512-256-top1.ckpt swin_t_hyper.safetensors
   xt convert swin-b-mamba-512-256-top1.ckpt out.safetensors inat_reptilia_swin_b_mamba
   xt convert my.ckpt out.safetensors my_run.yaml model.num_classes=284
-
-The checkpoint is read without running pickle code (torch.load weights_only). Without a
-config, the release preset matching the checkpoint's backbone width is used (its backbone
-and region); the context and head are read off the checkpoint, with model.release=true.
-The result loads with `xt eval` / `xt predict` / `xt train --resume`-free fine-tuning
-(model.pretrained is not needed: the weights are inside).
 """
 
 
@@ -22,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
         help="convert an xT release checkpoint (.ckpt) into an xtimage checkpoint",
+        description=ABOUT,
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

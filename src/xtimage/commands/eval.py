@@ -7,18 +7,18 @@ import json
 
 from xtimage.errors import ConfigError
 
+ABOUT = """Score a checkpoint, or the files xt predict wrote, on a labelled set. Metrics:
+segmentation pooled IoU per class, mIoU, foreground IoU; classification top-1 (top-5), macro
+precision/recall/F1; detection box precision/recall/F1 at IoU 0.5; xview3 the official
+loc_fscore, loc_fscore_shore, vessel_fscore, fishing_fscore, length_acc and aggregate
+(data.params.val_labels=val.csv data.params.shoreline=shoreline/), at the thresholds saved
+with the checkpoint. The decision thresholds used are printed with them.
+"""
+
 EXAMPLE = """examples:
   xt eval runs/seg/checkpoints/best.safetensors          # the run's own validation set
   xt eval best.safetensors data.kind=folder data.root=labelled/ data.val_fraction=0.99
   xt eval best.safetensors data.val_root=test/ --predictions out/   # score xt predict's files
-  xt eval xview3.safetensors data.val_root=val/ data.params.val_labels=val.csv \
-      data.params.shoreline=shoreline/           # the official xView3 score
-
-Metrics: segmentation pooled IoU per class, mIoU, foreground IoU; classification top-1
-(top-5), macro precision/recall/F1; detection box precision/recall/F1 at IoU 0.5; xview3 the
-official loc_fscore, loc_fscore_shore, vessel_fscore, fishing_fscore, length_acc and
-aggregate, at the thresholds saved with the checkpoint. The decision thresholds used are
-printed with them.
 """
 
 
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
         help="score a checkpoint or prediction files on a labelled set",
+        description=ABOUT,
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -40,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    other = [o for o in args.overrides if not o.startswith("data.")]
+    if other:  # reported before torch is imported
+        raise ConfigError(
+            f"xt eval takes data.* settings only (the model is the checkpoint's), got {other[0]}"
+        )
+
     from xtimage.checkpoint import read_checkpoint
     from xtimage.config import load_config
     from xtimage.data.registry import build_datasets
@@ -48,11 +55,6 @@ def run(args: argparse.Namespace) -> int:
     from xtimage.runtime import resolve_device
 
     ckpt = read_checkpoint(args.checkpoint)
-    other = [o for o in args.overrides if not o.startswith("data.")]
-    if other:
-        raise ConfigError(
-            f"xt eval takes data.* settings only (the model is the checkpoint's), got {other[0]}"
-        )
     config = load_config(ckpt.config.to_dict(), args.overrides)
     world = init_distributed(resolve_device(args.device).type)
     try:

@@ -6,17 +6,17 @@ import argparse
 import json
 
 from xtimage.errors import ConfigError
-from xtimage.tiling import RegionPlan, TokenLayout
+
+ABOUT = """Describe an image file (size, levels, storage, pixel size, nodata, CRS) or a size,
+the region plan and token sequence xT would use; with --backbone the memory plan (e.g.
+--size 32768x32768 --backbone convnext_atto --context xl --max-memory 4GB [--train]);
+with --presets [NAME] the presets with their parameter counts.
+"""
 
 EXAMPLE = """examples:
   xt info --size 30000x24000 --region 256
-  xt info scene.npy --region 512 --margin 32 --json
-  xt info slide.svs --region 128um
-  xt info VV_dB.tif --region 512 --json
-  xt info --size 32768x32768 --backbone convnext_atto --context xl --max-memory 4GB
-  xt info --size 8192x8192 --backbone convnext_atto --context hyper --max-memory 4GB --train
+  xt info slide.svs --region 128um --json
   xt info --presets                       # every preset, its size and the paper's number
-  xt info --presets inat_reptilia_swin_t_hyper --json
 """
 
 
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="describe an image and its region plan",
+        description=ABOUT,
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -105,6 +106,8 @@ def describe_reader(reader, path: str) -> dict:
 
 
 def describe(args: argparse.Namespace) -> dict:
+    from xtimage.tiling import RegionPlan, TokenLayout
+
     info: dict = {}
     if args.file and args.size:
         raise ConfigError("give a FILE or --size, not both")
@@ -133,7 +136,7 @@ def describe(args: argparse.Namespace) -> dict:
         "stride": layout.stride,
         "per_region": layout.tokens_per_region,
         "sequence_length": layout.num_tokens,
-        "valid": int(layout.valid().sum()),
+        "valid": layout.num_valid,
         "grid": list(layout.grid),
     }
     if args.backbone:

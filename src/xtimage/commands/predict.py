@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+ABOUT = """Predict image files with a checkpoint. Writes per input: NAME.json
+(classification), NAME.mask.tif [+ NAME.heatmap.tif] (segmentation; GeoTIFF with the
+input's CRS for a GeoTIFF input), NAME.boxes.csv and NAME.boxes.geojson (detection); for an
+xView3 model, whose inputs are scene folders (or folders of them), SCENE.xview3.csv per
+scene and predictions.csv, the challenge's file. Inputs whose outputs exist are skipped
+unless --overwrite (a rerun resumes); a failing input is recorded and the rest go on;
+xt_index.csv / .json list every input's outputs, status, error and seconds
+(xtimage.archive). Several GPUs or nodes: torchrun ... -m xtimage.cli predict ...
+"""
+
 EXAMPLE = """examples:
   xt predict runs/seg/checkpoints/best.safetensors scene.tif -o out/
   xt predict runs/seg slides/ -o out/ --heatmap        # a run folder uses its last checkpoint
-  xt predict best.safetensors a.png b.svs -o out/ --overwrite
-  torchrun --nproc_per_node 4 -m xtimage.cli predict best.safetensors tiles/ -o out/
-
-Writes per input: NAME.json (classification), NAME.mask.tif [+ NAME.heatmap.tif]
-(segmentation; GeoTIFF with the input's CRS for a GeoTIFF input), NAME.boxes.csv and
-NAME.boxes.geojson (detection); for an xView3 model, whose inputs are scene folders (or
-folders of them), SCENE.xview3.csv per scene and predictions.csv, the challenge's file.
-Inputs whose outputs exist are skipped unless --overwrite (a rerun resumes); a failing
-input is recorded and the rest go on; xt_index.csv / .json list every input's outputs,
-status, error and seconds (see xtimage.archive).
+  xt view out/scene.mask.tif                           # look at the result in a browser
 """
 
 
@@ -25,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="predict image files (TIFF, OME-TIFF, GeoTIFF/COG, slides, PNG...) with a checkpoint",
+        description=ABOUT,
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -8,16 +8,16 @@ from pathlib import Path
 
 from xtimage.errors import ConfigError
 
+ABOUT = """Train a model from a preset or YAML file. Overrides are KEY=VALUE with dotted keys
+(values read as YAML); an unknown key lists the allowed ones. The run folder (train.out)
+gets config.yaml, metrics.jsonl and checkpoints/{last,best}.safetensors. Several GPUs (or
+CPU processes): torchrun --nproc_per_node 4 -m xtimage.cli train my.yaml
+"""
+
 EXAMPLE = """examples:
   xt train synthetic_seg                          # a preset (xtimage/presets/)
-  xt train my_run.yaml train.steps=200 train.out=runs/seg
-  xt train my.yaml model.context=hyper model.context_kwargs.depth=2
+  xt train my.yaml train.steps=200 model.context=hyper model.context_kwargs.depth=2
   xt train --resume runs/seg train.steps=400      # continue (more steps)
-  torchrun --nproc_per_node 4 -m xtimage.cli train my.yaml   # 4 GPUs (or CPU processes)
-
-Overrides are KEY=VALUE with dotted keys (values read as YAML); an unknown key lists the
-allowed ones. The run folder (train.out) gets config.yaml, metrics.jsonl and
-checkpoints/{last,best}.safetensors.
 """
 
 
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a model (config preset or YAML file, KEY=VALUE overrides)",
+        description=ABOUT,
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,10 +62,11 @@ def resolve(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    config = resolve(args)  # config errors are reported before torch is imported
+
     from xtimage.distributed import cleanup
     from xtimage.train import Trainer
 
-    config = resolve(args)
     trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite)
     try:
         result = trainer.fit()

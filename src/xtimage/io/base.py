@@ -138,7 +138,7 @@ PadMode = Literal["constant", "edge"]
 
 
 def read_padded(
-    reader: Reader, window: Window, level: int = 0, fill: Any = 0, mode: PadMode = "constant"
+    reader: Reader, window: Window, level: int = 0, fill: Any = None, mode: PadMode = "constant"
 ) -> np.ndarray:
     """Read ``window`` even where it extends past the image.
 
@@ -146,7 +146,8 @@ def read_padded(
         reader: the image.
         window: pixels to read, at ``level``; it may lie partly or wholly outside.
         level: pyramid level.
-        fill: the value outside the image with ``mode="constant"``.
+        fill: the value outside the image with ``mode="constant"``; default: the reader's
+            nodata value when it declares one, else 0.
         mode: ``"constant"`` fills outside with ``fill``; ``"edge"`` repeats the nearest
             image pixel, pixel (r, c) being the image's ``(clip(r, 0, H - 1),
             clip(c, 0, W - 1))`` (numpy's ``"edge"``, torch's ``"replicate"``), also for
@@ -167,6 +168,8 @@ def read_padded(
         source, rows, cols = window.edge_index(lv.height, lv.width)
         near = reader.read_region(source, level)  # (C, h', w'), the pixels to repeat
         return near[:, rows[:, None], cols[None, :]]
+    if fill is None:
+        fill = 0 if reader.nodata is None else reader.nodata
     out = np.full((reader.channels, window.height, window.width), fill, dtype=reader.dtype)
     if inside is not None:
         rows, cols = inside.shift(-window.top, -window.left).slices()

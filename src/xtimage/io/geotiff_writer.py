@@ -102,7 +102,7 @@ class GeoTiffWriter:
             return
         inside, part = clipped
         win = self._rasterio.windows.Window(inside.left, inside.top, inside.width, inside.height)
-        self._ds.write(np.ascontiguousarray(part), window=win)
+        self._ds.write(np.ascontiguousarray(part, dtype=self._ds.dtypes[0]), window=win)
 
     def close(self) -> Path:
         """Build overviews, (optionally) convert to COG, and rename into place."""

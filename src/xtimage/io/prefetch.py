@@ -31,7 +31,8 @@ class Prefetcher:
         level: pyramid level the windows refer to.
         workers: reading threads.
         depth: windows read ahead at most (queued or done, not yet yielded).
-        fill: value outside the image with ``mode="constant"``.
+        fill: value outside the image with ``mode="constant"`` (default: the nodata value,
+            else 0; see `read_padded`).
         mode: `read_padded`'s padding, ``"constant"`` or ``"edge"`` (the nearest pixel).
     """
 
@@ -42,7 +43,7 @@ class Prefetcher:
         level: int = 0,
         workers: int = 2,
         depth: int = 8,
-        fill: float = 0,
+        fill: float | None = None,
         mode: PadMode = "constant",
     ) -> None:
         if workers < 1 or depth < 1:

@@ -133,6 +133,8 @@ class TiffWriter:
         pixel_size: stored as OME PhysicalSize and resolution tags, so viewers show
             scale bars and readers find the resolution.
         ome: write OME-XML (QuPath, Bio-Formats and napari read the pyramid from it).
+        nodata: declared in GDAL's GDAL_NODATA tag (read back by `TiffReader`, GDAL,
+            QGIS), or None.
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class TiffWriter:
         resampling: str = "mean",
         pixel_size: PixelSize | None = None,
         ome: bool = True,
+        nodata: float | None = None,
     ) -> None:
         self._tifffile = require("tifffile", "tiff", "writing TIFF files")
         self.dtype = np.dtype(dtype)
@@ -170,7 +173,7 @@ class TiffWriter:
             raise ConfigError(f"a TIFF needs at least 1 level, got {levels}")
         self.height, self.width, self.channels, self.tile = height, width, channels, tile
         self.compression, self.levels, self.resampling = compression, levels, resampling
-        self.pixel_size, self.ome = pixel_size, ome
+        self.pixel_size, self.ome, self.nodata = pixel_size, ome, nodata
         self._target = AtomicPath(path)
         self._store = _TileStore(
             self._target.temp.with_suffix(".level0"), height, width, channels, self.dtype, tile
@@ -214,6 +217,8 @@ class TiffWriter:
         }
         if self.compression in ("deflate", "zlib", "zstd", "lzw", "lzma"):
             options["predictor"] = True
+        if self.nodata is not None:  # GDAL_NODATA, as text: "255", "nan"
+            options["extratags"] = [(42113, "s", 0, f"{self.nodata:g}", True)]
         metadata: dict = {"axes": "YXS" if self.channels > 1 else "YX"}
         resolution = {}
         if self.pixel_size is not None:

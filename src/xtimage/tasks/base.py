@@ -86,8 +86,9 @@ class Runner(Protocol):
     def classify(self, source: Any) -> np.ndarray:
         """Class probabilities (K,) of one image."""
 
-    def dense(self, source: Any, writer: Any) -> None:
-        """Raw dense outputs of every core window of one image into ``writer``."""
+    def dense(self, source: Any, writer: Any, keep: Any = None) -> None:
+        """Raw dense outputs of every core window of one image into ``writer``; with
+        ``keep``, a function of the region plan, only of the regions it keeps."""
 
     def num_regions(self, height: int, width: int) -> int:
         """Regions the model cuts an image of this size into (for progress bars)."""

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from xtimage.distributed import all_reduce_sum
 from xtimage.errors import ConfigError
+from xtimage.io.nodata import MaskedWriter, ValidPixels, output_nodata
 from xtimage.tasks.base import TASKS, Job, Prediction, Runner, Task, output_stem
 from xtimage.window import Window
 
@@ -105,10 +106,11 @@ class Segmentation(Task):
 
     def write(self, runner: Runner, job: Job) -> Prediction:
         reader, source, outputs = job.reader, job.source, job.outputs
-        mask = _map_writer(reader, outputs[0], self.mask_dtype(), classes=True)
+        valid = ValidPixels.of(reader, self.config.in_chans)  # nodata: the outputs' NoData
+        mask = _map_writer(reader, outputs[0], self.mask_dtype(), classes=True, valid=valid)
         try:
             heat = (
-                _map_writer(reader, outputs[1], np.float32, classes=False)
+                _map_writer(reader, outputs[1], np.float32, classes=False, valid=valid)
                 if len(outputs) > 1
                 else None
             )
@@ -124,7 +126,7 @@ class Segmentation(Task):
         )
         sink = MaskSink(self, mask, heat, bar)
         try:
-            runner.dense(source, sink)
+            runner.dense(source, sink, keep=valid and valid.keep)  # regions with data only
         except BaseException:
             sink.abort()
             raise
@@ -153,22 +155,28 @@ class Segmentation(Task):
         return {"rule": "argmax of the class logits (sigmoid >= 0.5 for a single map)"}
 
 
-def _map_writer(reader: Reader, path: Path, dtype: Any, classes: bool) -> Any:
+def _map_writer(
+    reader: Reader, path: Path, dtype: Any, classes: bool, valid: ValidPixels | None = None
+) -> Any:
     """A tiled one-band writer of an image-sized map: a GeoTIFF with the input's
     georeference, else an (OME-)TIFF; class maps are reduced by nearest neighbour in the
-    pyramid, probabilities by averaging."""
+    pyramid, probabilities by averaging. With the input's ``valid`` pixels, pixels without
+    data get `output_nodata`, which the file declares as its NoData."""
     height, width = reader.height, reader.width
+    nodata = output_nodata(dtype)
     if reader.geo is not None:
         from xtimage.io.geotiff_writer import GeoTiffWriter
 
         resampling = "nearest" if classes else "average"
-        return GeoTiffWriter(path, height, width, 1, dtype, geo=reader.geo, resampling=resampling)
+        writer = GeoTiffWriter(path, height, width, 1, dtype, geo=reader.geo,
+                               resampling=resampling, nodata=nodata if valid else None)  # fmt: skip
+        return MaskedWriter.over(valid, nodata, writer)
     from xtimage.io.tiff_writer import TiffWriter
 
     resampling = "nearest" if classes else "mean"
-    return TiffWriter(
-        path, height, width, 1, dtype, resampling=resampling, pixel_size=reader.pixel_size
-    )
+    writer = TiffWriter(path, height, width, 1, dtype, resampling=resampling,
+                        pixel_size=reader.pixel_size, nodata=nodata if valid else None)  # fmt: skip
+    return MaskedWriter.over(valid, nodata, writer)
 
 
 class ArrayWriter:
