@@ -124,7 +124,6 @@ def test_run_folder_files_and_refusal_to_overwrite(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["train.amp=fp16"], "needs a GPU"),
         (["model.context=hyper", "train.mode=streaming"], "needs a streamable context"),
         (["train.mode=frozen"], "needs model.frozen=true"),
         (["model.baseline=downsample", "train.mode=exact"], "use train.mode=direct"),
@@ -169,9 +168,15 @@ def test_time_budget_stops_after_a_step_with_a_checkpoint(tmp_path):
     assert Trainer(config, resume=tmp_path).step == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_bf16_exact_step_is_close_to_float32_on_gpu(tmp_path):
-    gpu = ["train.device=cuda", "train.mode=exact"]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FP16_RUNS = [("cpu", "exact")]  # fp16 on CPU is slow: the engine's mode only
+if torch.cuda.is_available():
+    FP16_RUNS += [("cuda", "exact"), ("cuda", "direct")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_exact_step_is_close_to_float32(tmp_path, device):
+    gpu = [f"train.device={device}", "train.mode=exact"]
     full = _step_one_grads(tmp_path / "a", *gpu, "train.amp=none")
     mixed = _step_one_grads(tmp_path / "b", *gpu, "train.amp=bf16")
     for name, expected in full.items():
@@ -181,9 +186,9 @@ def test_bf16_exact_step_is_close_to_float32_on_gpu(tmp_path):
         assert cos > 0.95 or expected.norm() < 1e-6, (name, float(cos))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_fp16_with_its_gradient_scaler_trains_on_gpu(tmp_path):
-    config = tiny(tmp_path, "train.device=cuda", "train.mode=direct", "train.amp=fp16",
+@pytest.mark.parametrize(("device", "mode"), FP16_RUNS)
+def test_fp16_with_its_gradient_scaler_trains(tmp_path, device, mode):
+    config = tiny(tmp_path, f"train.device={device}", f"train.mode={mode}", "train.amp=fp16",
                   "train.steps=6", "data.train_samples=2", "train.batch_size=2")  # fmt: skip
     trainer = Trainer(config)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

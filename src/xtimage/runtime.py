@@ -14,6 +14,8 @@ import torch
 
 from xtimage.errors import ConfigError
 
+AMP = ("auto", "none", "bf16", "fp16")
+
 
 def resolve_device(name: str) -> torch.device:
     """ "auto" -> CUDA when present (this process's local GPU under torchrun), else CPU."""
@@ -31,14 +33,19 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
     """The autocast dtype (None: float32) and whether fp16 (with a gradient scaler) is on.
 
     "auto" is bf16 on a GPU that supports it and float32 elsewhere (CPU autocast is slow
-    and changes numerics for no gain in memory that matters here).
+    and changes numerics for no gain in memory that matters here). "bf16" and "fp16" are
+    honoured on any device when asked for by name: on CPU they run through
+    ``torch.autocast("cpu")`` (slow; useful to test a mixed-precision run without a GPU),
+    and "fp16" comes with a gradient scaler on CPU too.
     """
+    if amp not in AMP:
+        raise ConfigError(f"amp={amp!r} is not one of {', '.join(AMP)}")
     if amp == "none" or (amp == "auto" and device.type != "cuda"):
         return None, False
     if amp == "auto":
         return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (None, False)
-    if device.type != "cuda":
-        raise ConfigError(f"train.amp={amp} needs a GPU; on CPU use train.amp=none")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("amp=bf16: this GPU has no bfloat16; use amp=fp16 (or none)")
     return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
 
 

@@ -175,12 +175,14 @@ class Trainer:
         self.data: Datasets = build_datasets(config)
         if self.data.classes is not None and config.model.classes is None:
             config.model.classes = list(self.data.classes)
-        self.mode = self._check_mode(t.mode, fp16)
+        self.mode = self._check_mode(t.mode)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.engine = None
         if isinstance(self.model, XT):
             from xtimage.engine import Engine
 
-            self.engine = Engine(self.model, t.region_batch, self.device, autocast=self.autocast)
+            self.engine = Engine(self.model, t.region_batch, self.device,
+                                 autocast=self.autocast, scaler=self.scaler)  # fmt: skip
         self.cache = None
         if self.mode == "frozen":
             from xtimage.engine.cache import TokenCache
@@ -192,7 +194,6 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(groups, lr=t.lr)
         else:
             self.optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
 
         self.step, self.epoch, self.position = 0, 0, 0
         self.best: float | None = None
@@ -213,7 +214,7 @@ class Trainer:
                 for old in (self.run_dir / "metrics.jsonl", best, last):
                     old.unlink(missing_ok=True)
 
-    def _check_mode(self, mode: str, fp16: bool) -> str:
+    def _check_mode(self, mode: str) -> str:
         model = self.config.model
         if model.baseline == "downsample" and mode not in ("auto", "direct"):
             raise ConfigError(
@@ -232,11 +233,6 @@ class Trainer:
             raise ConfigError(
                 f"train.mode=streaming needs a streamable context encoder; "
                 f"'{model.context}' is global: use train.mode=exact"
-            )
-        if fp16 and mode != "direct":
-            raise ConfigError(
-                "train.amp=fp16 needs a gradient scaler, which only train.mode=direct has; "
-                "use train.amp=bf16 with the streaming engine"
             )
         return mode
 

@@ -1,5 +1,7 @@
 """The engine's central invariants: streamed == all at once, exact gradients, k-invariance."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,7 +50,9 @@ class RunningMean(ContextEncoder):
         return tokens + self.proj(mean), (csum[:, -1], ccount[:, -1])
 
 
-def tiny_xt(context_cls, dense: bool, margin: int = 0, dropout: float = 0.0) -> XT:
+def tiny_xt(
+    context_cls, dense: bool, margin: int = 0, dropout: float = 0.0, dtype=torch.float64
+) -> XT:
     region = 64 + 2 * margin
     encoder = RegionEncoder(
         "convnext_atto",
@@ -62,7 +66,7 @@ def tiny_xt(context_cls, dense: bool, margin: int = 0, dropout: float = 0.0) -> 
         head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8)
     else:
         head = ClassificationHead(16, 5, pool="attention")
-    return XT(encoder, context, head, region=region, margin=margin).double()
+    return XT(encoder, context, head, region=region, margin=margin).to(dtype)
 
 
 def images(*sizes):
@@ -263,3 +267,176 @@ def test_chunked_training_refuses_what_couples_the_regions_of_a_batch(change):
     targets = [{"mask": torch.zeros(64, 64, dtype=torch.long)}]
     with pytest.raises(ConfigError, match="Dice loss .* or a batch-norm decoder"):
         Engine(model).exact_step(images((64, 64)), targets)
+
+
+# ---------------------------------------------------------------------------- mixed precision
+# bf16 keeps 8 significant bits (a relative step of 2**-8 = 0.4%), so the streamed and the
+# all-at-once runs, which round in another order (other batch shapes, the context fed in
+# chunks, float32 tokens kept between passes), agree to rounding noise, not bit for bit.
+# Stated tolerances: outputs within 3% of their largest magnitude (measured 0.2-1.1%);
+# the whole gradient (every parameter as one vector) within 3% in L2 norm (measured
+# 0.5-1.1%, the same size as float32's own distance from the bf16 reference, 0.7-1.3%);
+# and each parameter's gradient no farther from the reference than 1.5x float32's distance
+# plus 2% (a layer-norm bias gradient is a sum with cancellation: up to 20% for both).
+
+BF16 = torch.bfloat16
+
+
+def _bf16():
+    return torch.autocast("cpu", dtype=BF16)
+
+
+def _fp16():
+    return torch.autocast("cpu", dtype=torch.float16)
+
+
+def _assert_close_bf16(actual, expected):
+    torch.testing.assert_close(
+        actual.float(), expected.float(), rtol=0, atol=0.03 * expected.detach().abs().max().item()
+    )
+
+
+def _amp_reference_grads(model, loss_fn, amp=_bf16):
+    """The all-at-once gradients under ``amp`` autocast, and in float32 (the noise scale)."""
+    losses, grads = [], []
+    for context in (amp, contextlib.nullcontext):
+        model.zero_grad()
+        with context():
+            loss = loss_fn()
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(_grads(model))
+    model.zero_grad()
+    return losses[0], grads[0], grads[1]
+
+
+def _assert_grads_close_amp(actual, expected, float32):
+    assert actual.keys() == expected.keys() and len(expected) >= 8
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    def flat(grads):
+        return torch.cat([g.flatten() for g in grads.values()])
+
+    assert rel(flat(actual), flat(expected)) < 0.03
+    floor = 1e-3 * float(flat(expected).norm())
+    for name, g in expected.items():
+        if g.norm() > floor:  # smaller ones are rounding noise throughout
+            assert rel(actual[name], g) <= 1.5 * rel(float32[name], g) + 0.02, name
+
+
+@pytest.mark.parametrize("context_cls", [GlobalAttention, RunningMean])
+def test_bf16_streamed_classification_equals_all_at_once(context_cls):
+    model = tiny_xt(context_cls, dense=False, dtype=torch.float32).eval()
+    image = torch.randn(3, 150, 200)
+    with _bf16():
+        expected = model(image[None])
+    logits = Engine(model, region_batch=5, autocast=BF16).classify([image])
+    assert logits.dtype == torch.float32  # outputs in the model's dtype
+    _assert_close_bf16(logits, expected)
+
+
+def test_bf16_streamed_dense_inference_equals_all_at_once():
+    model = tiny_xt(GlobalAttention, dense=True, margin=32, dtype=torch.float32).eval()
+    image = torch.randn(3, 130, 170)
+    with _bf16():
+        expected = model(image[None])[0]
+    _assert_close_bf16(Engine(model, region_batch=4, autocast=BF16).segment(image), expected)
+
+
+def test_bf16_exact_classification_gradients_equal_all_at_once():
+    model = tiny_xt(GlobalAttention, dense=False, dtype=torch.float32)
+    batch = [torch.randn(3, 150, 200), torch.randn(3, 70, 90)]
+    labels = torch.tensor([1, 3])
+
+    def loss_fn():
+        return sum(model.head.loss(model(x[None]).float(), labels[i : i + 1])
+                   for i, x in enumerate(batch)) / 2  # fmt: skip
+
+    ref, expected, float32 = _amp_reference_grads(model, loss_fn)
+    loss = Engine(model, region_batch=5, autocast=BF16).exact_step(batch, labels)
+    assert abs(loss - ref) < 0.01 * ref
+    _assert_grads_close_amp(_grads(model), expected, float32)
+
+
+def test_bf16_exact_dense_gradients_equal_all_at_once():
+    model = tiny_xt(GlobalAttention, dense=True, margin=32, dtype=torch.float32)
+    batch = [torch.randn(3, 130, 170), torch.randn(3, 60, 100)]
+    targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
+    ref, expected, float32 = _amp_reference_grads(
+        model, lambda: _dense_reference_loss(model, batch, targets)
+    )
+    loss = Engine(model, region_batch=3, autocast=BF16).exact_step(batch, targets)
+    assert abs(loss - ref) < 0.01 * ref
+    _assert_grads_close_amp(_grads(model), expected, float32)
+
+
+def _scaled_grads(model, scaler):
+    return {n: g / scaler.get_scale() for n, g in _grads(model).items()}
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_fp16_exact_step_scales_every_backward_alike(dense):
+    """With fp16's gradient scaler the context + head loss, the chunks' decoder losses
+    and the saved token gradients all carry the one scale: unscaled, the gradients are
+    the all-at-once fp16 ones (tolerances as for bf16), and the loss is returned unscaled."""
+    model = tiny_xt(GlobalAttention, dense=dense, margin=32 if dense else 0, dtype=torch.float32)
+    if dense:
+        batch = [torch.randn(3, 130, 170), torch.randn(3, 60, 100)]
+        targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
+
+        def loss_fn():
+            return _dense_reference_loss(model, batch, targets)
+    else:
+        batch = [torch.randn(3, 150, 200), torch.randn(3, 70, 90)]
+        targets = torch.tensor([1, 3])
+
+        def loss_fn():
+            return sum(model.head.loss(model(x[None]).float(), targets[i : i + 1])
+                       for i, x in enumerate(batch)) / 2  # fmt: skip
+
+    ref, expected, float32 = _amp_reference_grads(model, loss_fn, _fp16)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    engine = Engine(model, region_batch=3, autocast=torch.float16, scaler=scaler)
+    loss = engine.exact_step(batch, targets)
+    assert abs(loss - ref) < 0.01 * ref
+    _assert_grads_close_amp(_scaled_grads(model, scaler), expected, float32)
+
+
+def test_fp16_streaming_step_with_a_scaler_equals_exact():
+    """No context, so streaming is exact: with the scaler on both, the unscaled gradients
+    agree to fp16 rounding (the tolerances of the bf16 tests)."""
+    from xtimage.encoders.context import IdentityContext
+
+    model = tiny_xt(IdentityContext, dense=True, dtype=torch.float32)
+    batch = [torch.randn(3, 130, 170)]
+    targets = [{"mask": torch.randint(0, 3, (130, 170))}]
+    results = []
+    for step, amp in [("exact_step", None), ("exact_step", torch.float16),
+                      ("streaming_step", torch.float16)]:  # fmt: skip
+        model.zero_grad()
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=amp is not None)
+        engine = Engine(model, region_batch=3, autocast=amp, scaler=scaler)
+        results.append((getattr(engine, step)(batch, targets), _scaled_grads(model, scaler)))
+    (_, float32), (exact, expected), (streamed, grads) = results
+    assert abs(exact - streamed) < 1e-2 * exact
+    _assert_grads_close_amp(grads, expected, float32)
+
+
+def test_fp16_overflow_in_the_streamed_backward_skips_the_step():
+    """A scale too large for fp16 overflows in the re-encodings' backward; the scaler sees
+    the non-finite gradients when unscaling, skips the optimizer step and lowers the scale."""
+    model = tiny_xt(GlobalAttention, dense=False, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    engine = Engine(model, region_batch=5, autocast=torch.float16, scaler=scaler)
+    engine.exact_step([torch.randn(3, 150, 200)], torch.tensor([1]))
+    grads = _grads(model)
+    assert not all(torch.isfinite(g).all() for g in grads.values())
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() < 2.0**40
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -84,7 +84,12 @@ class Engine:
         region_batch: regions encoded at once (memory knob; results do not depend on it).
         device: where the model runs.
         read_ahead: read the next chunk on a thread while the model runs.
-        autocast: e.g. ``torch.bfloat16`` for mixed precision on GPU; None: float32.
+        autocast: e.g. ``torch.bfloat16`` for mixed precision (GPU, or CPU when asked);
+            None: float32.
+        scaler: fp16's gradient scaler: the training steps scale every loss before its
+            backward, so the saved token gradients and the re-encodings' backward carry
+            the same scale; the caller unscales (``scaler.unscale_``) before clipping and
+            steps through the scaler. None: losses are not scaled.
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class Engine:
         device: str | torch.device = "cpu",
         read_ahead: bool = True,
         autocast: torch.dtype | None = None,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if region_batch <= 0:
             raise ConfigError(f"region_batch must be positive, got {region_batch}")
@@ -102,6 +108,7 @@ class Engine:
         self.device = torch.device(device)
         self.read_ahead = read_ahead
         self.autocast = autocast
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.dtype = next(model.parameters()).dtype  # outputs and saved tokens
 
     # ------------------------------------------------------------------ helpers
@@ -287,6 +294,14 @@ class Engine:
 
     # ------------------------------------------------------------------ training
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate a loss, scaled by the fp16 gradient scaler when there is one.
+
+        Every gradient the steps save and pass on (tokens', contextualised tokens') comes
+        from a scaled loss, so the backward calls that take them need no scaling of their own.
+        """
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
     def exact_step(
         self,
         images: Sequence[Image],
@@ -357,7 +372,7 @@ class Engine:
             with autocast(self.device, self.autocast):
                 logits = self.model.head(ctx, mask)
                 loss = self.model.head.loss(logits.to(self.dtype), targets.to(self.device))
-            loss.backward()
+            self._backward(loss)
             loss = loss.item()
         return loss
 
@@ -386,7 +401,7 @@ class Engine:
                     )
                     pred = self.model.decode(maps, windows).to(self.dtype)
                 loss = self._chunk_loss(item, chunk, pred, targets[b]) / normaliser
-                loss.backward()
+                self._backward(loss)
                 total += loss.item()
         ctx.backward(ctx_leaf.grad)
         return total
@@ -497,7 +512,7 @@ class Engine:
                     loss = head.loss(head.logits(merged), targets[b : b + 1].to(self.device))
                     loss = loss / (n_chunks * len(images))
                     pool = merged
-                loss.backward()
+                self._backward(loss)
                 total += loss.item()
                 state = detach_state(state)
         return total

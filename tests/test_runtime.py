@@ -1,0 +1,36 @@
+"""Device and mixed-precision choices shared by training, the engine and prediction."""
+
+import pytest
+import torch
+
+from xtimage.errors import ConfigError
+from xtimage.runtime import autocast, resolve_amp, resolve_device
+
+CPU = torch.device("cpu")
+
+
+def test_auto_is_float32_on_cpu_and_named_precisions_are_honoured():
+    assert resolve_amp("auto", CPU) == (None, False)
+    assert resolve_amp("none", CPU) == (None, False)
+    assert resolve_amp("bf16", CPU) == (torch.bfloat16, False)
+    assert resolve_amp("fp16", CPU) == (torch.float16, True)  # fp16 brings a gradient scaler
+
+
+def test_unknown_precision_names_the_choices():
+    with pytest.raises(ConfigError, match="auto, none, bf16, fp16"):
+        resolve_amp("float8", CPU)
+
+
+def test_autocast_runs_matmuls_in_the_dtype_on_cpu_and_is_a_no_op_for_none():
+    a = torch.randn(4, 4)
+    with autocast(CPU, torch.bfloat16):
+        assert (a @ a).dtype == torch.bfloat16
+    with autocast(CPU, None):
+        assert (a @ a).dtype == torch.float32
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_asking_for_cuda_without_it_is_a_config_error():
+    assert resolve_device("auto") == CPU
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda")
