@@ -162,6 +162,23 @@ def test_estimate_adds_the_fixed_parts():
     assert train.increase_bytes == train.estimate_bytes - 10 * MiB
 
 
+def test_planning_for_a_gpu_from_the_cpu_uses_the_cuda_constants():
+    """Same traced activations; the idle process is the weights the GPU would hold,
+    read-ahead is host memory (not counted) and the overhead constants are CUDA's."""
+    from xtimage.engine.planner import CUDA_FACTOR, CUDA_OVERHEAD
+
+    model = tiny_xt("xl", **CONTEXTS["xl"])
+    cpu = estimate_memory(model, 1024, 1024, region_batch=4, mode="exact", idle_bytes=0)
+    gpu = estimate_memory(model, 1024, 1024, region_batch=4, mode="exact", device="cuda")
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    live = gpu.breakdown["activations"]
+    assert live == cpu.breakdown["activations"] and gpu.device == "cuda" == gpu.describe()["device"]
+    assert gpu.breakdown["idle"] == weights and gpu.breakdown["read_ahead"] == 0
+    assert gpu.breakdown["overhead"] == int(CUDA_OVERHEAD + (CUDA_FACTOR - 1) * live)
+    plan = plan_memory(model, 1024, 1024, "80GB", training=True, device="cuda")
+    assert plan.fits and plan.device == "cuda" and "on cuda" in str(plan)
+
+
 def test_plan_picks_the_largest_region_batch_that_fits():
     model = tiny_xt("xl", **CONTEXTS["xl"])
     estimates = {k: estimate_memory(model, 1024, 1024, region_batch=k, idle_bytes=0)
@@ -213,7 +230,9 @@ def test_xt_info_prints_the_memory_plan(capsys):
     assert memory["region_batch"] == 64  # the largest considered: the budget is ample
     assert memory["estimate_bytes"] == sum(memory["breakdown"].values())
     assert main(argv) == 0
-    assert "memory      inference, 64 regions at once" in capsys.readouterr().out
+    assert "memory      inference on cpu, 64 regions at once" in capsys.readouterr().out
+    assert main([*argv, "--json", "--device", "cuda"]) == 0  # planned for a GPU, none needed
+    assert json.loads(capsys.readouterr().out)["memory"]["device"] == "cuda"
     assert main(["info", "--size", "64x64", "--max-memory", "4GB"]) == 2
     assert "add --backbone" in capsys.readouterr().err
 

@@ -17,6 +17,8 @@ EXAMPLE = """examples:
   xt info --size 30000x24000 --region 256
   xt info slide.svs --region 128um --json
   xt info --presets                       # every preset, its size and the paper's number
+  xt info --size 8192x8192 --backbone swinv2_tiny_window16_256 --context hyper --train \
+          --max-memory 40GB --device cuda  # plan for a GPU (from any machine)
 """
 
 
@@ -51,6 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     mem.add_argument("--context", default="xl", help="context encoder (default xl)")
     mem.add_argument("--dim", type=int, default=768, help="context width (default 768)")
     mem.add_argument("--max-memory", help="budget of the whole process, e.g. 4GB")
+    mem.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="plan for CPU memory (default) or a GPU's (needs none here; CUDA constants "
+        "are unfitted estimates, see docs/performance.md)",
+    )
     mem.add_argument(
         "--train",
         nargs="?",
@@ -161,10 +170,11 @@ def memory_plan(args: argparse.Namespace, height: int, width: int, region: int, 
     mode = None if args.train in (None, "auto") else args.train
     if args.max_memory:
         plan = plan_memory(model, height, width, args.max_memory, training=bool(args.train),
-                           mode=mode, channels=channels)  # fmt: skip
+                           mode=mode, channels=channels, device=args.device)  # fmt: skip
     else:
         mode = mode or ("exact" if args.train else "inference")
-        plan = estimate_memory(model, height, width, region_batch=16, mode=mode, channels=channels)
+        plan = estimate_memory(model, height, width, region_batch=16, mode=mode, channels=channels,
+                               device=args.device)  # fmt: skip
     return plan.describe()
 
 
@@ -243,9 +253,9 @@ def run(args: argparse.Namespace) -> int:
         if budget is not None:
             fit = "fits" if m["fits"] else "does NOT fit even one region at a time"
             verdict = f" of {budget / gib:.2f} GiB, {fit}"
-        k = m["region_batch"]
+        k, regions = m["region_batch"], "regions" if m["region_batch"] > 1 else "region"
         print(
-            f"memory      {m['mode']}, {k} region{'s' if k > 1 else ''} at once: peak "
+            f"memory      {m['mode']} on {m['device']}, {k} {regions} at once: peak "
             f"{m['estimate_bytes'] / gib:.2f} GiB{verdict}"
         )
         parts = ", ".join(f"{k} {v / gib:.2f}" for k, v in m["breakdown"].items() if v)

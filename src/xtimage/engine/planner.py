@@ -29,10 +29,26 @@ The estimate of the increase over the idle process (imports, weights and data lo
 with read-ahead two chunks of float pixels (the next chunk read and stacked on a thread
 while the current one is encoded), gradients and AdamW's two moments the size of the
 trainable weights. ``OVERHEAD`` (the runtime's own working memory) and ``FACTOR`` (the
-allocator's slack over live tensor bytes) were fitted on CPU by
-``benchmarks/planner_check.py`` on some sizes and checked on others (within 25% of the
-measured increase); the estimate is float32 (no autocast). On CUDA the budget covers
-torch's allocations on the device (the CUDA context itself is not counted).
+allocator's slack over live tensor bytes) depend on the device the run is planned for:
+
+- CPU: fitted by ``benchmarks/planner_check.py`` on some sizes and checked on others
+  (within 25% of the measured increase of the resident size).
+- CUDA: *unfitted estimates* (no GPU has been lent to fit them yet). The budget is
+  what torch's caching allocator reserves on the device at the peak
+  (``torch.cuda.max_memory_reserved``, which is what runs out first), not the CUDA
+  context (0.3-1 GiB outside torch: give a budget of the card's memory less about
+  1 GiB). ``CUDA_OVERHEAD`` stands for cuBLAS/cuBLASLt/cuDNN workspaces, which torch
+  allocates through its allocator (tens of MiB a handle on recent GPUs, cuDNN's up to
+  hundreds for large convolutions: 256 MiB is a round guess on the safe side); ``CUDA_FACTOR``
+  for the allocator's rounding and fragmentation (block sizes rounded up, 2 MiB and
+  20 MiB segments, freed blocks that do not fit the next request). Read-ahead is host
+  memory on CUDA, so it is not counted. To fit both: run ``benchmarks/gpu_suite.py`` on
+  a GPU; its ``planner`` rows hold the live bytes the dry run traced and the measured
+  reserved peak of the same run, and a least-squares line through them (reserved =
+  overhead + factor * live) gives the two constants.
+
+The estimate is float32 (the dry run does not autocast): under bf16/fp16 autocast the
+activations are about half as large, so the plan is on the safe side by up to that.
 """
 
 from __future__ import annotations
@@ -59,6 +75,16 @@ from xtimage.tiling import RegionPlan
 # Fitted on CPU (see the module docstring and benchmarks/planner_check.py).
 OVERHEAD = 52 * 2**20  # bytes: oneDNN scratch, thread arenas, interpreter objects
 FACTOR = 1.11  # resident bytes per live tensor byte at the peak (allocator slack)
+# CUDA: unfitted estimates until benchmarks/gpu_suite.py has run on a GPU (module docstring).
+CUDA_OVERHEAD = 256 * 2**20  # bytes: cuBLAS/cuBLASLt/cuDNN workspaces through the allocator
+CUDA_FACTOR = 1.25  # reserved bytes per live tensor byte at the peak (rounding, fragments)
+
+
+def overhead_constants(device: str | torch.device) -> tuple[int, float]:
+    """(overhead bytes, factor) of the estimate on ``device``'s type (module docstring)."""
+    if torch.device(device).type == "cuda":
+        return CUDA_OVERHEAD, CUDA_FACTOR
+    return OVERHEAD, FACTOR
 
 MODES = ("inference", "exact", "streaming")
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -99,6 +125,7 @@ class MemoryPlan:
         breakdown: bytes by part: idle (imports, weights), activations, read_ahead,
             gradients, optimizer, overhead (runtime working memory and allocator slack).
         budget_bytes: the budget planned for, or None.
+        device: the device type planned for ("cpu" or "cuda").
     """
 
     mode: str
@@ -106,6 +133,7 @@ class MemoryPlan:
     estimate_bytes: int
     breakdown: dict[str, int] = field(default_factory=dict)
     budget_bytes: int | None = None
+    device: str = "cpu"
 
     @property
     def increase_bytes(self) -> int:
@@ -120,6 +148,7 @@ class MemoryPlan:
         """The plan as plain numbers (for `xt info --json`)."""
         return {
             "mode": self.mode,
+            "device": self.device,
             "region_batch": self.region_batch,
             "estimate_bytes": self.estimate_bytes,
             "increase_bytes": self.increase_bytes,
@@ -134,7 +163,7 @@ class MemoryPlan:
         verdict = "" if self.budget_bytes is None else (" (fits)" if self.fits else " (too big)")
         regions = "region" if self.region_batch == 1 else "regions"
         return (
-            f"{self.mode}, {self.region_batch} {regions} at once: peak "
+            f"{self.mode} on {self.device}, {self.region_batch} {regions} at once: peak "
             f"{_format_bytes(self.estimate_bytes)}{budget}{verdict} = {parts}"
         )
 
@@ -394,6 +423,18 @@ def _resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _idle_bytes(model: XT, device: torch.device, here: torch.device) -> int:
+    """The idle process's memory on ``device``: this process's resident size on CPU;
+    torch's allocations on the GPU the model is on; planning for a GPU from elsewhere,
+    the bytes of the weights and buffers that would be loaded onto it."""
+    if device.type != "cuda":
+        return _resident_bytes()
+    if here.type == "cuda":
+        return torch.cuda.memory_allocated(here)
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _check(model: XT, mode: str, region_batch: int | None = None) -> None:
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
@@ -415,14 +456,15 @@ class _Estimator:
     """Estimates of one model and image size for several region batches and modes."""
 
     def __init__(self, model: XT, height: int, width: int, channels: int | None,
-                 read_ahead: bool, idle_bytes: int | None) -> None:  # fmt: skip
+                 read_ahead: bool, idle_bytes: int | None,
+                 device: str | torch.device | None = None) -> None:  # fmt: skip
         self.model, self.height, self.width = model, height, width
         self.channels = channels or model.region_encoder.in_chans
         self.read_ahead = read_ahead
-        self.device = next(model.parameters()).device
+        here = next(model.parameters()).device
+        self.device = torch.device(device) if device is not None else here
         if idle_bytes is None:
-            cuda = self.device.type == "cuda"
-            idle_bytes = torch.cuda.memory_allocated(self.device) if cuda else _resident_bytes()
+            idle_bytes = _idle_bytes(model, self.device, here)
         self.idle = idle_bytes
         self.twin = _meta_twin(model)
         self.costs: dict = {}
@@ -451,8 +493,9 @@ class _Estimator:
             "gradients": self.trainable if training else 0,
             "optimizer": 2 * self.trainable if training else 0,
         }
-        parts["overhead"] = int(OVERHEAD + (FACTOR - 1) * (live + read_ahead))
-        return MemoryPlan(mode, region_batch, sum(parts.values()), parts, budget)
+        overhead, factor = overhead_constants(self.device)
+        parts["overhead"] = int(overhead + (factor - 1) * (live + read_ahead))
+        return MemoryPlan(mode, region_batch, sum(parts.values()), parts, budget, self.device.type)
 
 
 def estimate_memory(
@@ -465,11 +508,12 @@ def estimate_memory(
     channels: int | None = None,
     read_ahead: bool = True,
     idle_bytes: int | None = None,
+    device: str | torch.device | None = None,
 ) -> MemoryPlan:
     """The memory plan of one run with a given region batch (see the module docstring).
 
     Args:
-        model: the model (its device decides CPU or GPU memory).
+        model: the model.
         height: image height in pixels.
         width: image width in pixels.
         region_batch: regions encoded at once.
@@ -478,11 +522,14 @@ def estimate_memory(
         channels: image channels (default: the region encoder's).
         read_ahead: the engine reads the next chunk on a thread.
         idle_bytes: memory of the idle process (default: this process's resident size
-            now on CPU, torch's allocations on CUDA).
+            now on CPU; on CUDA torch's allocations, or the model's weights when the
+            model is not on the GPU planned for).
+        device: the device the run is planned for (default: the model's); decides the
+            overhead constants and whether read-ahead counts (host memory on CUDA).
     """
     _check(model, mode, region_batch)
     RegionPlan(height, width, model.region, model.margin)  # validates the size
-    estimator = _Estimator(model, height, width, channels, read_ahead, idle_bytes)
+    estimator = _Estimator(model, height, width, channels, read_ahead, idle_bytes, device)
     return estimator(region_batch, mode, None)
 
 
@@ -522,6 +569,7 @@ def plan_memory(
     read_ahead: bool = True,
     max_region_batch: int = 64,
     idle_bytes: int | None = None,
+    device: str | torch.device | None = None,
 ) -> MemoryPlan:
     """The largest region batch (a power of two) whose run fits ``budget``.
 
@@ -540,6 +588,7 @@ def plan_memory(
         read_ahead: the engine reads the next chunk on a thread.
         max_region_batch: the largest region batch considered (speed saturates early).
         idle_bytes: memory of the idle process (see `estimate_memory`).
+        device: the device planned for (see `estimate_memory`).
     """
     budget_bytes = parse_size(budget)
     modes = [mode] if mode else ["exact", "streaming"] if training else ["inference"]
@@ -550,7 +599,7 @@ def plan_memory(
     for m in modes:
         _check(model, m)
     RegionPlan(height, width, model.region, model.margin)
-    estimator = _Estimator(model, height, width, channels, read_ahead, idle_bytes)
+    estimator = _Estimator(model, height, width, channels, read_ahead, idle_bytes, device)
     plan = None
     for m in modes:
         sizes = _candidates(model, m, max_region_batch)
@@ -582,7 +631,7 @@ def engine_for_budget(
     the smallest plan exceeds the budget. ``engine_kwargs`` go to `Engine`."""
     plan = plan_memory(model, height, width, budget, training=training, mode=mode,
                        read_ahead=engine_kwargs.get("read_ahead", True),
-                       idle_bytes=idle_bytes)  # fmt: skip
+                       idle_bytes=idle_bytes, device=engine_kwargs.get("device"))  # fmt: skip
     if not plan.fits:
         raise ConfigError(
             f"a {height} x {width} image does not fit {budget}: the smallest plan needs "
