@@ -8,13 +8,24 @@ size, and calls the returned function once. It reports
 
 - ``peak_mb``: the peak resident size minus the idle one, MiB (the increase);
 - ``total_peak_mb``: the peak resident size of the whole process, MiB;
-- ``gpu_peak_mb``: on CUDA, torch's peak allocation above the idle one, MiB;
-- ``seconds`` and whatever the case's function returns (regions, ...).
+- ``seconds`` and whatever the case's function returns (regions, ...);
+
+and, when the case used CUDA (``torch.cuda.is_initialized()`` after it was built), the
+device's memory as torch's caching allocator saw it:
+
+- ``gpu_idle_mb``: torch's allocations after the build (weights, inputs);
+- ``gpu_peak_mb``: ``torch.cuda.max_memory_allocated`` above ``gpu_idle_mb`` (the increase);
+- ``gpu_total_peak_mb``: ``max_memory_allocated`` of the whole process;
+- ``gpu_reserved_peak_mb``: ``max_memory_reserved``, what the allocator held from the
+  driver at its peak: live tensors plus rounding and cached free blocks, the number that
+  runs out first. The CUDA context itself (0.3-1 GiB) is in none of them.
 
 With a ``limit_mb`` a watchdog thread ends the child as soon as its resident size
 passes the limit, so that searching for the widest image that fits a budget never uses
-much more than the budget. Linux only (``/proc``). Sizes in MiB (2**20 bytes); a budget
-of "4GB" is 4e9 bytes = 3815 MiB.
+much more than the budget. With a ``gpu_limit_bytes`` the child caps torch's share of
+the GPU (``torch.cuda.set_per_process_memory_fraction``) before the case is built, and a
+CUDA out-of-memory error counts as exceeding the limit, like the watchdog's. Linux only
+(``/proc``). Sizes in MiB (2**20 bytes); a budget of "4GB" is 4e9 bytes = 3815 MiB.
 """
 
 from __future__ import annotations
@@ -66,25 +77,39 @@ def _watchdog(limit_mb: float) -> None:
         while True:
             rss = rss_mib()
             if rss > limit_mb:
-                sys.stdout.write(json.dumps({"exceeded": True, "rss_mb": round(rss, 1)}) + "\n")
-                sys.stdout.flush()
-                os._exit(EXCEEDED)
+                _exceeded(rss_mb=round(rss, 1))
             time.sleep(0.005)
 
     threading.Thread(target=watch, daemon=True, name="memory-watchdog").start()
 
 
-def _child(script: str, case: str, kwargs: dict, limit_mb: float | None) -> None:
+def _exceeded(**details: Any) -> None:
+    """Report that the limit was passed and end the process with `EXCEEDED`."""
+    sys.stdout.write(json.dumps({"exceeded": True, **details}) + "\n")
+    sys.stdout.flush()
+    os._exit(EXCEEDED)
+
+
+def _child(
+    script: str, case: str, kwargs: dict, limit_mb: float | None, gpu_limit: int | None = None
+) -> None:
     import gc
 
-    spec = importlib.util.spec_from_file_location(Path(script).stem, script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    run = getattr(module, case)(**kwargs)
-    gc.collect()
     import torch
 
-    cuda = torch.cuda.is_available()
+    if gpu_limit is not None:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(gpu_limit / total, 1.0))
+    spec = importlib.util.spec_from_file_location(Path(script).stem, script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    try:
+        run = getattr(module, case)(**kwargs)
+    except torch.cuda.OutOfMemoryError:
+        _exceeded(oom=True, phase="build")
+    gc.collect()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -94,9 +119,12 @@ def _child(script: str, case: str, kwargs: dict, limit_mb: float | None) -> None
     if limit_mb is not None:
         _watchdog(limit_mb)
     start = time.perf_counter()
-    extra = run() or {}
-    if cuda:
-        torch.cuda.synchronize()
+    try:
+        extra = run() or {}
+        if cuda:
+            torch.cuda.synchronize()
+    except torch.cuda.OutOfMemoryError:
+        _exceeded(oom=True, phase="run", gpu_reserved_peak_mb=_gpu_mib("max_memory_reserved"))
     seconds = time.perf_counter() - start
     peak = peak_mib()
     out = {
@@ -107,8 +135,18 @@ def _child(script: str, case: str, kwargs: dict, limit_mb: float | None) -> None
         **extra,
     }
     if cuda:
-        out["gpu_peak_mb"] = round((torch.cuda.max_memory_allocated() - gpu_idle) / MIB, 1)
+        out["gpu_idle_mb"] = round(gpu_idle / MIB, 1)
+        out["gpu_peak_mb"] = round(_gpu_mib("max_memory_allocated") - gpu_idle / MIB, 1)
+        out["gpu_total_peak_mb"] = _gpu_mib("max_memory_allocated")
+        out["gpu_reserved_peak_mb"] = _gpu_mib("max_memory_reserved")
     print(json.dumps(out))
+
+
+def _gpu_mib(stat: str) -> float:
+    """``torch.cuda.<stat>()`` in MiB (e.g. "max_memory_reserved")."""
+    import torch
+
+    return round(getattr(torch.cuda, stat)() / MIB, 1)
 
 
 def measure(
@@ -116,15 +154,21 @@ def measure(
     case: str,
     limit_mb: float | None = None,
     timeout: float | None = None,
+    gpu_limit_bytes: int | None = None,
     **kwargs: Any,
 ) -> dict:
     """Run ``case(**kwargs)`` of ``script`` in a fresh process; its measurement as a dict.
 
-    Returns ``{"exceeded": True, "rss_mb": ...}`` when the process passed ``limit_mb``.
+    Returns ``{"exceeded": True, "rss_mb": ...}`` when the process passed ``limit_mb``,
+    ``{"exceeded": True, "oom": True, ...}`` when CUDA ran out of memory (capped at
+    ``gpu_limit_bytes`` when given). Raises `subprocess.TimeoutExpired` past ``timeout``
+    seconds (the child is killed).
     """
     cmd = [sys.executable, __file__, "--child", str(script), case, json.dumps(kwargs)]
     if limit_mb is not None:
         cmd += ["--limit-mb", str(limit_mb)]
+    if gpu_limit_bytes is not None:
+        cmd += ["--gpu-limit-bytes", str(int(gpu_limit_bytes))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == EXCEEDED and lines:
@@ -148,9 +192,19 @@ def build_model(
     pool: int | None = None,
     in_chans: int = 3,
     num_classes: int = 10,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
     **context_kwargs: Any,
 ):
-    """An `XT` classifier: ``backbone`` regions, ``context`` of width ``dim``, mean pooling."""
+    """An `XT` classifier: ``backbone`` regions, ``context`` of width ``dim``, mean pooling;
+    or, with a ``preset`` (a name in xtimage/presets, e.g. "inat_reptilia_swin_t_hyper"),
+    the model it describes with ``overrides`` applied (randomly initialised)."""
+    if preset is not None:
+        from xtimage.build import build_model as build
+        from xtimage.config import load_config
+
+        config = load_config(preset, ["model.pretrained=null", *overrides])
+        return build(config.model, load_pretrained=False)
     from xtimage.encoders.context import create_context_encoder
     from xtimage.encoders.region import RegionEncoder
     from xtimage.heads import ClassificationHead
@@ -211,6 +265,19 @@ def write_tiff(path: Path, side: int, tile: int = 256, compression: str = "zlib"
 
 # ---------------------------------------------------------------------------- cases
 # Each case builds what it needs (the idle process) and returns the function measured.
+# ``device`` and ``amp`` ("none", "bf16", "fp16"; see `xtimage.runtime.resolve_amp`) place
+# the run; an fp16 training step goes through its gradient scaler.
+
+
+def _placed(device: str, amp: str):
+    """(device, autocast dtype, gradient scaler) of a case."""
+    import torch
+
+    from xtimage.runtime import resolve_amp
+
+    dev = torch.device(device)
+    dtype, fp16 = resolve_amp(amp, dev)
+    return dev, dtype, torch.amp.GradScaler(dev.type, enabled=fp16)
 
 
 def case_engine(
@@ -222,28 +289,42 @@ def case_engine(
     source: str = "procedural",
     read_ahead: bool = True,
     budget: str | None = None,
+    device: str = "cpu",
+    amp: str = "none",
+    estimate: bool = False,
 ):
     """xT through the engine: classify ("inference"), or one "exact" / "streaming"
     training step with AdamW, on an image read from ``source``. With a ``budget`` and no
     ``region_batch``, the memory planner picks the region batch (and the training mode
-    when ``mode`` is "train")."""
+    when ``mode`` is "train"). With ``estimate``, the planner's estimate of the run (for
+    ``device``) is reported beside it: ``planned_live_mb``, the live tensor bytes its dry
+    run traced (activations and read-ahead), and ``planned_estimate_mb``, the increase."""
     import torch
 
     from xtimage.engine import Engine
-    from xtimage.engine.planner import plan_memory
+    from xtimage.engine.planner import estimate_memory, plan_memory
 
+    dev, dtype, scaler = _placed(device, amp)
     net = build_model(**model)
     reader = open_image(source, height, width)
     regions = net.plan(height, width).num_regions
-    planned = {}
+    planned, plan = {}, None
     if region_batch is None:
         training = mode != "inference"
-        plan = plan_memory(net, height, width, budget, training=training,
+        plan = plan_memory(net, height, width, budget, training=training, device=dev,
                            mode=None if mode in ("inference", "train") else mode)  # fmt: skip
         region_batch, mode = plan.region_batch, plan.mode
+    elif estimate:
+        plan = estimate_memory(net, height, width, region_batch=region_batch, mode=mode,
+                               read_ahead=read_ahead, device=dev, idle_bytes=0)  # fmt: skip
+    if plan is not None:
+        live = plan.breakdown["activations"] + plan.breakdown["read_ahead"]
         planned = {"planned_mode": plan.mode, "planned_region_batch": plan.region_batch,
-                   "planned_estimate_mb": round(plan.increase_bytes / MIB, 1)}  # fmt: skip
-    engine = Engine(net, region_batch=region_batch, read_ahead=read_ahead)
+                   "planned_estimate_mb": round(plan.increase_bytes / MIB, 1),
+                   "planned_live_mb": round(live / MIB, 1)}  # fmt: skip
+    net.to(dev)
+    engine = Engine(net, region_batch=region_batch, device=dev, read_ahead=read_ahead,
+                    autocast=dtype, scaler=scaler)  # fmt: skip
     if mode == "inference":
         net.eval()
 
@@ -257,8 +338,10 @@ def case_engine(
     step = engine.exact_step if mode == "exact" else engine.streaming_step
 
     def train() -> dict:
-        step([reader], torch.tensor([1]))
-        optimizer.step()
+        step([reader], torch.tensor([1], device=dev))
+        scaler.unscale_(optimizer)
+        scaler.step(optimizer)
+        scaler.update()
         return {"regions": regions, **planned}
 
     return train
@@ -279,44 +362,76 @@ def _image(height: int, width: int):
     return image
 
 
-def case_whole(backbone: str, height: int, width: int, train: bool = False):
+def case_whole(
+    backbone: str,
+    height: int,
+    width: int,
+    train: bool = False,
+    device: str = "cpu",
+    amp: str = "none",
+    img_size: bool = False,
+    backbone_kwargs: dict | None = None,
+):
     """The same backbone on the whole image at once, with timm's own classifier; the
-    image is in memory (a tensor made before the measurement)."""
+    image is in memory (a tensor made before the measurement, on ``device``). With
+    ``img_size`` the backbone is built for the image's size (Swin's attention masks and
+    position tables are made for one input size)."""
     import timm
     import torch
 
-    net = timm.create_model(backbone, num_classes=10)
-    image = _image(height, width)
+    dev, dtype, scaler = _placed(device, amp)
+    kwargs = dict(backbone_kwargs or {}, **({"img_size": (height, width)} if img_size else {}))
+    net = timm.create_model(backbone, num_classes=10, **kwargs).to(dev)
+    image = _image(height, width).to(dev)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4) if train else None
+    label = torch.tensor([1], device=dev)
 
     def run() -> dict:
+        from xtimage.runtime import autocast
+
         net.train(train)
         with torch.set_grad_enabled(train):
-            logits = net(image)
+            with autocast(dev, dtype):
+                logits = net(image)
             if train:
-                torch.nn.functional.cross_entropy(logits, torch.tensor([1])).backward()
-                optimizer.step()
+                loss = torch.nn.functional.cross_entropy(logits.float(), label)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
         return {}
 
     return run
 
 
-def case_authors(model: dict, height: int, width: int, train: bool = False):
+def case_authors(
+    model: dict,
+    height: int,
+    width: int,
+    train: bool = False,
+    device: str = "cpu",
+    amp: str = "none",
+):
     """The xT release's way: every region in one batch (`XT.forward`), with autograd
-    when training; the image is in memory."""
+    when training; the image is in memory (on ``device``)."""
     import torch
 
-    net = build_model(**model)
-    image = _image(height, width)
+    dev, dtype, scaler = _placed(device, amp)
+    net = build_model(**model).to(dev)
+    image = _image(height, width).to(dev)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4) if train else None
+    label = torch.tensor([1], device=dev)
 
     def run() -> dict:
+        from xtimage.runtime import autocast
+
         net.train(train)
         with torch.set_grad_enabled(train):
-            logits = net(image)
+            with autocast(dev, dtype):
+                logits = net(image)
             if train:
-                net.head.loss(logits, torch.tensor([1])).backward()
-                optimizer.step()
+                scaler.scale(net.head.loss(logits.float(), label)).backward()
+                scaler.step(optimizer)
+                scaler.update()
         return {"regions": net.plan(height, width).num_regions}
 
     return run
@@ -366,9 +481,11 @@ def fresh_process_cli() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", nargs=3, metavar=("SCRIPT", "CASE", "KWARGS"))
     parser.add_argument("--limit-mb", type=float, default=None)
+    parser.add_argument("--gpu-limit-bytes", type=int, default=None)
     args = parser.parse_args()
     try:
-        _child(args.child[0], args.child[1], json.loads(args.child[2]), args.limit_mb)
+        _child(args.child[0], args.child[1], json.loads(args.child[2]), args.limit_mb,
+               args.gpu_limit_bytes)  # fmt: skip
     except Exception:
         traceback.print_exc()
         sys.exit(1)
