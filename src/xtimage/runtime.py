@@ -35,8 +35,8 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
     "auto" is bf16 on a GPU that supports it and float32 elsewhere (CPU autocast is slow
     and changes numerics for no gain in memory that matters here). "bf16" and "fp16" are
     honoured on any device when asked for by name: on CPU they run through
-    ``torch.autocast("cpu")`` (slow; useful to test a mixed-precision run without a GPU),
-    and "fp16" comes with a gradient scaler on CPU too.
+    ``torch.autocast("cpu")`` (little faster, if at all; there to test a mixed-precision
+    run without a GPU), and "fp16" comes with a gradient scaler on CPU too.
     """
     if amp not in AMP:
         raise ConfigError(f"amp={amp!r} is not one of {', '.join(AMP)}")
