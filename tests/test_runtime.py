@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from tiny import TINY_MODEL
 from xtimage.errors import ConfigError
 from xtimage.runtime import autocast, resolve_amp, resolve_device
 
@@ -45,11 +46,7 @@ def test_prediction_in_bf16_on_cpu_is_close_to_float32():
     from xtimage.config import load_config
     from xtimage.predict import Predictor
 
-    config = load_config(None, [
-        "model.region=64", "model.dim=32", "model.decoder_channels=8",
-        "model.backbone_kwargs={depths: [1, 1, 1, 1], dims: [8, 8, 16, 16]}",
-        "model.context_kwargs={depth: 1, heads: 2}",
-    ])  # fmt: skip
+    config = load_config(None, TINY_MODEL)
     model = build_model(config.model).eval()
     image = np.random.default_rng(0).integers(0, 256, (3, 100, 150), dtype=np.uint8)
     full = Predictor(model, config.model, region_batch=2).predict(image)
