@@ -362,79 +362,56 @@ def _image(height: int, width: int):
     return image
 
 
-def case_whole(
-    backbone: str,
-    height: int,
-    width: int,
-    train: bool = False,
-    device: str = "cpu",
-    amp: str = "none",
-    img_size: bool = False,
-    backbone_kwargs: dict | None = None,
-):
-    """The same backbone on the whole image at once, with timm's own classifier; the
-    image is in memory (a tensor made before the measurement, on ``device``). With
+def _all_at_once(net, height: int, width: int, train: bool, device: str, amp: str, loss, out):
+    """The measured function of a whole-image run: the image in memory on ``device``
+    (made now, before the measurement), one forward under autocast and, when training,
+    ``loss(logits, label)``'s backward (through fp16's scaler) and an AdamW step."""
+    import torch
+
+    from xtimage.runtime import autocast
+
+    dev, dtype, scaler = _placed(device, amp)
+    net = net.to(dev)
+    image = _image(height, width).to(dev)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4) if train else None
+    label = torch.tensor([1], device=dev)
+
+    def run() -> dict:
+        net.train(train)
+        with torch.set_grad_enabled(train):
+            with autocast(dev, dtype):
+                logits = net(image)
+            if train:
+                scaler.scale(loss(logits.float(), label)).backward()
+                scaler.step(optimizer)
+                scaler.update()
+        return out
+
+    return run
+
+
+def case_whole(backbone: str, height: int, width: int, train: bool = False, device: str = "cpu",
+               amp: str = "none", img_size: bool = False,
+               backbone_kwargs: dict | None = None):  # fmt: skip
+    """The same backbone on the whole image at once, with timm's own classifier. With
     ``img_size`` the backbone is built for the image's size (Swin's attention masks and
     position tables are made for one input size)."""
     import timm
     import torch
 
-    dev, dtype, scaler = _placed(device, amp)
     kwargs = dict(backbone_kwargs or {}, **({"img_size": (height, width)} if img_size else {}))
-    net = timm.create_model(backbone, num_classes=10, **kwargs).to(dev)
-    image = _image(height, width).to(dev)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4) if train else None
-    label = torch.tensor([1], device=dev)
-
-    def run() -> dict:
-        from xtimage.runtime import autocast
-
-        net.train(train)
-        with torch.set_grad_enabled(train):
-            with autocast(dev, dtype):
-                logits = net(image)
-            if train:
-                loss = torch.nn.functional.cross_entropy(logits.float(), label)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-        return {}
-
-    return run
+    net = timm.create_model(backbone, num_classes=10, **kwargs)
+    loss = torch.nn.functional.cross_entropy
+    return _all_at_once(net, height, width, train, device, amp, loss, {})
 
 
-def case_authors(
-    model: dict,
-    height: int,
-    width: int,
-    train: bool = False,
-    device: str = "cpu",
-    amp: str = "none",
-):
+def case_authors(model: dict, height: int, width: int, train: bool = False, device: str = "cpu",
+                 amp: str = "none"):  # fmt: skip
     """The xT release's way: every region in one batch (`XT.forward`), with autograd
-    when training; the image is in memory (on ``device``)."""
-    import torch
-
-    dev, dtype, scaler = _placed(device, amp)
-    net = build_model(**model).to(dev)
-    image = _image(height, width).to(dev)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4) if train else None
-    label = torch.tensor([1], device=dev)
-
-    def run() -> dict:
-        from xtimage.runtime import autocast
-
-        net.train(train)
-        with torch.set_grad_enabled(train):
-            with autocast(dev, dtype):
-                logits = net(image)
-            if train:
-                scaler.scale(net.head.loss(logits.float(), label)).backward()
-                scaler.step(optimizer)
-                scaler.update()
-        return {"regions": net.plan(height, width).num_regions}
-
-    return run
+    when training."""
+    net = build_model(**model)
+    regions = {"regions": net.plan(height, width).num_regions}
+    return _all_at_once(net, height, width, train, device, amp, net.head.loss, regions)
 
 
 # ---------------------------------------------------------------------------- results
