@@ -317,7 +317,8 @@ class Engine:
             keep: per image, regions to use (default all).
 
         Returns:
-            The loss (mean over the batch), after ``backward`` into ``.grad``.
+            The loss (mean over the batch), after ``backward`` into ``.grad``; unscaled
+            (with an fp16 ``scaler`` the gradients carry its scale).
         """
         keep = keep or [None] * len(images)
         seed = int(torch.randint(0, 2**62, (1,)).item())
