@@ -64,6 +64,7 @@ SECTIONS = ("train", "infer", "speed", "mamba")
 METHODS = ("xt", "whole", "authors")
 # Shares of the time of each section (what one leaves is spent by the next).
 WEIGHTS = {"train": 5, "infer": 2.5, "speed": 1, "mamba": 0.5}
+MIN_SECTION_S = 20  # a section with less time left is skipped (a child takes ~10 s to start)
 
 
 @dataclass
@@ -141,8 +142,8 @@ class Search:
 
     largest: int | None  # the largest side that fitted
     first_failing: int | None  # the smallest side that did not (memory or time)
-    limited_by: str  # "memory", "time" (a probe or the search ran out of time), "cap"
-    probes: list[tuple[int, str]]  # (side, "fits" | "exceeds" | "time") in order
+    limited_by: str  # "memory", "time" (a probe or the search ran out of it), "cap", "error"
+    probes: list[tuple[int, str]]  # (side, "fits" | "exceeds" | "time" | "error") in order
 
 
 def largest_side(
@@ -157,49 +158,43 @@ def largest_side(
 
     Doubles from ``start`` while probes fit, then bisects between the last side that fitted
     and the first that did not until they are within an eighth of the smaller (or one
-    ``quantum``). ``probe(side, timeout)`` returns "fits", "exceeds" (out of memory) or
-    "time" (it ran past ``timeout`` seconds). The search stops when its ``seconds`` are
-    spent; a probe's timeout is what is left of them.
+    ``quantum``). ``probe(side, timeout)`` returns "fits", "exceeds" (out of memory),
+    "time" (it ran past ``timeout`` seconds) or "error" (it failed otherwise). The search
+    stops when its ``seconds`` are spent; a probe's timeout is what is left of them.
     """
     deadline = clock() + seconds
-    lo, hi, probes, limited = None, None, [], "cap"
+    lo = hi = None
+    probes, limited = [], "cap"
     side = start
-    while True:
+    while side is not None:
         left = deadline - clock()
         if left <= 0:
             return Search(lo, hi, "time", probes)
         result = probe(side, left)
         probes.append((side, result))
-        if result != "fits":
-            hi, limited = side, "memory" if result == "exceeds" else "time"
-            break
-        lo = side
-        if side >= cap:
-            return Search(lo, None, "cap", probes)
-        side = min(side * 2, cap)
-    if lo is None:  # the start failed: halve down to one quantum
-        while hi > quantum and deadline - clock() > 0:
-            side = max(quantum, hi // 2 // quantum * quantum)
-            result = probe(side, deadline - clock())
-            probes.append((side, result))
-            if result == "fits":
-                lo = side
-                break
-            hi, limited = side, "memory" if result == "exceeds" else "time"
-        if lo is None:
-            return Search(None, hi, limited, probes)
-    while hi - lo > max(quantum, lo // 8):
-        left = deadline - clock()
-        if left <= 0:
-            return Search(lo, hi, "time", probes)
-        side = (lo + hi) // 2 // quantum * quantum
-        result = probe(side, left)
-        probes.append((side, result))
+        if result == "error":  # a failing child says nothing about memory: stop
+            return Search(lo, side, "error", probes)
         if result == "fits":
             lo = side
         else:
-            hi, limited = side, "memory" if result == "exceeds" else "time"
+            hi, limited = side, LIMITS[result]
+        side = _next_side(lo, hi, cap, quantum)
     return Search(lo, hi, limited, probes)
+
+
+def _next_side(lo: int | None, hi: int | None, cap: int, quantum: int) -> int | None:
+    """The side to probe next (doubling, halving when the start failed, then bisecting),
+    or None when the search is done."""
+    if hi is None:
+        return None if lo >= cap else min(2 * lo, cap)
+    if lo is None:
+        return None if hi <= quantum else max(quantum, hi // 2 // quantum * quantum)
+    if hi - lo <= max(quantum, lo // 8):
+        return None
+    return (lo + hi) // 2 // quantum * quantum
+
+
+LIMITS = {"exceeds": "memory", "time": "time"}
 
 
 class Clock:
@@ -242,6 +237,8 @@ def run_probe(cfg: Settings, method: str, train: bool, side: int, timeout: float
         verdict = "exceeds" if result.get("exceeded") else "fits"
     except subprocess.TimeoutExpired:
         result, verdict = {}, "time"
+    except RuntimeError as error:  # the child failed: keep going, say why in the row
+        result, verdict = {"error": str(error)[-800:]}, "error"
     wall = time.monotonic() - start
     row = {
         "bench": "gpu_suite", "section": "train" if train else "infer", "method": method,
@@ -443,6 +440,16 @@ def save(path: Path, rows: list[dict]) -> None:
     path.write_text(json.dumps([*kept, *rows], indent=1) + "\n")
 
 
+def _guarded(script: Path, case: str, timeout: float, **kwargs) -> dict:
+    """`measure`, with a failure or a timeout as ``{"error": ...}`` instead of raised."""
+    try:
+        return measure(script, case, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired:
+        return {"error": f"ran past its {timeout:.0f} s"}
+    except RuntimeError as error:
+        return {"error": str(error)[-800:]}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny model and sizes")
@@ -476,7 +483,11 @@ def main(argv=None) -> int:
         budget = None if args.gpu_budget == "all" else parse_size(args.gpu_budget)
         cfg = gpu_settings(args.region_batch, budget)
         out = args.out or RESULTS / "gpu_suite.json"
-    info = measure(HERE, "case_gpu_info", device=cfg.device)
+    info = _guarded(HERE, "case_gpu_info", timeout=300, device=cfg.device)
+    if "error" in info:
+        print(f"gpu_suite: the {cfg.device} device did not answer: "
+              f"{info['error'].strip().splitlines()[-1]}", file=sys.stderr)  # fmt: skip
+        return 1
     cfg.extra = {k: info[k] for k in ("gpu", "gpu_memory_gb", "cuda") if k in info}
     cfg.extra["torch"] = torch.__version__
     print(f"gpu_suite on {info.get('gpu') or 'CPU (dry run)'}: sections {args.sections}, "
@@ -486,21 +497,29 @@ def main(argv=None) -> int:
     sections = [s for s in SECTIONS if s in args.sections]
     for i, section in enumerate(sections):
         seconds = clock.share(WEIGHTS[section], sum(WEIGHTS[s] for s in sections[i:]))
-        if section in ("train", "infer"):
+        if seconds < MIN_SECTION_S:
+            reason = f"{seconds:.0f} s left of --minutes"
+            rows.append({"bench": "gpu_suite", "section": section, "method": "skipped",
+                         "reason": reason, **_where(cfg)})  # fmt: skip
+            print(f"  {section}: skipped, {seconds:.0f} s left", file=sys.stderr)
+        elif section in ("train", "infer"):
             rows += largest_section(cfg, section, args.methods, seconds)
         elif section == "speed":
-            result = measure(HERE, "case_speed", timeout=max(seconds, 30),
-                             overrides=cfg.overrides, side=cfg.speed_side,
-                             region_batch=cfg.region_batch, device=cfg.device,
-                             amp=cfg.amp)  # fmt: skip
-            for run, rate in result["rates"].items():
+            result = _guarded(HERE, "case_speed", timeout=seconds,
+                              overrides=cfg.overrides, side=cfg.speed_side,
+                              region_batch=cfg.region_batch, device=cfg.device,
+                              amp=cfg.amp)  # fmt: skip
+            if "error" in result:
+                rows.append({"bench": "gpu_suite", "section": section, "method": "failed",
+                             **result, **_where(cfg)})  # fmt: skip
+            for run, rate in result.get("rates", {}).items():
                 rows.append({"bench": "gpu_suite", "section": "speed", "method": run,
                              "side": cfg.speed_side, "regions": result["regions"],
                              "region_batch": cfg.region_batch, "regions_per_s": rate,
                              **_where(cfg)})  # fmt: skip
         else:
-            result = measure(HERE, "case_mamba", timeout=max(seconds, 30), device=cfg.device,
-                             **cfg.scan)  # fmt: skip
+            result = _guarded(HERE, "case_mamba", timeout=seconds, device=cfg.device,
+                              **cfg.scan)  # fmt: skip
             rows.append({"bench": "gpu_suite", "section": "mamba", "method": "selective_scan",
                          **{k: v for k, v in result.items() if not k.endswith("_mb")},
                          **_where(cfg)})  # fmt: skip
@@ -534,7 +553,7 @@ def report(rows: list[dict]) -> None:
         print_table("Regions/s", speed, [("run", "method", ""), ("regions/s", "regions_per_s",
                                                                    ".1f")])  # fmt: skip
     for r in rows:
-        if r["section"] == "mamba":
+        if r["section"] == "mamba" and "scan_ms" in r:
             print(f"\nselective scan ({r['length']} tokens, E={r['inner']}, N={r['d_state']}): "
                   f"pure PyTorch {r['scan_ms']} ms fwd+bwd; kernel: {r['kernel']}"
                   + (f", {r['kernel_ms']} ms ({r['speedup']}x), outputs within "

@@ -42,6 +42,8 @@ def test_search_halves_when_the_start_fails_and_stops_at_the_cap(suite):
     assert (found.largest, found.first_failing, found.limited_by) == (4096, None, "cap")
     found = suite.largest_side(limit_probe(100, []), 256, 4096, 256, seconds=60)
     assert (found.largest, found.first_failing) == (None, 256)
+    found = suite.largest_side(lambda side, t: "error", 1024, 4096, 256, seconds=60)
+    assert (found.largest, found.limited_by) == (None, "error")  # a failing child stops it
 
 
 def test_search_stops_when_its_time_is_spent(suite):
