@@ -298,7 +298,8 @@ def case_engine(
     ``region_batch``, the memory planner picks the region batch (and the training mode
     when ``mode`` is "train"). With ``estimate``, the planner's estimate of the run (for
     ``device``) is reported beside it: ``planned_live_mb``, the live tensor bytes its dry
-    run traced (activations and read-ahead), and ``planned_estimate_mb``, the increase."""
+    run traced (activations and read-ahead), ``planned_states_mb``, gradients and AdamW's
+    moments, and ``planned_estimate_mb``, the increase."""
     import torch
 
     from xtimage.engine import Engine
@@ -319,9 +320,11 @@ def case_engine(
                                read_ahead=read_ahead, device=dev, idle_bytes=0)  # fmt: skip
     if plan is not None:
         live = plan.breakdown["activations"] + plan.breakdown["read_ahead"]
+        states = plan.breakdown["gradients"] + plan.breakdown["optimizer"]
         planned = {"planned_mode": plan.mode, "planned_region_batch": plan.region_batch,
                    "planned_estimate_mb": round(plan.increase_bytes / MIB, 1),
-                   "planned_live_mb": round(live / MIB, 1)}  # fmt: skip
+                   "planned_live_mb": round(live / MIB, 1),
+                   "planned_states_mb": round(states / MIB, 1)}  # fmt: skip
     net.to(dev)
     engine = Engine(net, region_batch=region_batch, device=dev, read_ahead=read_ahead,
                     autocast=dtype, scaler=scaler)  # fmt: skip

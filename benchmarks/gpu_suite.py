@@ -247,6 +247,10 @@ def run_probe(cfg: Settings, method: str, train: bool, side: int, timeout: float
     }  # fmt: skip
     if result.get("regions") and result.get("seconds"):
         row["regions_per_s"] = round(result["regions"] / result["seconds"], 1)
+    if result.get("planned_live_mb") and "gpu_reserved_peak_mb" in result:
+        # the planner's factor as this run measured it (overhead included)
+        held = result["gpu_reserved_peak_mb"] - result["gpu_idle_mb"] - result["planned_states_mb"]
+        row["reserved_per_live"] = round(held / result["planned_live_mb"], 3)
     print(f"  {row['section']:>5} {method:>7} {side:>6}: {verdict:<7} "
           f"reserved {row.get('gpu_reserved_peak_mb', '-')} MiB, {wall:.0f} s",
           file=sys.stderr, flush=True)  # fmt: skip
@@ -538,14 +542,12 @@ def report(rows: list[dict]) -> None:
                      ("limited by", "limited_by", ""), ("probes", "probes", "d")])  # fmt: skip
     probes = [r for r in rows if r["section"] in ("train", "infer")]
     if probes:
-        for r in probes:
-            if r.get("planned_live_mb") is not None and r.get("gpu_reserved_peak_mb"):
-                r["reserved_per_live"] = round(r["gpu_reserved_peak_mb"] / r["planned_live_mb"], 2)
         print_table("Probes (GPU memory in MiB: torch's peak above idle, reserved peak)", probes,
                     [("section", "section", ""), ("method", "method", ""), ("side", "side", "d"),
                      ("result", "result", ""), ("+alloc", "gpu_peak_mb", ".0f"),
                      ("reserved", "gpu_reserved_peak_mb", ".0f"),
                      ("planned live", "planned_live_mb", ".0f"),
+                     ("per live", "reserved_per_live", ".2f"),
                      ("regions/s", "regions_per_s", ".1f"),
                      ("wall s", "wall_s", ".0f")])  # fmt: skip
     speed = [r for r in rows if r["section"] == "speed"]

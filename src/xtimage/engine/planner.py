@@ -43,9 +43,10 @@ allocator's slack over live tensor bytes) depend on the device the run is planne
   for the allocator's rounding and fragmentation (block sizes rounded up, 2 MiB and
   20 MiB segments, freed blocks that do not fit the next request). Read-ahead is host
   memory on CUDA, so it is not counted. To fit both: run ``benchmarks/gpu_suite.py`` on
-  a GPU; its ``planner`` rows hold the live bytes the dry run traced and the measured
-  reserved peak of the same run, and a least-squares line through them (reserved =
-  overhead + factor * live) gives the two constants.
+  a GPU; its xT rows hold the live bytes the dry run traced (``planned_live_mb``), the
+  gradients and optimizer states (``planned_states_mb``) and the measured reserved peak
+  of the same run, and a least-squares line through (reserved - idle - states) =
+  overhead + factor * live gives the two constants.
 
 The estimate is float32 (the dry run does not autocast): under bf16/fp16 autocast the
 activations are about half as large, so the plan is on the safe side by up to that.
