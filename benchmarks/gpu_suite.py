@@ -228,7 +228,8 @@ def probe_kwargs(cfg: Settings, method: str, train: bool, side: int) -> tuple[st
 
 
 def run_probe(cfg: Settings, method: str, train: bool, side: int, timeout: float) -> dict:
-    """One probe in a fresh process: its measurement, with ``fits`` and ``limited_by``."""
+    """One probe in a fresh process: its measurement and ``result`` ("fits", "exceeds",
+    "time" or "error")."""
     case, kwargs = probe_kwargs(cfg, method, train, side)
     start = time.monotonic()
     try:
