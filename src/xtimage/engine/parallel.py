@@ -382,7 +382,8 @@ class ContextParallel:
                 logits = self._logits(ctx, item.valid)
                 labels = torch.as_tensor(target).reshape(1).to(self.engine.device)
                 full = head.loss(logits.to(self.engine.dtype), labels)
-            (full / self.size).backward()  # every process computes the whole loss
+            # every process computes the whole loss; scaled like the engine's (fp16)
+            self.engine._backward(full / self.size)
             loss = full.item()
         self.engine._backward_tokens(source, item, leaf.grad, mine)
         sum_gradients([p for p in self.model.parameters() if p.requires_grad])
@@ -399,7 +400,7 @@ class ContextParallel:
         total = 0.0
         for _, pred, chunk in self._decode(source, share, leaf, seed):
             loss = engine._chunk_loss(item, chunk, pred, target) / normaliser
-            loss.backward()
+            engine._backward(loss)
             total += loss.item()
         everything.backward(leaf.grad)
         return float(all_reduce_sum(torch.tensor([total], dtype=torch.float64)).item())
