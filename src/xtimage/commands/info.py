@@ -9,7 +9,8 @@ from xtimage.errors import ConfigError
 
 ABOUT = """Describe an image file (size, levels, storage, pixel size, nodata, CRS) or a size,
 the region plan and token sequence xT would use; with --backbone the memory plan (e.g.
---size 32768x32768 --backbone convnext_atto --context xl --max-memory 4GB [--train]);
+--size 32768x32768 --backbone convnext_atto --context xl --max-memory 4GB [--train],
+--device cuda to plan for a GPU from any machine);
 with --presets [NAME] the presets with their parameter counts.
 """
 
@@ -17,8 +18,6 @@ EXAMPLE = """examples:
   xt info --size 30000x24000 --region 256
   xt info slide.svs --region 128um --json
   xt info --presets                       # every preset, its size and the paper's number
-  xt info --size 8192x8192 --backbone swinv2_tiny_window16_256 --context hyper --train \
-          --max-memory 40GB --device cuda  # plan for a GPU (from any machine)
 """
 
 
