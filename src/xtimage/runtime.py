@@ -50,7 +50,23 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op for None (float32)."""
-    if dtype is None:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type; a no-op for None (float32)
+    and on the meta device (the planner's dry run: shapes only, no kernels)."""
+    if dtype is None or device.type == "meta":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device``'s type, for numerically delicate code (a
+    scan, a log-sum-exp); a no-op on the meta device."""
+    if device.type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
+
+
+def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator seeded with ``seed`` for random ops on ``device`` (a CPU generator for
+    the meta device, which random ops there take)."""
+    kind = "cpu" if device.type == "meta" else device
+    return torch.Generator(device=kind).manual_seed(seed)

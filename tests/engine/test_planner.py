@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from xtimage.cli import main
 from xtimage.encoders.context import create_context_encoder
@@ -275,3 +276,28 @@ HYPER = dict(backbone="mobilenetv3_small_050", context="hyper", dim=64, depth=1,
 def test_estimate_within_25_percent_of_a_fresh_process_peak(model, side, k, mode):
     """Sizes and region batches the constants were not fitted on (planner_check.py)."""
     _check(model, side, k, mode)
+
+
+def test_dry_run_changes_nothing_outside_its_own_thread():
+    """The dry run used to swap torch.autocast, torch.Generator and F.sdpa process-wide."""
+    import threading
+
+    watched = (torch, "autocast"), (torch, "Generator"), (F, "scaled_dot_product_attention")
+    before = [getattr(m, name) for m, name in watched]
+    seen_changed, plans = [], []
+    done = threading.Event()
+    model = tiny_xt("windowed", **CONTEXTS["windowed"])  # attention: the SDPA path
+
+    def plan():
+        try:
+            plans.append(estimate_memory(model, 300, 500, region_batch=2, mode="exact"))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=plan)
+    thread.start()
+    while not done.is_set():
+        now = [getattr(m, name) for m, name in watched]
+        seen_changed += [n for (_, n), a, b in zip(watched, now, before, strict=True) if a is not b]
+    thread.join()
+    assert len(plans) == 1 and seen_changed == []

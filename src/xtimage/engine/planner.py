@@ -54,16 +54,16 @@ activations are about half as large, so the plan is on the safe side by up to th
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
 import re
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -245,7 +245,7 @@ def _trace_encode(twin: XT, channels: int, grad: bool) -> _EncodeCost:
 
     def one(k: int) -> tuple[int, int, int]:
         x = torch.empty(k, channels, r, r, device="meta")
-        with torch.set_grad_enabled(grad), _meta_compat(), _LiveBytes() as trace:
+        with torch.set_grad_enabled(grad), _MetaAttention(), _LiveBytes() as trace:
             maps, tokens = XT.encode(twin, x)
             outputs = sum(m.untyped_storage().nbytes() for m in maps)
             outputs += tokens.untyped_storage().nbytes()
@@ -331,42 +331,24 @@ def _fused(q, k, v, attn_mask, dropout_p, is_causal) -> bool:
     return torch._fused_sdp_choice(*probe, mask, dropout_p, is_causal) == 1  # 1: flash
 
 
-@contextlib.contextmanager
-def _meta_compat() -> Iterator[None]:
-    """Let code written for real devices run on meta, as it would run on CPU:
-    ``torch.autocast`` on the meta device is a no-op, ``torch.Generator`` on it a CPU
-    generator (meta random ops take one), and ``scaled_dot_product_attention`` takes the
-    fused kernel (O(N) memory) where CPU would, not the math path that meta falls back
-    to (O(N^2)). All are restored on exit."""
-    autocast, generator = torch.autocast, torch.Generator
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+class _MetaAttention(TorchFunctionMode):
+    """Attention on meta tensors takes the fused kernel where CPU would (O(N) memory), not
+    the math path meta falls back to (O(N^2)). A function mode, so it changes only the
+    calls this thread makes inside it; everything else runs unchanged."""
 
-    def meta_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
-        if (
-            q.is_meta
-            and not kwargs.get("enable_gqa")
-            and _fused(q, k, v, attn_mask, dropout_p, is_causal)
-        ):
-            flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-            return flash(q, k, v, dropout_p, is_causal, attn_mask=attn_mask,
-                         scale=kwargs.get("scale"))[0]  # fmt: skip
-        return sdpa(q, k, v, attn_mask, dropout_p, is_causal, **kwargs)
+    NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
 
-    def meta_autocast(device_type: str, *args, **kwargs):
-        if device_type == "meta":
-            return contextlib.nullcontext()
-        return autocast(device_type, *args, **kwargs)
-
-    def meta_generator(device="cpu"):
-        return generator(device="cpu" if torch.device(device).type == "meta" else device)
-
-    torch.autocast, torch.Generator = meta_autocast, meta_generator
-    torch.nn.functional.scaled_dot_product_attention = meta_sdpa
-    try:
-        yield
-    finally:
-        torch.autocast, torch.Generator = autocast, generator
-        torch.nn.functional.scaled_dot_product_attention = sdpa
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            call = {**dict(zip(self.NAMES, args, strict=False)), **kwargs}
+            q, k, v = call["query"], call["key"], call["value"]
+            mask, p = call.get("attn_mask"), call.get("dropout_p", 0.0)
+            causal = call.get("is_causal", False)
+            if q.is_meta and not call.get("enable_gqa") and _fused(q, k, v, mask, p, causal):
+                flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+                return flash(q, k, v, p, causal, attn_mask=mask, scale=call.get("scale"))[0]
+        return func(*args, **kwargs)
 
 
 def _streams(model: XT, mode: str) -> bool:
@@ -396,7 +378,7 @@ def _dry_run(twin: XT, costs: dict, height: int, width: int, channels: int,
         costs[grad] = _trace_encode(twin, channels, grad)
     source = _MetaSource(channels, height, width)
     engine = Engine(twin, region_batch=region_batch, device="meta", read_ahead=False)
-    with _meta_compat(), _LiveBytes() as trace:
+    with _MetaAttention(), _LiveBytes() as trace:
         twin.encode = _ReplayEncode(twin, costs[grad], trace)
         try:
             if mode == "inference":

@@ -32,6 +32,7 @@ from torch import nn
 from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder, State
 from xtimage.encoders.context.hyperattention import hyper_attention
 from xtimage.errors import ConfigError
+from xtimage.runtime import seeded_generator
 
 Gather = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -283,7 +284,7 @@ class HyperContext(ContextEncoder):
         x = tokens if self.release else tokens + sincos_2d(positions, self.dim, tokens.dtype)
         generator = None
         if not self.training:
-            generator = torch.Generator(device=tokens.device).manual_seed(self.seed)
+            generator = seeded_generator(tokens.device, self.seed)
         for block in self.blocks:
             x = block(x, mask, generator, gather)
         return self.norm(x)

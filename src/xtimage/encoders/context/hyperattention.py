@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from xtimage.errors import ConfigError, InputError
+from xtimage.runtime import autocast_off
 
 NEG_INF = float("-inf")
 
@@ -76,7 +77,7 @@ def angular_hash(x: torch.Tensor, projections: torch.Tensor) -> torch.Tensor:
     """
     # In float32 at least, autocast off: a bf16 copy of x hashes as x itself does.
     dtype = torch.promote_types(x.dtype, torch.float32)
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device):
         signs = (x.to(dtype) @ projections.to(dtype)) > 0  # (..., N, R)
     powers = 2 ** torch.arange(projections.shape[1], device=x.device)  # (R,)
     return gray_rank((signs.long() * powers).sum(-1), projections.shape[1])  # (..., N)

@@ -36,6 +36,8 @@ import math
 import torch
 from torch import Tensor
 
+from xtimage.runtime import autocast_off
+
 logger = logging.getLogger(__name__)
 
 _KERNEL: dict[str, object] = {}
@@ -239,7 +241,7 @@ def selective_scan(
     Returns:
         y (B, L, E) and the final state h_{L-1} (B, E, N), both in full precision.
     """
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with autocast_off(x.device):
         x, dt, A, B, C = (full_precision(t) for t in (x, dt, A, B, C))
         zeros = x.new_zeros(x.shape[0], *A.shape)  # (B, E, N)
         if x.shape[1] == 0:
