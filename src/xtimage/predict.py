@@ -38,6 +38,7 @@ from xtimage.data.preprocess import resize_image, to_unit
 from xtimage.distributed import World
 from xtimage.engine import Engine, RegionSource
 from xtimage.errors import InputError
+from xtimage.io.atomic import output_dir
 from xtimage.io.base import Reader, read_padded
 from xtimage.io.nodata import ValidPixels
 from xtimage.io.transforms import match_channels
@@ -235,7 +236,7 @@ class Predictor:
         if not overwrite and all(p.exists() for p in expected):
             log.info("%s: outputs exist, skipped (pass overwrite to redo)", path)
             return None
-        out_dir.mkdir(parents=True, exist_ok=True)
+        output_dir(out_dir)
         reader = self.task.open(path)
         try:
             job = Job(path, reader, self.source(reader), expected, progress)

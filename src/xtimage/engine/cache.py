@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xtimage.errors import ConfigError
+from xtimage.integrity import digest_tensors
 from xtimage.io.atomic import atomic_path
 from xtimage.model import XT
 
@@ -28,11 +29,7 @@ log = logging.getLogger(__name__)
 
 def weights_digest(module: torch.nn.Module) -> str:
     """SHA-256 of a module's parameters and buffers, names and bytes."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return digest_tensors(module.state_dict())
 
 
 class TokenCache:
