@@ -185,7 +185,7 @@ class FolderDataset(torch.utils.data.Dataset):
             for row in reader:
                 if None in row or None in row.values():  # DictReader's marks of a bad row
                     raise InputError(
-                        f"{path}, line {reader.line_num}: {len(row) - (None in row)} fields "
+                        f"{path}, line {reader.line_num}: {_field_count(row)} fields "
                         f"where the header has {len(reader.fieldnames)} "
                         f"({','.join(reader.fieldnames)}); fix the row (quote a value that "
                         f"holds a comma)"
@@ -327,6 +327,11 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     """The visible files of a folder by stem (hidden files such as .DS_Store are left out)."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     return {p.stem: p for p in files}
+
+
+def _field_count(row: dict) -> int:
+    """Fields a `csv.DictReader` row really had: missing ones are None, extras under None."""
+    return sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
 
 
 def _box_problem(box: tuple, height: int, width: int, is_box: bool) -> str:
