@@ -41,6 +41,7 @@ from xtimage.errors import InputError
 from xtimage.io.atomic import output_dir
 from xtimage.io.base import Reader, read_padded
 from xtimage.io.nodata import ValidPixels
+from xtimage.io.open import readable_output
 from xtimage.io.transforms import match_channels
 from xtimage.model import XT
 from xtimage.runtime import autocast
@@ -233,7 +234,7 @@ class Predictor:
         """
         path, out_dir = Path(path), Path(out_dir)
         expected = self.outputs(path, out_dir, heatmap)
-        if not overwrite and all(p.exists() for p in expected):
+        if not overwrite and all(p.exists() and readable_output(p) for p in expected):
             log.info("%s: outputs exist, skipped (pass overwrite to redo)", path)
             return None
         output_dir(out_dir)
