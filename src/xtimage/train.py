@@ -47,6 +47,7 @@ from xtimage.checkpoint import (
 )
 from xtimage.config import RunConfig, save_config
 from xtimage.data.registry import Datasets, build_datasets
+from xtimage.data.sampling import seeded_global_rng
 from xtimage.distributed import World, all_reduce_sum, init_distributed, reduce_gradients
 from xtimage.errors import ConfigError
 from xtimage.io.atomic import output_dir
@@ -89,7 +90,9 @@ class _Samples(torch.utils.data.Dataset):
     """Training samples by key ``(epoch, position, item)``, augmented reproducibly.
 
     The augmentation of a sample draws from a generator seeded by (seed, epoch,
-    position): the same in any worker, any process and after a resume.
+    position), and so do the global generators while the data set makes the sample
+    (`seeded_global_rng`, for transforms inside it such as iNaturalist's RandAugment):
+    the same in any worker, any process and after a resume.
     """
 
     def __init__(self, dataset: Any, augment: Any, seed: int) -> None:
@@ -97,7 +100,8 @@ class _Samples(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int, Any]) -> tuple[tuple[int, int, Any], dict]:
         epoch, position, item = key
-        sample = self.dataset[item]
+        with seeded_global_rng([self.seed, epoch, position, 1]):  # transforms inside the set
+            sample = self.dataset[item]
         if self.augment is not None:
             sample = self.augment(sample, rng=np.random.default_rng([self.seed, epoch, position]))
         return key, sample
