@@ -260,15 +260,7 @@ class Engine:
         ctx, _ = self._contextualise_all([items])
         ctx = ctx[0]  # (n, D)
         layout, plan = items.layout, items.layout.plan
-        out = None
-        if writer is None:
-            check_alloc(
-                plan.height * plan.width * self.model.head.out_channels * self.dtype.itemsize,
-                f"outputs of a {plan.height} x {plan.width} px image in memory (pass a writer)",
-            )
-            out = torch.zeros(
-                self.model.head.out_channels, plan.height, plan.width, dtype=self.dtype
-            )
+        out = None if writer is not None else self._dense_output(plan)
         with autocast(self.device, self.autocast):
             for _, chunk, pixels in self._chunks(source, layout, items.regions):
                 maps, _ = self.model.encode(pixels)
@@ -276,6 +268,14 @@ class Engine:
                 pred = self.model.decode(maps, windows).to(self.dtype)
                 self._put_cores(plan, chunk, pred, out, writer)
         return out
+
+    def _dense_output(self, plan) -> torch.Tensor:
+        """A zero (K, H, W) output of the whole image, within the allocation cap."""
+        k, dtype = self.model.head.out_channels, self.dtype
+        check_alloc(plan.height * plan.width * k * dtype.itemsize,
+                    f"outputs of a {plan.height} x {plan.width} px image in memory (pass a "
+                    f"writer)")  # fmt: skip
+        return torch.zeros(k, plan.height, plan.width, dtype=dtype)
 
     @classmethod
     def _put_cores(cls, plan, chunk, pred: torch.Tensor, out, writer: Writer | None) -> None:
