@@ -48,7 +48,8 @@ def kill_after(command, seconds):
 
 
 def hidden(folder):
-    return sorted(p.name for p in folder.rglob(".*"))
+    """Hidden files and folders but the prediction index (`xtimage.archive`)."""
+    return sorted(p.name for p in folder.rglob(".*") if p.name != ".xt_index")
 
 
 def check_final_names(folder):

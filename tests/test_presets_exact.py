@@ -9,12 +9,10 @@ presets need their pretrained Swin/Hiera weights and full-size images; inat_tiny
 their recipe at CPU size.
 """
 
-import os
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from forked import fork_processes
 from xtimage.config import load_config
 from xtimage.train import Trainer
 
@@ -67,17 +65,11 @@ def test_resume_is_bit_exact(name, tmp_path, inat_root):
     assert_identical(weights(resumed), weights(whole))
 
 
-def _worker(rank, world, port, name, out, inat_root):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    torch.set_num_threads(1)
-    try:
-        trainer = Trainer(config(name, out, inat_root, "train.workers=0"))
-        trainer.fit()
-        if rank == 0:
-            torch.save(weights(trainer), f"{out}/weights.pt")
-    finally:
-        torch.distributed.destroy_process_group()
+def _worker(rank, name, out, inat_root):
+    trainer = Trainer(config(name, out, inat_root, "train.workers=0"))
+    trainer.fit()
+    if rank == 0:
+        torch.save(weights(trainer), f"{out}/weights.pt")
 
 
 @pytest.mark.slow
@@ -86,8 +78,6 @@ def test_two_processes_equal_one(name, tmp_path, inat_root):
     """Equal up to float summation order: the all-reduced gradient sums differ in their
     last bits, and AdamW's division by the root of the second moment magnifies that over
     4 steps to about 1e-5 (randomness outside the per-sample generators gave 1.5e-2)."""
-    from test_distributed import _free_port
-
     if name == "demo":
         pytest.skip("BatchNorm (MobileNetV3, decoder_norm: batch) normalises each process's "
                     "share of the batch: its statistics depend on the world size")  # fmt: skip
@@ -95,8 +85,7 @@ def test_two_processes_equal_one(name, tmp_path, inat_root):
     one = Trainer(config(name, tmp_path / "one", inat_root, "train.workers=0"))
     one.fit()
     (tmp_path / "two").mkdir()
-    mp.start_processes(_worker, args=(2, _free_port(), name, str(tmp_path / "two"), inat_root),
-                       nprocs=2, start_method="fork")  # fmt: skip
+    fork_processes(_worker, 2, name, str(tmp_path / "two"), inat_root)
     two = torch.load(tmp_path / "two" / "weights.pt", weights_only=True)
     for key, value in weights(one).items():
         torch.testing.assert_close(two[key], value, rtol=1e-3, atol=1e-4)
