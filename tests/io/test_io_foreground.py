@@ -124,4 +124,4 @@ def test_region_has_foreground_equals_the_per_region_reference(downsample, min_f
     plan = RegionPlan(203, 310, region=64, margin=8)
     mask = rng.random((int(np.ceil(203 / downsample)), int(np.ceil(310 / downsample)))) > 0.8
     keep = region_has_foreground(plan, mask, downsample, min_fraction)
-    assert keep.tolist() == _foreground_per_region(plan, mask, downsample, min_fraction)
+    assert keep == _foreground_per_region(plan, mask, downsample, min_fraction)

@@ -164,8 +164,8 @@ def valid_mask(
 
 def region_has_foreground(
     plan: RegionPlan, mask: np.ndarray, downsample: float, min_fraction: float = 0.0
-) -> np.ndarray:
-    """For each region of ``plan``, whether its core holds foreground: (num_regions,) bool.
+) -> list[bool]:
+    """For each region of ``plan``, whether its core holds foreground.
 
     A region's core (the part of the image it owns) is mapped onto the mask, rounded
     outward so that partly covered cells count; the region is kept when more than
@@ -191,4 +191,4 @@ def region_has_foreground(
     counts = (r1 - r0)[:, None] * (c1 - c0)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
         keep = (counts > 0) & (sums / np.maximum(counts, 1) > min_fraction)
-    return keep.reshape(-1)
+    return keep.reshape(-1).tolist()
