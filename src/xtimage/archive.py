@@ -40,7 +40,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from xtimage.distributed import World, all_gather, current_world, shard
-from xtimage.io.atomic import atomic_path
+from xtimage.io.atomic import atomic_path, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def predict_archive(
         world: this process's place; None: from the initialised process group.
     """
     world = world or current_world()
-    out_dir = Path(out_dir)
+    out_dir = output_dir(out_dir)
     parts = out_dir / PARTS
     parts.mkdir(parents=True, exist_ok=True)
     part = parts / f"part-{world.rank}.jsonl"

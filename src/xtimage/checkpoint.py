@@ -19,6 +19,7 @@ weights are saved from the unwrapped model, so a checkpoint rebuilds with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -28,12 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from xtimage.config import RunConfig, config_from_dict
-from xtimage.errors import InputError
+from xtimage.errors import InputError, XTError
+from xtimage.integrity import digest_tensors
 from xtimage.io.atomic import atomic_path
 
 FORMAT = "xtimage-checkpoint/1"
@@ -116,6 +118,7 @@ def save_checkpoint(
             state["scaler"] = scaler.state_dict()
     meta = {
         "format": FORMAT,
+        "digest": digest_tensors(tensors),
         "config": config.to_dict(),
         "step": step,
         "epoch": epoch,
@@ -153,20 +156,52 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         with safe_open(str(path), "pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError) as exc:
-        raise InputError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise InputError(
+            f"{path}: not a readable safetensors checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); the file is damaged or not a "
+            f"checkpoint (xtimage writes .safetensors checkpoints)"
+        ) from exc
     if "xtimage" not in header:
         raise InputError(
             f"{path}: a safetensors file without xtimage metadata (plain weights?); "
             f"checkpoints are written by `xt train`"
         )
-    meta = json.loads(header["xtimage"])
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{path}: checkpoint format {meta.get('format')!r}, expected {FORMAT}")
+    try:
+        meta = json.loads(header["xtimage"])
+    except ValueError as exc:
+        raise InputError(f"{path}: the checkpoint's metadata is not JSON ({exc}); the file "
+                         f"is damaged") from exc  # fmt: skip
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise InputError(f"{path}: checkpoint format {found!r}, expected {FORMAT}")
+    missing = [k for k in ("config", "step", "epoch", "position", "metrics", "state")
+               if k not in meta]  # fmt: skip
+    if missing:
+        raise InputError(
+            f"{path}: the checkpoint's metadata lacks {missing}; the file is damaged or was "
+            f"not written by `xt train`"
+        )
+    if "digest" in meta and digest_tensors(tensors) != meta["digest"]:
+        raise InputError(
+            f"{path}: the tensors do not match the digest stored with them; the file is "
+            f"damaged (a bad copy or disk): use another copy or an earlier checkpoint"
+        )
     weights = {k: v for k, v in tensors.items() if not k.startswith("@")}
     state_tensors = {k: v for k, v in tensors.items() if k.startswith("@")}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise InputError(
+            f"{path}: {len(bad)} weight tensor(s) hold NaN or infinite values ({bad[:3]}); "
+            f"the training diverged before this checkpoint: use an earlier one or lower "
+            f"train.lr"
+        )
+    try:
+        config = config_from_dict(meta["config"])
+    except (XTError, TypeError, AttributeError) as exc:
+        raise InputError(f"{path}: the checkpoint's config is not valid ({exc})") from exc
     return Checkpoint(
-        config=config_from_dict(meta["config"]),
+        config=config,
         weights=weights,
         step=meta["step"],
         epoch=meta["epoch"],
@@ -176,6 +211,19 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         tensors=state_tensors,
         path=path,
     )
+
+
+def discard_failed_run(run_dir: Path) -> None:
+    """Remove what a fresh run wrote before it failed without a checkpoint (its config,
+    logs), so that the folder is not mistaken for a run; a folder with a checkpoint or
+    anything else in it is left alone."""
+    if (run_dir / "checkpoints" / "last.safetensors").exists():
+        return
+    for name in ("config.yaml", "metrics.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in (run_dir / "checkpoints", run_dir):
+        with contextlib.suppress(OSError):  # not empty (or gone): left as it is
+            folder.rmdir()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -209,6 +257,18 @@ def load_model(
 
 def load_weights(model: nn.Module, ckpt: Checkpoint) -> None:
     """Load a checkpoint's weights; a mismatch names the tensors that differ."""
+    own = model.state_dict()
+    shapes = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in ckpt.weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if shapes:
+        raise InputError(
+            f"{ckpt.path}: {len(shapes)} weight tensor(s) do not fit the model its config "
+            f"builds (checkpoint vs model: {'; '.join(shapes[:3])}); the config in the file "
+            f"does not describe these weights (edited, or from another architecture)"
+        )
     result = model.load_state_dict(ckpt.weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise InputError(

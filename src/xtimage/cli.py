@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from xtimage.errors import XTError, did_you_mean
@@ -49,6 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """A message as one line. An error re-raised from a data-loader worker carries the
+    worker's traceback in its text: its last line is the error itself."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if "Traceback (most recent call last)" in message and lines:
+        return re.sub(r"^[\w.]+: ", "", lines[-1], count=1)
+    return " ".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,12 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # tifffile logs what it finds odd in a file beside our one-line error
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except XTError as exc:
         if args.debug:
             raise
-        print(f"xt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"xt {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"xt {args.command}: interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.resources
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -333,6 +334,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         }
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number; give a number like 3e-4")
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
     if not isinstance(value, hint):
@@ -455,13 +458,22 @@ def load_config(
             try:
                 values = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as exc:
-                raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+                raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: expected sections model/data/train, got {values!r}")
         _merge(config, values, "")
     for text in overrides or []:
         set_override(config, text)
     return config.check()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: the problem and where it is."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return where + problem + (f" ({context})" if context else "")
 
 
 def save_config(config: RunConfig, path: str | Path) -> Path:

@@ -38,8 +38,10 @@ from xtimage.data.preprocess import resize_image, to_unit
 from xtimage.distributed import World
 from xtimage.engine import Engine, RegionSource
 from xtimage.errors import InputError
+from xtimage.io.atomic import output_dir, remove_stale
 from xtimage.io.base import Reader, read_padded
 from xtimage.io.nodata import ValidPixels
+from xtimage.io.open import readable_output
 from xtimage.io.transforms import match_channels
 from xtimage.model import XT
 from xtimage.runtime import autocast
@@ -232,10 +234,12 @@ class Predictor:
         """
         path, out_dir = Path(path), Path(out_dir)
         expected = self.outputs(path, out_dir, heatmap)
-        if not overwrite and all(p.exists() for p in expected):
+        if not overwrite and all(p.exists() and readable_output(p) for p in expected):
+            for p in expected:  # a killed earlier run's temporary and scratch files
+                remove_stale(p)
             log.info("%s: outputs exist, skipped (pass overwrite to redo)", path)
             return None
-        out_dir.mkdir(parents=True, exist_ok=True)
+        output_dir(out_dir)
         reader = self.task.open(path)
         try:
             job = Job(path, reader, self.source(reader), expected, progress)

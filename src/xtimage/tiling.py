@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xtimage.errors import ConfigError
+from xtimage.limits import check_alloc
 from xtimage.window import Window
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: plans alone stay light (xt info)
@@ -217,20 +218,35 @@ class TokenLayout:
         assert regions.step == 1
         return slice(regions.start * self.tokens_per_region, regions.stop * self.tokens_per_region)
 
-    def positions(self, regions: range | None = None) -> torch.Tensor:
-        """Global (row, col) token coordinates, (n, 2) int64, region-major."""
+    def positions(self, regions: Sequence[int] | None = None) -> torch.Tensor:
+        """Global (row, col) token coordinates, (n, 2) int64, region-major.
+
+        Memory is proportional to the tokens asked for: pass the regions of a chunk. All
+        regions (None) is checked against the allocation cap (`xtimage.limits`).
+        """
         import torch
 
-        regions = regions if regions is not None else range(self.plan.num_regions)
-        idx = torch.as_tensor(list(regions), dtype=torch.long)
+        if regions is None:
+            regions = range(self.plan.num_regions)
+            check_alloc(
+                16 * self.num_tokens, f"the token positions of a {self.plan.height} x "
+                f"{self.plan.width} px image ({self.num_tokens} tokens)"
+            )  # fmt: skip
+        if isinstance(regions, range) and regions.step == 1:
+            idx = torch.arange(regions.start, regions.stop, dtype=torch.long)
+        else:
+            idx = torch.as_tensor(list(regions), dtype=torch.long)
         region_row, region_col = idx // self.plan.cols, idx % self.plan.cols  # (R,)
         r, c = torch.meshgrid(torch.arange(self.side), torch.arange(self.side), indexing="ij")
         rows = region_row[:, None] * self.side + r.reshape(1, -1)  # (R, side*side)
         cols = region_col[:, None] * self.side + c.reshape(1, -1)
         return torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=-1)
 
-    def valid(self, regions: range | None = None) -> torch.Tensor:
-        """Whether each token covers image pixels (not only padding), (n,) bool."""
+    def valid(self, regions: Sequence[int] | None = None) -> torch.Tensor:
+        """Whether each token covers image pixels (not only padding), (n,) bool.
+
+        For a count over the whole image use `num_valid`, which allocates nothing.
+        """
         pos = self.positions(regions)
         return (pos[:, 0] * self.stride < self.plan.height) & (
             pos[:, 1] * self.stride < self.plan.width

@@ -38,11 +38,19 @@ import torch
 from tqdm.auto import tqdm
 
 from xtimage.build import build_model, unwrap
-from xtimage.checkpoint import load_weights, read_checkpoint, restore_training, save_checkpoint
+from xtimage.checkpoint import (
+    discard_failed_run,
+    load_weights,
+    read_checkpoint,
+    restore_training,
+    save_checkpoint,
+)
 from xtimage.config import RunConfig, save_config
 from xtimage.data.registry import Datasets, build_datasets
+from xtimage.data.sampling import seeded_global_rng
 from xtimage.distributed import World, all_reduce_sum, init_distributed, reduce_gradients
 from xtimage.errors import ConfigError
+from xtimage.io.atomic import output_dir
 from xtimage.model import XT
 from xtimage.runtime import autocast, resolve_amp, resolve_device
 from xtimage.tasks import get_task
@@ -82,7 +90,9 @@ class _Samples(torch.utils.data.Dataset):
     """Training samples by key ``(epoch, position, item)``, augmented reproducibly.
 
     The augmentation of a sample draws from a generator seeded by (seed, epoch,
-    position): the same in any worker, any process and after a resume.
+    position), and so do the global generators while the data set makes the sample
+    (`seeded_global_rng`, for transforms inside it such as iNaturalist's RandAugment):
+    the same in any worker, any process and after a resume.
     """
 
     def __init__(self, dataset: Any, augment: Any, seed: int) -> None:
@@ -90,7 +100,8 @@ class _Samples(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int, Any]) -> tuple[tuple[int, int, Any], dict]:
         epoch, position, item = key
-        sample = self.dataset[item]
+        with seeded_global_rng([self.seed, epoch, position, 1]):  # transforms inside the set
+            sample = self.dataset[item]
         if self.augment is not None:
             sample = self.augment(sample, rng=np.random.default_rng([self.seed, epoch, position]))
         return key, sample
@@ -206,8 +217,9 @@ class Trainer:
             self.best, self.metrics = ckpt.state.get("best"), ckpt.metrics
             log.info("resumed %s at step %d (epoch %d)", ckpt.path, self.step, self.epoch)
         self.total_steps = t.steps or t.epochs * self.steps_per_epoch
+        self.fresh = ckpt is None
         if self.world.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            output_dir(self.run_dir, "run folder (train.out)")
             save_config(config, self.run_dir / "config.yaml")
             if ckpt is None:  # a fresh run: nothing of an earlier one may look like ours
                 best = self.run_dir / "checkpoints" / "best.safetensors"
@@ -441,6 +453,11 @@ class Trainer:
                 self._evaluate(logger)
             if checkpointed_at != self.step:
                 self.save()
+        except BaseException:
+            if main and self.fresh:  # a run that failed before its first checkpoint
+                logger.close()
+                discard_failed_run(self.run_dir)
+            raise
         finally:
             bar.close()
             logger.close()

@@ -69,3 +69,23 @@ def test_cache_key_follows_weights_and_plan_and_needs_a_frozen_encoder(tmp_path)
     trainable = XT(encoder, GlobalAttention(16), ClassificationHead(16, 2), region=64)
     with pytest.raises(ConfigError, match="frozen region encoder"):
         TokenCache(tmp_path, trainable)
+
+
+def test_damaged_or_hostile_cache_entries_are_recomputed_never_unpickled(tmp_path):
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'PWNED'}",)
+
+    model = frozen_xt(dense=False)
+    cache, engine = TokenCache(tmp_path / "cache", model), Engine(model)
+    image = torch.randn(3, 100, 70, dtype=torch.float64)
+    cells = cache.cells(engine, image, "a")
+    path = cache.path("a", 100, 70)
+    for damage in (pickle.dumps(Payload()), path.read_bytes()[:-7], path.read_bytes()[:-8]):
+        path.write_bytes(damage)
+        assert torch.equal(cache.cells(engine, image, "a"), cells)  # recomputed
+        assert path.exists()  # and stored again
+    assert not (tmp_path / "PWNED").exists()

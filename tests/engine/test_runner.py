@@ -440,3 +440,12 @@ def test_fp16_overflow_in_the_streamed_backward_skips_the_step():
     scaler.update()
     assert scaler.get_scale() < 2.0**40
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_in_memory_dense_output_is_checked_against_the_allocation_cap(monkeypatch):
+    from xtimage.errors import InputError
+
+    model = tiny_xt(RunningMean, dense=True).eval()
+    monkeypatch.setenv("XT_MAX_ALLOC", "1kB")
+    with pytest.raises(InputError, match="outputs of a 64 x 64 px image in memory"):
+        Engine(model).segment(torch.zeros(3, 64, 64, dtype=torch.float64))

@@ -114,11 +114,24 @@ def test_truncated_slide(tmp_path, svs):
         reader.read_region(Window(0, 0, reader.height, reader.width))
 
 
-def test_truncated_png(tmp_path):
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_truncated_png_or_jpeg_fails_on_open(tmp_path, suffix):
+    """Opening reads only the header; the missing end marker shows the cut (`xt info` too)."""
+    Image.fromarray(smooth_image(200, 300, 3).transpose(1, 2, 0)).save(tmp_path / f"a.{suffix}")
+    truncated = cut(tmp_path / f"a.{suffix}", 0.5, f"half.{suffix}", tmp_path)
+    with pytest.raises(InputError, match=rf"half.{suffix}: the .* file has no end marker"):
+        open_reader(truncated)
+    assert main(["info", str(truncated)]) == 2
+
+
+def test_corrupt_png_data_fails_on_first_read(tmp_path):
     Image.fromarray(smooth_image(200, 300, 3).transpose(1, 2, 0)).save(tmp_path / "photo.png")
-    truncated = cut(tmp_path / "photo.png", 0.5, "half.png", tmp_path)
-    reader = open_reader(truncated)  # the header is intact
-    with pytest.raises(InputError, match="half.png: the image data could not be decoded"):
+    data = bytearray((tmp_path / "photo.png").read_bytes())
+    start = data.index(b"IDAT") + 8
+    data[start : start + 200] = bytes(200)  # the compressed pixels, end marker intact
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    reader = open_reader(tmp_path / "bad.png")  # the header is intact
+    with pytest.raises(InputError, match="bad.png: the image data could not be decoded"):
         reader.read_region(Window(0, 0, 10, 10))
 
 

@@ -103,3 +103,25 @@ def test_region_has_foreground_equals_a_full_resolution_check():
         if keep[index]:
             assert grown.any()
     assert 0 < sum(keep) < plan.num_regions
+
+
+def _foreground_per_region(plan, mask, downsample, min_fraction):
+    """The reference: one region at a time, its core mapped onto the mask (outward)."""
+    from xtimage.window import Window
+
+    keep = []
+    for index in range(plan.num_regions):
+        core = plan.core_window(index).intersect(Window(0, 0, plan.height, plan.width))
+        cells = mask[core.scale(downsample).slices()]
+        keep.append(bool(cells.size) and float(cells.mean()) > min_fraction)
+    return keep
+
+
+@pytest.mark.parametrize("downsample", [1, 3, 4.5, 8, 40])
+@pytest.mark.parametrize("min_fraction", [0.0, 0.3])
+def test_region_has_foreground_equals_the_per_region_reference(downsample, min_fraction):
+    rng = np.random.default_rng(int(downsample * 10))
+    plan = RegionPlan(203, 310, region=64, margin=8)
+    mask = rng.random((int(np.ceil(203 / downsample)), int(np.ceil(310 / downsample)))) > 0.8
+    keep = region_has_foreground(plan, mask, downsample, min_fraction)
+    assert keep == _foreground_per_region(plan, mask, downsample, min_fraction)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,8 @@ class FolderDataset(torch.utils.data.Dataset):
             what the folder holds.
         classes: class names; a label or mask value outside them is an error. Default:
             the labels found (integer labels are their own indices; names sorted), and
-            any mask value is accepted.
+            any mask value below ``num_classes`` is accepted.
+        num_classes: the model's classes, bounding mask values when ``classes`` is None.
         skip_bad: drop bad samples with a logged count instead of raising.
     """
 
@@ -74,6 +76,7 @@ class FolderDataset(torch.utils.data.Dataset):
         *,
         task: str | None = None,
         classes: list[str] | None = None,
+        num_classes: int | None = None,
         skip_bad: bool = False,
     ) -> None:
         self.root = Path(root)
@@ -83,6 +86,7 @@ class FolderDataset(torch.utils.data.Dataset):
         if self.task not in TASKS:
             raise ConfigError(f"unknown task '{self.task}'; known: {', '.join(TASKS)}")
         self.classes = list(classes) if classes is not None else None
+        self._mask_classes = num_classes
         self.skip_bad = skip_bad
         self.bad: list[str] = []
         if self.task == "segmentation":
@@ -177,7 +181,17 @@ class FolderDataset(torch.utils.data.Dataset):
                     f"{path}: header {reader.fieldnames} lacks column(s) {missing}; "
                     f"expected {','.join(columns)}"
                 )
-            return [(reader.line_num, row) for row in reader]
+            rows = []
+            for row in reader:
+                if None in row or None in row.values():  # DictReader's marks of a bad row
+                    raise InputError(
+                        f"{path}, line {reader.line_num}: {_field_count(row)} fields "
+                        f"where the header has {len(reader.fieldnames)} "
+                        f"({','.join(reader.fieldnames)}); fix the row (quote a value that "
+                        f"holds a comma)"
+                    )
+                rows.append((reader.line_num, row))
+            return rows
 
     def _image_path(self, name: str) -> Path | None:
         for base in (self.root, self.root / "images"):
@@ -284,10 +298,17 @@ class FolderDataset(torch.utils.data.Dataset):
         out = {"image": torch.from_numpy(to_unit(_read(record.image, window)))}
         if record.mask is not None:
             mask = _read(record.mask, window)[0].astype(np.int64)  # (h, w)
-            if self.classes is not None and (mask.min() < 0 or mask.max() >= len(self.classes)):
-                bad = mask[(mask < 0) | (mask >= len(self.classes))][0]
-                last = len(self.classes) - 1
-                raise InputError(f"{record.mask}: mask value {bad} is not a class index 0..{last}")
+            n = len(self.classes) if self.classes is not None else self._mask_classes
+            wrong = (mask < 0) if n is None else (mask < 0) | (mask >= n)
+            if wrong.any():
+                hint = "" if n is None else (
+                    f" (model.num_classes={n}); fix the mask, or raise model.num_classes to "
+                    f"the number of classes the masks hold"
+                )  # fmt: skip
+                raise InputError(
+                    f"{record.mask}: mask value {mask[wrong][0]} is not a class index "
+                    f"0..{'' if n is None else n - 1}{hint}"
+                )
             out["mask"] = torch.from_numpy(mask)
         if record.label is not None:
             out["label"] = torch.tensor(record.label)
@@ -308,8 +329,15 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in files}
 
 
+def _field_count(row: dict) -> int:
+    """Fields a `csv.DictReader` row really had: missing ones are None, extras under None."""
+    return sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+
+
 def _box_problem(box: tuple, height: int, width: int, is_box: bool) -> str:
     x0, y0, x1, y1 = box
+    if not all(math.isfinite(v) for v in box):
+        return f"coordinates {box if is_box else box[:2]} are not all finite numbers"
     if is_box and (x1 <= x0 or y1 <= y0):
         return f"box {box} is empty (needs x0 < x1 and y0 < y1)"
     outside = x1 > width or y1 > height if is_box else x0 >= width or y0 >= height
@@ -334,6 +362,8 @@ def folder(model: ModelConfig, data: DataConfig) -> Datasets:
     if data.root is None:
         raise ConfigError("data.kind=folder needs data.root=<folder> (see preset folder_template)")
     kw = dict(task=model.head, classes=model.classes, **data.params)
+    if model.head == "segmentation":  # mask values must be below the model's classes
+        kw.setdefault("num_classes", model.num_classes)
     try:
         full = FolderDataset(data.root, **kw)
     except TypeError as exc:

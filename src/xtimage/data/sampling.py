@@ -11,6 +11,8 @@ a consistent scene.
 
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -191,3 +193,28 @@ def _rot90(s: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, y = s["points"].unbind(-1)
         out["points"] = torch.stack([y, width - x], dim=-1)
     return out
+
+
+@contextlib.contextmanager
+def seeded_global_rng(key: Sequence[int]) -> Iterator[None]:
+    """Python's, numpy's and torch's CPU global generators seeded from ``key`` inside the
+    block, and put back as they were after it.
+
+    Transforms written for the global generators (timm's RandAugment draws from
+    ``random``, torchvision's random crops and flips from torch's) then give a sample the
+    same randomness in any worker, any process and after a resume, and loading a sample
+    leaves the training loop's generators untouched.
+    """
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2)
+    seed = int(state[0]) << 32 | int(state[1])
+    saved_python, saved_numpy = random.getstate(), np.random.get_state()
+    saved_torch = torch.random.default_generator.get_state()
+    random.seed(seed)
+    np.random.seed(state[0])
+    torch.random.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved_python)
+        np.random.set_state(saved_numpy)
+        torch.random.default_generator.set_state(saved_torch)

@@ -127,7 +127,8 @@ def _local_weights(pretrained: str | Path | bool | None) -> Path | None:
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return timm.models.load_state_dict(str(path))
+        # weights_only: torch.load unpickles tensors and containers, never code
+        return timm.models.load_state_dict(str(path), weights_only=True)
     except Exception as exc:  # torch.load / safetensors raise many types for a bad file
         raise InputError(
             f"cannot read weights from {str(path)!r} ({type(exc).__name__}: {exc}); pass a "

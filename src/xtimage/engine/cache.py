@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from xtimage.errors import ConfigError
+from xtimage.integrity import digest_tensors
 from xtimage.io.atomic import atomic_path
 from xtimage.model import XT
+
+log = logging.getLogger(__name__)
 
 
 def weights_digest(module: torch.nn.Module) -> str:
     """SHA-256 of a module's parameters and buffers, names and bytes."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return digest_tensors(module.state_dict())
 
 
 class TokenCache:
@@ -67,8 +67,16 @@ class TokenCache:
         """(num_regions * T, C) cells of every region of ``image``, from disk if cached."""
         source = engine.source(image)
         path = self.path(image_key, source.height, source.width)
-        if path.exists():
-            return load_file(path)["cells"].to(engine.device)
+        if path.exists():  # safetensors: raw tensors, nothing unpickled
+            tokens = engine.model.layout(source.height, source.width).num_tokens
+            try:
+                cells = load_file(path)["cells"]
+                if cells.ndim == 2 and len(cells) == tokens and cells.isfinite().all():
+                    return cells.to(engine.device)
+            except Exception:  # noqa: BLE001 any damage: the entry is recomputed, not trusted
+                pass
+            log.warning("%s: damaged token cache entry, recomputed", path)
+            path.unlink(missing_ok=True)
         cells = engine.encode_cells(source)
         with atomic_path(path) as tmp:
             save_file({"cells": cells.contiguous().cpu()}, str(tmp))

@@ -330,11 +330,7 @@ class ContextParallel:
         ctx, gather = self._contextualise(share, item, item.tokens, self.relays)
         everything = gather(ctx[0], 0)  # (N, D): margins read neighbours' tokens
         plan = share.layout.plan
-        out = None
-        if writer is None:
-            out = torch.zeros(
-                self.model.head.out_channels, plan.height, plan.width, dtype=self.engine.dtype
-            )
+        out = None if writer is not None else self.engine._dense_output(plan)
         for _, pred, chunk in self._decode(source, share, everything, None):
             Engine._put_cores(plan, chunk, pred, out, writer)
         return None if out is None else all_reduce_sum(out)

@@ -57,7 +57,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import re
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +69,8 @@ from torch.utils._pytree import tree_leaves
 from xtimage.engine.runner import Engine
 from xtimage.engine.source import RegionSource
 from xtimage.errors import ConfigError
+from xtimage.limits import format_bytes as _format_bytes
+from xtimage.limits import parse_bytes as parse_size
 from xtimage.model import XT
 from xtimage.tiling import RegionPlan
 
@@ -88,32 +89,6 @@ def overhead_constants(device: str | torch.device) -> tuple[int, float]:
     return OVERHEAD, FACTOR
 
 MODES = ("inference", "exact", "streaming")
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-_BINARY = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def parse_size(text: str | int | float) -> int:
-    """A memory size in bytes: ``"4GB"`` = 4e9, ``"512MiB"`` = 512 * 2**20, ``1e9`` = 1e9.
-
-    Decimal units (k, M, G, T, with or without B) are powers of 1000, binary ones (Ki,
-    Mi, Gi, Ti, with or without B) powers of 1024; case does not matter.
-    """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
-            raise ConfigError(f"memory size must be positive, got {text!r}")
-        return int(text)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?)?b?\s*", str(text).lower())
-    if match is None or float(match.group(1)) <= 0:
-        raise ConfigError(
-            f"memory size {text!r} is not a positive size; write e.g. '4GB', '3.5GiB' or '512MB'"
-        )
-    unit = match.group(2) or ""
-    return int(float(match.group(1)) * (_BINARY.get(unit) or _UNITS[unit]))
-
-
-def _format_bytes(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**30 else f"{n / 2**20:.0f} MiB"
-
 
 @dataclass(frozen=True)
 class MemoryPlan:

@@ -43,6 +43,7 @@ from xtimage.encoders.context.base import detach_state
 from xtimage.engine.source import RegionSource, Transform
 from xtimage.errors import ConfigError
 from xtimage.io.base import Reader, Writer
+from xtimage.limits import check_alloc
 from xtimage.model import XT
 from xtimage.runtime import autocast
 from xtimage.tiling import TokenLayout
@@ -130,21 +131,21 @@ class Engine:
             yield
 
     def _chunks(
-        self, source: RegionSource, layout: TokenLayout, regions: list[int]
-    ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
+        self, source: RegionSource, layout: TokenLayout, regions: Sequence[int]
+    ) -> Iterator[tuple[int, Sequence[int], torch.Tensor]]:
         """(chunk number, region indices, pixels on device) for each chunk of kept regions."""
-        k = self.region_batch
-        groups = [regions[i : i + k] for i in range(0, len(regions), k)]
+        groups = _Groups(regions, self.region_batch)  # lazy: nothing per chunk up front
         for i, (chunk, pixels) in enumerate(source.chunks(layout.plan, groups, self.read_ahead)):
             yield i, chunk, pixels.to(self.device, non_blocking=True)
 
-    def _kept(self, layout: TokenLayout, keep: Sequence[bool] | None) -> list[int]:
+    def _kept(self, layout: TokenLayout, keep: Sequence[bool] | None) -> Sequence[int]:
+        """Indices of the kept regions: a range for all (no list of every region)."""
         n = layout.plan.num_regions
         if keep is None:
-            return list(range(n))
+            return range(n)
         if len(keep) != n:
             raise ConfigError(f"keep has {len(keep)} entries for {n} regions")
-        return [i for i in range(n) if keep[i]]
+        return np.flatnonzero(np.asarray(keep, dtype=bool)).tolist()
 
     # ------------------------------------------------------------------ pass 1
 
@@ -182,7 +183,7 @@ class Engine:
         layout = self.model.layout(source.height, source.width)
         parts = []
         with torch.no_grad(), autocast(self.device, self.autocast):
-            for _, _, pixels in self._chunks(source, layout, list(range(layout.plan.num_regions))):
+            for _, _, pixels in self._chunks(source, layout, range(layout.plan.num_regions)):
                 parts.append(self.model.encode_cells(pixels).flatten(0, 1))  # (k*T, C)
         return torch.cat(parts).to(self.dtype)
 
@@ -259,11 +260,7 @@ class Engine:
         ctx, _ = self._contextualise_all([items])
         ctx = ctx[0]  # (n, D)
         layout, plan = items.layout, items.layout.plan
-        out = None
-        if writer is None:
-            out = torch.zeros(
-                self.model.head.out_channels, plan.height, plan.width, dtype=self.dtype
-            )
+        out = None if writer is not None else self._dense_output(plan)
         with autocast(self.device, self.autocast):
             for _, chunk, pixels in self._chunks(source, layout, items.regions):
                 maps, _ = self.model.encode(pixels)
@@ -271,6 +268,14 @@ class Engine:
                 pred = self.model.decode(maps, windows).to(self.dtype)
                 self._put_cores(plan, chunk, pred, out, writer)
         return out
+
+    def _dense_output(self, plan) -> torch.Tensor:
+        """A zero (K, H, W) output of the whole image, within the allocation cap."""
+        k, dtype = self.model.head.out_channels, self.dtype
+        check_alloc(plan.height * plan.width * k * dtype.itemsize,
+                    f"outputs of a {plan.height} x {plan.width} px image in memory (pass a "
+                    f"writer)")  # fmt: skip
+        return torch.zeros(k, plan.height, plan.width, dtype=dtype)
 
     @classmethod
     def _put_cores(cls, plan, chunk, pred: torch.Tensor, out, writer: Writer | None) -> None:
@@ -351,15 +356,15 @@ class Engine:
         for source, key in zip(sources, image_keys, strict=True):
             layout = self.model.layout(source.height, source.width)
             cells = cache.cells(self, source, key)  # (n, C)
-            regions = list(range(layout.plan.num_regions))
+            regions = range(layout.plan.num_regions)
             tokens.append(self.model.tokenizer.project(cells))  # (n, D), with autograd
             items.append(
                 ImageTokens(
                     layout,
                     regions,
                     tokens[-1],
-                    layout.positions().to(self.device),
-                    layout.valid().to(self.device),
+                    layout.positions(regions).to(self.device),
+                    layout.valid(regions).to(self.device),
                 )
             )
         return self._context_and_head_step(sources, items, tokens, targets, seed=None)
@@ -517,6 +522,22 @@ class Engine:
                 total += loss.item()
                 state = detach_state(state)
         return total
+
+
+class _Groups(Sequence):
+    """Consecutive groups of ``k`` items of ``items``, made when asked for (a lazy
+    ``[items[i : i + k] for i in range(0, len(items), k)]``)."""
+
+    def __init__(self, items: Sequence[int], k: int) -> None:
+        self.items, self.k = items, k
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.items) / self.k)
+
+    def __getitem__(self, i: int) -> Sequence[int]:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.items[i * self.k : (i + 1) * self.k]
 
 
 def _detach_pool(pool):

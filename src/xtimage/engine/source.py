@@ -79,7 +79,7 @@ class RegionSource:
                 yield chunk, self.regions(plan, chunk)
             return
         windows = (plan.window(i) for chunk in chunks for i in chunk)
-        depth = 2 * max((len(c) for c in chunks), default=1)
+        depth = 2 * (len(chunks[0]) if len(chunks) else 1)  # the first chunk is the longest
         reads = iter(Prefetcher(self.image, windows, workers=2, depth=depth, mode="edge"))
         for chunk in chunks:
             yield chunk, torch.stack([self._to_tensor(next(reads)[1]) for _ in chunk])

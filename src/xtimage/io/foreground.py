@@ -169,14 +169,26 @@ def region_has_foreground(
 
     A region's core (the part of the image it owns) is mapped onto the mask, rounded
     outward so that partly covered cells count; the region is kept when more than
-    ``min_fraction`` of those cells are foreground (0: any cell).
+    ``min_fraction`` of those cells are foreground (0: any cell). Computed from the mask's
+    summed-area table per row and column of regions: no Python work per region.
     """
-    image = Window(0, 0, plan.height, plan.width)
-    keep = []
-    for index in range(plan.num_regions):
-        core = plan.core_window(index).intersect(image)
-        assert core is not None, "every core starts inside the image"
-        rows, cols = core.scale(downsample).slices()
-        cells = mask[rows, cols]
-        keep.append(bool(cells.size) and float(cells.mean()) > min_fraction)
-    return keep
+
+    def spans(count: int, size: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+        start = np.arange(count, dtype=np.int64) * plan.core  # core starts, clipped ends
+        stop = np.minimum(start + plan.core, size)
+        lo = np.floor_divide(start, downsample).astype(np.int64)  # Window.scale's rounding
+        hi = (-np.floor_divide(-stop, downsample)).astype(np.int64)
+        return np.clip(lo, 0, cells), np.clip(hi, 0, cells)
+
+    r0, r1 = spans(plan.rows, plan.height, mask.shape[0])
+    c0, c1 = spans(plan.cols, plan.width, mask.shape[1])
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    table[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    sums = (
+        table[r1[:, None], c1[None, :]] - table[r0[:, None], c1[None, :]]
+        - table[r1[:, None], c0[None, :]] + table[r0[:, None], c0[None, :]]
+    )  # (rows, cols) foreground cells per core  # fmt: skip
+    counts = (r1 - r0)[:, None] * (c1 - c0)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        keep = (counts > 0) & (sums / np.maximum(counts, 1) > min_fraction)
+    return keep.reshape(-1).tolist()

@@ -7,17 +7,21 @@ first bytes. TIFF files (``.tif``, ``.tiff``) are looked into: a GeoTIFF goes to
 
 from __future__ import annotations
 
+import csv
+import json
+import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from xtimage.errors import ConfigError, InputError, require
+from xtimage.errors import ConfigError, InputError, XTError, require
 from xtimage.io.array import ArrayReader
 from xtimage.io.base import Reader
 from xtimage.io.geotiff import GeoTiffReader
 from xtimage.io.pil import PIL_SUFFIXES, PilReader
 from xtimage.io.slide import SLIDE_SUFFIXES, SlideReader
 from xtimage.io.tiff import TiffReader
+from xtimage.window import Window
 
 
 def _open_tiff_family(path: Path) -> Reader:
@@ -103,3 +107,54 @@ def open_reader(path: str | Path, backend: str | None = None) -> Reader:
             f"supported: {', '.join(sorted(READERS))}"
         )
     return factory(path)
+
+
+def readable_output(path: str | Path) -> bool:
+    """Whether an output file under its final name is whole and opens as its format says.
+
+    Outputs are written atomically, so a file under a final name is normally complete;
+    this tells one that is not (garbage copied there, a truncated copy) before a rerun
+    trusts it as done: JSON and GeoJSON parse, a CSV has its header, an image opens
+    (its tile table within the file) and its smallest pyramid level decodes.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".json", ".geojson"):
+            json.loads(path.read_text())
+            return True
+        if suffix == ".csv":
+            with open(path, newline="") as f:
+                return bool(next(csv.reader(f), None))
+        complaints = _Complaints()  # tifffile logs a damaged tag and reads on
+        tiff_log = logging.getLogger("tifffile")
+        saved = tiff_log.level, tiff_log.propagate
+        tiff_log.addHandler(complaints)
+        tiff_log.setLevel(logging.WARNING)
+        tiff_log.propagate = False  # counted here, not printed
+        try:
+            reader = open_reader(path)
+            try:
+                last = len(reader.levels) - 1
+                level = reader.levels[last]
+                reader.read_region(Window(0, 0, level.height, level.width), last)
+            finally:
+                reader.close()
+        finally:
+            tiff_log.removeHandler(complaints)
+            tiff_log.setLevel(saved[0])
+            tiff_log.propagate = saved[1]
+        return not complaints.count
+    except (XTError, OSError, ValueError, UnicodeDecodeError):
+        return False
+
+
+class _Complaints(logging.Handler):
+    """Counts warnings and errors logged while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1

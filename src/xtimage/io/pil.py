@@ -47,6 +47,7 @@ class PilReader:
             raise InputError(f"{path}: {exc}; convert it to a tiled TIFF") from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"{path}: not a readable image ({exc})") from exc
+        _check_trailer(self.path, self.metadata["format"])
         self.levels = [Level(self.height, self.width, 1.0)]
         self.pixel_size = None
         self.nodata = None
@@ -83,6 +84,27 @@ class PilReader:
 
     def close(self) -> None:
         self._array = None
+
+
+def _check_trailer(path: str, image_format: str | None) -> None:
+    """Refuse a PNG or JPEG whose end marker is missing: the file was cut short.
+
+    Opening reads only the header, so without this a truncated file would pass `xt info`
+    and fail at its first read. A PNG ends with its IEND chunk; a JPEG's entropy-coded
+    data never holds ``FF D9`` (a 0xFF byte there is followed by 0x00), so the EOI marker
+    lies at the end, possibly followed by a camera's trailer.
+    """
+    marker = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}.get(image_format or "")
+    if marker is None:
+        return
+    with open(path, "rb") as f:
+        f.seek(max(f.seek(0, 2) - 4096, 0))
+        tail = f.read()
+    if marker not in tail:
+        raise InputError(
+            f"{path}: the {image_format} file has no end marker, so it is truncated (an "
+            f"interrupted copy or download?); copy it again"
+        )
 
 
 def _target_mode(mode: str, transparent: bool) -> str:

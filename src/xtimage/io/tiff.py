@@ -35,6 +35,7 @@ import numpy as np
 
 from xtimage.errors import InputError, require
 from xtimage.io.base import Level, PixelSize, check_window
+from xtimage.limits import check_alloc
 from xtimage.window import Window
 
 _UNITS_TO_UM = {"pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
@@ -255,6 +256,12 @@ class TiffReader:
             seg_h, seg_w = min(key.rowsperstrip, length), width
         grid_w = math.ceil(width / seg_w)
         per_plane = math.ceil(length / seg_h) * grid_w
+        if not key.is_memmappable or key.is_tiled:  # segments are decoded whole
+            check_alloc(
+                seg_h * seg_w * samples * key.dtype.itemsize,
+                f"decoding one {'tile' if key.is_tiled else 'strip'} of {seg_h} x {seg_w} px",
+                str(path),
+            )
         pages = []
         for page in level.pages:
             memmap = None

@@ -100,9 +100,9 @@ SCORE_KEYS = (
 def load_shoreline(root: str | Path, scene_id: str) -> np.ndarray:
     """All shoreline contour points of a scene, stacked, as (M, 2) (row, column) pixels.
 
-    The official file is a NumPy object array of (n, 2) contour arrays, which only loads
-    with ``allow_pickle=True``: this is the one pickled load in xtimage, kept for that
-    format; unpickling runs code, so load shoreline files only from a source you trust.
+    The official file is a NumPy object array of (n, 2) contour arrays, a pickle; it is
+    read by `xtimage.io.npy.load_npy`, which admits only numpy arrays, so a hostile file
+    is refused and never runs code.
     """
     path = Path(root) / f"{scene_id}_shoreline.npy"
     if not path.is_file():
@@ -110,13 +110,15 @@ def load_shoreline(root: str | Path, scene_id: str) -> np.ndarray:
             f"{path}: no shoreline file for scene {scene_id}; the shore score needs "
             f"{{scene_id}}_shoreline.npy for every scored scene in the shoreline folder"
         )
-    try:
-        contours = np.load(path, allow_pickle=True)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: not a readable shoreline .npy file ({exc})") from exc
+    from xtimage.io.npy import load_npy
+
+    contours = load_npy(path)
     if len(contours) == 0:
         return np.zeros((0, 2))
-    points = np.vstack(list(contours)).astype(np.float64)
+    try:
+        points = np.vstack(list(contours)).astype(np.float64)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: shoreline contours are not numeric arrays ({exc})") from exc
     if points.ndim != 2 or points.shape[1] != 2:
         raise InputError(
             f"{path}: shoreline contours must be (n, 2) row/column arrays, got points of "

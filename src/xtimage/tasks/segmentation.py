@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from xtimage.distributed import all_reduce_sum
 from xtimage.errors import ConfigError
 from xtimage.io.nodata import MaskedWriter, ValidPixels, output_nodata
+from xtimage.limits import check_alloc
 from xtimage.tasks.base import TASKS, Job, Prediction, Runner, Task, output_stem
 from xtimage.window import Window
 
@@ -183,6 +184,8 @@ class ArrayWriter:
     """A `Writer` into an in-memory (C, H, W) array."""
 
     def __init__(self, channels: int, height: int, width: int, dtype: Any) -> None:
+        check_alloc(channels * height * width * np.dtype(dtype).itemsize,
+                    f"an in-memory output of {height} x {width} px")  # fmt: skip
         self.array = np.zeros((channels, height, width), dtype=dtype)
 
     def write(self, window: Window, data: np.ndarray) -> None:
