@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +41,105 @@ from xtimage.config import DataConfig, ModelConfig
 from xtimage.data.registry import DATASETS, Datasets
 from xtimage.errors import ConfigError
 
-KINDS = ("segmentation", "classification", "detection")
+
+@dataclass(frozen=True)
+class _Kind:
+    """What a kind of synthetic task asks of its scene.
+
+    Attributes:
+        keys: key shapes drawn, each in its own region.
+        classes: the number of classes, given the number of textures.
+        answer: the ground truth, from `_Drawn`.
+        units: what the blind predictors are scored on, as (hit, candidate, in_key)
+            arrays over pixels or objects: in the answer, could be in it, inside the key's
+            region; None when the answer is one label.
+        score: the pooled score of their counts (..., [tp, pred, truth]); None for a label
+            (the ceiling is then the commonest label's frequency).
+    """
+
+    keys: int
+    classes: Callable[[int], int]
+    answer: Callable[[_Drawn], dict[str, Any]]
+    units: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None
+    score: Callable[[np.ndarray], np.ndarray] | None
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """A rendered scene, for the answers: its objects' textures and the keys'."""
+
+    scene: _Scene
+    texture_of: np.ndarray  # (1 + shapes,) texture by shape id, -1 for the background
+    is_object: np.ndarray  # (H, W) bool
+    tex: np.ndarray  # (H, W) texture of every pixel, -1 on the background
+    textures: int
+
+    @property
+    def key_textures(self) -> np.ndarray:
+        return self.texture_of[1 : 1 + len(self.scene.keys)]
+
+
+def _mask_answer(d: _Drawn) -> dict[str, Any]:
+    """Objects whose texture is the key's."""
+    return {"mask": (d.is_object & (d.tex == d.key_textures[0])).astype(np.int64)}
+
+
+def _label_answer(d: _Drawn) -> dict[str, Any]:
+    """The sum of the two keys' textures, modulo the number of textures."""
+    return {"label": int(d.key_textures.sum() % d.textures)}
+
+
+def _box_answer(d: _Drawn) -> dict[str, Any]:
+    """Boxes and centres of the objects whose texture is the key's."""
+    objects = d.scene.objects
+    boxes = [
+        (2 * s.left, 2 * s.top, 2 * (s.left + s.cells.shape[1]), 2 * (s.top + s.cells.shape[0]))
+        for s, t in zip(objects, d.texture_of[1 + len(d.scene.keys) :], strict=True)
+        if t == d.key_textures[0]
+    ]
+    boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    points = np.stack([boxes[:, [0, 2]].mean(1), boxes[:, [1, 3]].mean(1)], axis=1)
+    return {"boxes": boxes, "points": points}
+
+
+def _key_region(task: SyntheticTask, scene: _Scene) -> tuple[int, int]:
+    """(row, column) of the first key's region cell."""
+    return divmod(scene.key_cells[0], task.grid[1])
+
+
+def _pixel_units(task: SyntheticTask, scene: _Scene, ids: np.ndarray, sample: Sample) -> tuple:
+    """Pixels: the mask, the objects' pixels, the key region's pixels."""
+    target = sample.mask.astype(bool)
+    row, col = _key_region(task, scene)
+    r = task.region
+    in_key = np.zeros_like(target)
+    in_key[row * r : (row + 1) * r, col * r : (col + 1) * r] = True
+    return target, ids > len(scene.keys), in_key
+
+
+def _object_units(task: SyntheticTask, scene: _Scene, ids: np.ndarray, sample: Sample) -> tuple:
+    """Objects, each counted once at the region of its centre."""
+    key_texture, r = scene.keys[0].texture, task.region
+    centres = [(2 * s.top + s.cells.shape[0], 2 * s.left + s.cells.shape[1]) for s in scene.objects]
+    hit = np.array([s.texture == key_texture for s in scene.objects], dtype=bool)
+    key = _key_region(task, scene)
+    in_key = np.array([(y // r, x // r) == key for y, x in centres], dtype=bool)
+    return hit, np.ones_like(hit), in_key
+
+
+def _iou(counts: np.ndarray) -> np.ndarray:
+    return counts[..., 0] / np.maximum(counts[..., 1] + counts[..., 2] - counts[..., 0], 1)
+
+
+def _f1(counts: np.ndarray) -> np.ndarray:
+    return 2 * counts[..., 0] / np.maximum(counts[..., 1] + counts[..., 2], 1)
+
+
+KINDS: dict[str, _Kind] = {
+    "segmentation": _Kind(1, lambda textures: 2, _mask_answer, _pixel_units, _iou),
+    "classification": _Kind(2, lambda textures: textures, _label_answer, None, None),
+    "detection": _Kind(1, lambda textures: 1, _box_answer, _object_units, _f1),
+}
 
 # Period-2 textures on the absolute pixel grid: the fraction of full contrast per pixel.
 _PATTERNS = (
@@ -154,20 +254,20 @@ class SyntheticTask(torch.utils.data.Dataset):
         if not 0 < radius[0] <= radius[1] < 0.5:
             raise ConfigError(f"radius must be 0 < min <= max < 0.5 (of region), got {radius}")
         self.grid = (height // region, width // region)  # complete region cells
-        keys = 2 if kind == "classification" else 1
+        keys = KINDS[kind].keys
         if self.grid[0] * self.grid[1] < keys:
             raise ConfigError(
                 f"a {kind} task needs {keys} complete {region} px region(s) in the image, "
                 f"but {height} x {width} holds {self.grid[0] * self.grid[1]}; "
                 "use a larger size or a smaller region"
             )
-        self.kind, self.height, self.width = kind, height, width
+        self.kind, self.spec, self.height, self.width = kind, KINDS[kind], height, width
         self.region, self.channels, self.seed, self.length = region, channels, seed, length
         self.textures, self.radius, self.noise = textures, radius, noise
         self.objects = (
             objects if objects is not None else math.ceil(1.25 * height * width / region**2)
         )
-        self.num_classes = {"segmentation": 2, "classification": textures, "detection": 1}[kind]
+        self.num_classes = self.spec.classes(textures)
 
     def __len__(self) -> int:
         return self.length
@@ -180,7 +280,7 @@ class SyntheticTask(torch.utils.data.Dataset):
         taken = np.zeros((half_h, half_w), dtype=bool)
         cells = rng.permutation(self.grid[0] * self.grid[1])
         keys, key_cells = [], []
-        for cell in cells[: 2 if self.kind == "classification" else 1]:
+        for cell in cells[: self.spec.keys]:
             cells_hw = _disk(0.3 * self.region / 2)  # radius 0.3 region, in 2-px cells
             n = cells_hw.shape[0]
             row, col = divmod(int(cell), self.grid[1])
@@ -255,22 +355,8 @@ class SyntheticTask(torch.utils.data.Dataset):
         image = np.repeat(np.clip(value, 0, 1)[None].astype(np.float32), self.channels, 0)
         texture = (tex + 1).astype(np.int64)
 
-        key_textures = texture_of[1 : 1 + len(scene.keys)]
-        is_object = ids > len(scene.keys)
-        target = is_object & (tex == key_textures[0])
-        if self.kind == "segmentation":
-            return scene, ids, Sample(image, mask=target.astype(np.int64), texture=texture)
-        if self.kind == "classification":
-            label = int(key_textures.sum() % self.textures)
-            return scene, ids, Sample(image, label=label, texture=texture)
-        boxes = [
-            (2 * s.left, 2 * s.top, 2 * (s.left + s.cells.shape[1]), 2 * (s.top + s.cells.shape[0]))
-            for s, t in zip(scene.objects, texture_of[1 + len(scene.keys) :], strict=True)
-            if t == key_textures[0]
-        ]
-        boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
-        points = np.stack([boxes[:, [0, 2]].mean(1), boxes[:, [1, 3]].mean(1)], axis=1)
-        return scene, ids, Sample(image, boxes=boxes, points=points, texture=texture)
+        drawn = _Drawn(scene, texture_of, ids > len(scene.keys), tex, self.textures)
+        return scene, ids, Sample(image, texture=texture, **self.spec.answer(drawn))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.length:
@@ -308,17 +394,14 @@ class SyntheticTask(torch.utils.data.Dataset):
                 "and the downsample ceiling is a lower bound",
                 stacklevel=2,
             )
-        if self.kind == "classification":
+        if self.spec.score is None:  # a label: the blind predictors guess the commonest
             labels = np.array([self.sample(i).label for i in range(n)])
             best = np.bincount(labels, minlength=self.textures).max() / n
             return {"crop": float(best), "downsample": float(best)}
         counts = np.zeros((2, 2, 3))  # (predictor, choice, [tp/inter, pred, truth])
         for i in range(n):
             self._tally(i, counts)
-        if self.kind == "segmentation":
-            score = counts[..., 0] / np.maximum(counts[..., 1] + counts[..., 2] - counts[..., 0], 1)
-        else:
-            score = 2 * counts[..., 0] / np.maximum(counts[..., 1] + counts[..., 2], 1)
+        score = self.spec.score(counts)
         return {"crop": float(score[0].max()), "downsample": float(score[1].max())}
 
     def _tally(self, index: int, counts: np.ndarray) -> None:
@@ -328,33 +411,13 @@ class SyntheticTask(torch.utils.data.Dataset):
         downsample); choice 1 also predicts every object whose texture it cannot see.
         """
         scene, ids, sample = self._render(index)
-        r = self.region
-        key_row, key_col = divmod(scene.key_cells[0], self.grid[1])
-        if self.kind == "segmentation":
-            target = sample.mask.astype(bool)
-            is_object = ids > len(scene.keys)
-            in_key_region = np.zeros_like(target)
-            in_key_region[key_row * r : (key_row + 1) * r, key_col * r : (key_col + 1) * r] = True
-            certain = target & in_key_region
-            guess = certain | (is_object & ~in_key_region)
-            truth = target.sum()
-            for j, pred in enumerate((certain, guess)):
-                counts[0, j] += ((pred & target).sum(), pred.sum(), truth)
-            counts[1, 1] += (truth, is_object.sum(), truth)
-            counts[1, 0, 2] += truth
-            return
-        key_texture = scene.keys[0].texture
-        centres = [
-            (2 * s.top + s.cells.shape[0], 2 * s.left + s.cells.shape[1]) for s in scene.objects
-        ]
-        hit = np.array([s.texture == key_texture for s in scene.objects], dtype=bool)
-        in_key = np.array([(y // r, x // r) == (key_row, key_col) for y, x in centres], dtype=bool)
+        hit, candidate, in_key = self.spec.units(self, scene, ids, sample)
         truth = hit.sum()
         certain = hit & in_key
-        guess = certain | ~in_key
+        guess = certain | (candidate & ~in_key)
         for j, pred in enumerate((certain, guess)):
             counts[0, j] += ((pred & hit).sum(), pred.sum(), truth)
-        counts[1, 1] += (truth, len(hit), truth)
+        counts[1, 1] += (truth, candidate.sum(), truth)
         counts[1, 0, 2] += truth
 
 
