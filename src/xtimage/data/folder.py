@@ -37,7 +37,6 @@ from xtimage.window import Window
 
 log = logging.getLogger(__name__)
 
-TASKS = ("segmentation", "classification", "detection")
 
 
 @dataclass
@@ -49,7 +48,7 @@ class _Record:
     width: int
     mask: Path | None = None
     label: int | None = None
-    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    boxes: list[tuple[float, float, float, float]] | None = None  # objects (may be empty)
     classes: list[int] = field(default_factory=list)  # class of each box or point
 
 
@@ -83,19 +82,18 @@ class FolderDataset(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise InputError(f"{self.root}: no such folder")
         self.task = task or self._guess_task()
-        if self.task not in TASKS:
-            raise ConfigError(f"unknown task '{self.task}'; known: {', '.join(TASKS)}")
+        scanners = {  # the folder's layout for each task that reads one
+            "segmentation": self._scan_masks,
+            "classification": lambda: self._scan_labels(self.root / "labels.csv"),
+            "detection": lambda: self._scan_objects(self._detection_csv()),
+        }
+        if self.task not in scanners:
+            raise ConfigError(f"unknown task '{self.task}'; known: {', '.join(scanners)}")
         self.classes = list(classes) if classes is not None else None
         self._mask_classes = num_classes
         self.skip_bad = skip_bad
         self.bad: list[str] = []
-        if self.task == "segmentation":
-            self.records = self._scan_masks()
-        elif self.task == "classification":
-            self.records = self._scan_labels(self.root / "labels.csv")
-        else:
-            csv_path = self._detection_csv()
-            self.records = self._scan_objects(csv_path)
+        self.records = scanners[self.task]()
         if self.bad:
             log.warning(
                 "%s: skipped %d bad sample(s), kept %d; first: %s",
@@ -243,7 +241,7 @@ class FolderDataset(torch.utils.data.Dataset):
             if image in broken:
                 continue
             if image not in records:
-                records[image] = _Record(image, *self._size(image))
+                records[image] = _Record(image, *self._size(image), boxes=[])
             record = records[image]
             values = [row[c].strip() for c in coords]
             if not any(values):
@@ -312,7 +310,7 @@ class FolderDataset(torch.utils.data.Dataset):
             out["mask"] = torch.from_numpy(mask)
         if record.label is not None:
             out["label"] = torch.tensor(record.label)
-        if self.task == "detection":
+        if record.boxes is not None:
             boxes = np.array(record.boxes, dtype=np.float32).reshape(-1, 4)
             boxes -= np.array([window.left, window.top] * 2, dtype=np.float32)
             cx, cy = boxes[:, [0, 2]].mean(1), boxes[:, [1, 3]].mean(1)
@@ -362,8 +360,7 @@ def folder(model: ModelConfig, data: DataConfig) -> Datasets:
     if data.root is None:
         raise ConfigError("data.kind=folder needs data.root=<folder> (see preset folder_template)")
     kw = dict(task=model.head, classes=model.classes, **data.params)
-    if model.head == "segmentation":  # mask values must be below the model's classes
-        kw.setdefault("num_classes", model.num_classes)
+    kw.setdefault("num_classes", model.num_classes)  # mask values must be below it
     try:
         full = FolderDataset(data.root, **kw)
     except TypeError as exc:
