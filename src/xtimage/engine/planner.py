@@ -50,6 +50,9 @@ allocator's slack over live tensor bytes) depend on the device the run is planne
 
 The estimate is float32 (the dry run does not autocast): under bf16/fp16 autocast the
 activations are about half as large, so the plan is on the safe side by up to that.
+
+Over 500 lines because the dry run (the meta twin, the byte-counting dispatch mode, the
+replayed encoder) and the estimate built on it are one mechanism, read together.
 """
 
 from __future__ import annotations
