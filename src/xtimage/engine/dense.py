@@ -58,10 +58,11 @@ def contextualised_parts(
                     layout.positions(chunk)[None].to(engine.device),
                     layout.valid(chunk)[None].to(engine.device),
                 ]
-                pending = (
-                    new if pending is None else [torch.cat(pair, 1) for pair in zip(pending, new)]
-                )
-            n = pending[0].shape[1] if step is None else pending[0].shape[1] // multiple * multiple
+                if pending is not None:
+                    new = [torch.cat(pair, 1) for pair in zip(pending, new, strict=True)]
+                pending = new
+            n = pending[0].shape[1]
+            n = n if step is None else n // multiple * multiple
             ctx = None
             if n:
                 ctx, state = model.contextualise(*(x[:, :n] for x in pending), state)
