@@ -9,7 +9,9 @@ what                   passes                                                   
 classify, streamable   encode -> context segment by segment -> running pool          1
 classify, global       encode (no grad) -> context + head on all tokens               1
 dense inference        encode -> context; re-encode each chunk for its skip maps,    2
-                       decode, write
+                       decode, write (streamable context: the two passes advance
+                       together, only a band of region rows' tokens is kept;
+                       `xtimage.engine.dense`)
 exact, classification  encode (no grad) -> context + head + loss, backward to the     2
                        tokens; re-encode each chunk with autograd, backward the
                        saved token gradients

@@ -406,7 +406,8 @@ def causal_attention_with_part(
     columns (high and low halves, for bf16) of q against ones in the extra key; its value
     is one-hot in an extra column, so the call's softmax is the log-sum-exp merge and the
     result is ``out[:D] + out[D] * part_out``. Padded keys get a large negative score
-    through one more column. No log-sum-exp is needed from the kernel.
+    through one more column; zero columns pad the width to a multiple of 8. No
+    log-sum-exp is needed from the kernel.
 
     Args:
         q, k, v: (B, H, L, D).
@@ -431,13 +432,14 @@ def causal_attention_with_part(
         padded = (~key_mask).to(k.dtype)[:, None, :, None].expand(B, H, L, 1)
         k_cols.append(padded * (-1e4 / scale))
         key_cols.append(0.0)
-    width = D + len(key_cols)
+    width = -(-(D + len(key_cols)) // 8) * 8  # zero columns to a multiple of 8 (GPU kernels)
+    fill = width - D - len(key_cols)
     extra_key = k.new_zeros(B, H, 1, width)
-    extra_key[..., D:] = torch.tensor(key_cols, dtype=k.dtype)
+    extra_key[..., D : D + len(key_cols)] = torch.tensor(key_cols, dtype=k.dtype)
     extra_value = v.new_zeros(B, H, 1, width)
     extra_value[..., D] = 1.0
-    q_aug = torch.cat([q.new_zeros(B, H, 1, width), torch.cat([q, *q_cols], -1)], 2)
-    k_aug = torch.cat([extra_key, torch.cat([k, *k_cols], -1)], 2)  # (B, H, L+1, width)
+    q_aug = F.pad(torch.cat([q, *q_cols], -1), (0, fill, 1, 0))  # zero dummy query first
+    k_aug = torch.cat([extra_key, F.pad(torch.cat([k, *k_cols], -1), (0, fill))], 2)
     v_aug = torch.cat([extra_value, F.pad(v, (0, width - D))], 2)
     out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, is_causal=True, scale=scale)
     out = out[:, :, 1:]  # (B, H, L, width)
