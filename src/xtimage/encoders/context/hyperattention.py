@@ -402,12 +402,12 @@ def causal_attention_with_part(
 
     One ``scaled_dot_product_attention(is_causal=True)`` call, so fused kernels run: the
     part enters as one extra key per query, put first (a zero dummy query put first keeps
-    the causal mask square). Its score is the part's lse, carried by two extra feature
-    columns (high and low halves, for bf16) of q against ones in the extra key; its value
+    the causal mask square). Its score is the part's lse, carried by an extra feature
+    column of q (two for bf16: high and low halves) against ones in the extra key; its value
     is one-hot in an extra column, so the call's softmax is the log-sum-exp merge and the
     result is ``out[:D] + out[D] * part_out``. Padded keys get a large negative score
-    through one more column; zero columns pad the width to a multiple of 8. No
-    log-sum-exp is needed from the kernel.
+    through one more column; off the CPU, zero columns pad the width to a multiple of 8.
+    No log-sum-exp is needed from the kernel.
 
     Args:
         q, k, v: (B, H, L, D).
@@ -424,15 +424,19 @@ def causal_attention_with_part(
     own = ((q * k).sum(-1).to(dtype) * scale).detach()  # (B, H, L)
     c = torch.where(part_lse == NEG_INF, own - 1e4, part_lse.to(dtype)) / scale
     high = c.to(q.dtype)
-    low = (c - high.to(dtype)).to(q.dtype)
-    q_cols, k_cols = [high[..., None], low[..., None]], [k.new_zeros(B, H, L, 2)]
-    key_cols = [1.0, 1.0]  # the extra key's columns
+    q_cols = [high[..., None]]
+    if q.dtype != dtype:  # bf16 / fp16: the rounding error of high in a second column
+        q_cols.append((c - high.to(dtype)).to(q.dtype)[..., None])
+    key_cols = [1.0] * len(q_cols)  # the extra key's columns
+    k_cols = [k.new_zeros(B, H, L, len(q_cols))]
     if key_mask is not None:
         q_cols.append(q.new_ones(B, H, L, 1))
         padded = (~key_mask).to(k.dtype)[:, None, :, None].expand(B, H, L, 1)
         k_cols.append(padded * (-1e4 / scale))
         key_cols.append(0.0)
-    width = -(-(D + len(key_cols)) // 8) * 8  # zero columns to a multiple of 8 (GPU kernels)
+    width = D + len(key_cols)
+    if q.device.type != "cpu":  # zero columns to a multiple of 8, which GPU kernels need
+        width = -(-width // 8) * 8
     fill = width - D - len(key_cols)
     extra_key = k.new_zeros(B, H, 1, width)
     extra_key[..., D : D + len(key_cols)] = torch.tensor(key_cols, dtype=k.dtype)
