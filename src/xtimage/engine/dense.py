@@ -43,7 +43,7 @@ def contextualised_parts(
         (n, D) tokens in the engine's dtype; together, ``len(regions) * T`` of them.
     """
     model = engine.model
-    multiple = getattr(model.context, "chunk_multiple", 1)
+    multiple = model.context.chunk_multiple
     state, pending = None, None  # pending: [tokens, positions, valid], each (1, n, ...)
     chunks = engine._chunks(source, layout, list(regions))
     while True:

@@ -265,7 +265,7 @@ class Engine:
         layout = self.model.layout(source.height, source.width)
         plan = layout.plan
         out = None if writer is not None else self._dense_output(plan)
-        if self.model.context.streamable:
+        if self.model.context.streamable and not self.model.release:  # release: raster order
             steps = streamed_windows(self, source, layout, self._kept(layout, keep))
         else:
             steps = self._windows_all_at_once(source, keep)
