@@ -36,6 +36,12 @@ sys.path.insert(0, str(HERE.parent))
 from common import STREAMING, machine, measure, print_table, save_rows  # noqa: E402
 
 BACKBONE = "mobilenetv3_small_050"
+# A cheap stand-in for long runs on a busy CPU: ConvNeXt-atto's structure, 1 block a stage,
+# widths 8-16 (the engine tests' backbone). Same tokens per region (stride 32).
+BACKBONES = {
+    BACKBONE: {},
+    "convnext_atto_narrow": {"depths": (1, 1, 1, 1), "dims": (8, 8, 16, 16)},
+}
 
 
 class DropWriter:
@@ -54,39 +60,44 @@ class DropWriter:
         pass
 
 
-def build_dense(margin: int, dim: int = 64, region: int = 256):
+def build_dense(margin: int, backbone: str = BACKBONE, dim: int = 64, region: int = 256):
     """XL-context dense model of the memory benchmarks."""
     from xtimage.encoders.context import create_context_encoder
     from xtimage.encoders.region import RegionEncoder
     from xtimage.heads import DenseHead, DenseOutput
     from xtimage.model import XT
 
-    encoder = RegionEncoder(BACKBONE, region=region)
+    name = backbone.removesuffix("_narrow")
+    encoder = RegionEncoder(name, region=region, **BACKBONES[backbone])
     kwargs = {k: v for k, v in STREAMING.items() if k != "context"}
     context = create_context_encoder(STREAMING["context"], dim=dim, **kwargs)
     head = DenseHead(encoder.feature_info[:-1], dim, [DenseOutput("mask", 2, "ce")], channels=16)
     return XT(encoder, context, head, region=region, margin=margin)
 
 
-def case_dense(side: int, path: str, margin: int, region_batch: int):
-    """One `Engine.segment` of a ``side`` x ``side`` procedural image."""
+def case_dense(
+    side: int, path: str, margin: int, region_batch: int, backbone: str = BACKBONE,
+    height: int | None = None,
+):  # fmt: skip
+    """One `Engine.segment` of a ``height`` (default ``side``) x ``side`` procedural image."""
     import torch
 
     from xtimage.engine import Engine
     from xtimage.io.procedural import ProceduralReader
 
     torch.manual_seed(0)
-    model = build_dense(margin).eval()
+    model = build_dense(margin, backbone).eval()
     if path == "all at once":
         model.context.streamable = False
-    reader = ProceduralReader(side, side, seed=0)
+    height = height or side
+    reader = ProceduralReader(height, side, seed=0)
     engine = Engine(model, region_batch=region_batch)
-    regions = model.plan(side, side).num_regions
+    regions = model.plan(height, side).num_regions
 
     def run() -> dict:
         writer = DropWriter()
         engine.segment(reader, writer=writer)
-        assert writer.pixels == side * side
+        assert writer.pixels == height * side
         return {"regions": regions}
 
     return run
@@ -98,6 +109,8 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["streamed", "all at once"])
     parser.add_argument("--margin", type=int, default=32)
     parser.add_argument("--region-batch", type=int, default=16)
+    parser.add_argument("--backbone", choices=list(BACKBONES), default=BACKBONE)
+    parser.add_argument("--height", type=int, help="strips of this height (default: squares)")
     args = parser.parse_args()
 
     rows = []
@@ -105,14 +118,15 @@ def main() -> None:
         for path in args.paths:
             out = measure(
                 HERE, "case_dense", side=side, path=path, margin=args.margin,
-                region_batch=args.region_batch,
+                region_batch=args.region_batch, backbone=args.backbone, height=args.height,
             )  # fmt: skip
             row = {
                 "benchmark": "dense_memory",
                 "path": path,
                 "side": side,
+                "height": args.height or side,
                 "context": "xl",
-                "backbone": BACKBONE,
+                "backbone": args.backbone,
                 "dim": 64,
                 "margin": args.margin,
                 "region_batch": args.region_batch,
@@ -143,7 +157,8 @@ def main() -> None:
             ("seconds", "seconds", ".0f"),
         ],
     )
-    path = save_rows("dense_memory", rows, ["path", "side", "context", "margin", "region_batch"])
+    key = ["path", "side", "height", "backbone", "context", "margin", "region_batch"]
+    path = save_rows("dense_memory", rows, key)
     print(f"\nrows merged into {path}")
 
 
