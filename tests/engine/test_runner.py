@@ -104,6 +104,55 @@ def test_streamed_dense_inference_equals_all_at_once(margin):
     torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-6)
 
 
+def _xl(dim):
+    from xtimage.encoders.context import create_context_encoder
+
+    return create_context_encoder("xl", dim=dim, depth=2, heads=2, segment_len=8, mem_len=12)
+
+
+@pytest.mark.parametrize("context_cls", [RunningMean, _xl])
+@pytest.mark.parametrize("margin", [0, 32])
+def test_dense_inference_with_a_streamable_context_streams_and_equals_all_at_once(
+    context_cls, margin
+):
+    """The context runs chunk by chunk beside the decoding pass (region_batch 1 and 5:
+    chunks of 4 tokens per region that do not fill XL's segment of 8, chunks that end
+    mid-row); outputs equal the whole image at once, and the contextualised tokens the
+    decoder is handed never cover more than a band of region rows."""
+    model = tiny_xt(context_cls, dense=True, margin=margin).eval()
+    (image,) = images((650, 170))  # 11 x 3 regions of 64 px core
+    expected = model(image[None])[0]
+    plan = model.layout(650, 170).plan
+    t = model.layout(650, 170).tokens_per_region
+    seen = []
+    token_windows = model.token_windows
+
+    def spy(ctx, layout, have, want):
+        seen.append(ctx.shape[0])
+        return token_windows(ctx, layout, have, want)
+
+    model.token_windows = spy
+    for k in (1, 5):
+        seen.clear()
+        out = Engine(model, region_batch=k).segment(image)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-6)
+        reach = -(-margin // plan.core)
+        chunk_rows = -(-k // plan.cols) + 1
+        rows = 2 * reach + 2 * chunk_rows  # the chunk's rows, the reach, one chunk ahead
+        assert max(seen) <= rows * plan.cols * t < plan.num_regions * t
+
+
+def test_streamed_dense_inference_with_skipped_regions_equals_the_two_pass_path():
+    model = tiny_xt(RunningMean, dense=True, margin=32).eval()
+    (image,) = images((330, 170))
+    keep = [i % 4 != 1 for i in range(18)]
+    streamed = Engine(model, region_batch=4).segment(image, keep)
+    assert Engine(model).segment(image, [False] * 18).abs().max() == 0
+    model.context.streamable = False  # the two-pass path: context over all tokens at once
+    two_pass = Engine(model, region_batch=4).segment(image, keep)
+    torch.testing.assert_close(streamed, two_pass, rtol=1e-9, atol=1e-9)
+
+
 def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

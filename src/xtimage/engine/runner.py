@@ -9,7 +9,9 @@ what                   passes                                                   
 classify, streamable   encode -> context segment by segment -> running pool          1
 classify, global       encode (no grad) -> context + head on all tokens               1
 dense inference        encode -> context; re-encode each chunk for its skip maps,    2
-                       decode, write
+                       decode, write (streamable context: the two passes advance
+                       together, only a band of region rows' tokens is kept;
+                       `xtimage.engine.dense`)
 exact, classification  encode (no grad) -> context + head + loss, backward to the     2
                        tokens; re-encode each chunk with autograd, backward the
                        saved token gradients
@@ -40,6 +42,7 @@ import torch
 from torch import nn
 
 from xtimage.encoders.context.base import detach_state
+from xtimage.engine.dense import streamed_windows
 from xtimage.engine.source import RegionSource, Transform
 from xtimage.errors import ConfigError
 from xtimage.io.base import Reader, Writer
@@ -249,6 +252,9 @@ class Engine:
     ) -> torch.Tensor | None:
         """Dense outputs of one image, two passes (see the module docstring).
 
+        With a streamable context the two passes advance together (`xtimage.engine.dense`):
+        only a band of region rows' contextualised tokens is kept, not the image's.
+
         Args:
             image: the image.
             keep: regions to process; skipped regions' outputs stay zero.
@@ -256,18 +262,27 @@ class Engine:
                 None the outputs are returned as one (C, H, W) tensor.
         """
         source = self.source(image)
+        layout = self.model.layout(source.height, source.width)
+        plan = layout.plan
+        out = None if writer is not None else self._dense_output(plan)
+        if self.model.context.streamable and not self.model.release:  # release: raster order
+            steps = streamed_windows(self, source, layout, self._kept(layout, keep))
+        else:
+            steps = self._windows_all_at_once(source, keep)
+        for chunk, pixels, windows in steps:
+            with autocast(self.device, self.autocast):
+                maps, _ = self.model.encode(pixels)
+                pred = self.model.decode(maps, windows).to(self.dtype)
+            self._put_cores(plan, chunk, pred, out, writer)
+        return out
+
+    def _windows_all_at_once(self, source: RegionSource, keep) -> Iterator[tuple]:
+        """Per chunk: (chunk, pixels, token windows), the context run on all tokens at once."""
         items = self.encode(source, keep)
         ctx, _ = self._contextualise_all([items])
         ctx = ctx[0]  # (n, D)
-        layout, plan = items.layout, items.layout.plan
-        out = None if writer is not None else self._dense_output(plan)
-        with autocast(self.device, self.autocast):
-            for _, chunk, pixels in self._chunks(source, layout, items.regions):
-                maps, _ = self.model.encode(pixels)
-                windows = self.model.token_windows(ctx, layout, items.regions, chunk)
-                pred = self.model.decode(maps, windows).to(self.dtype)
-                self._put_cores(plan, chunk, pred, out, writer)
-        return out
+        for _, chunk, pixels in self._chunks(source, items.layout, items.regions):
+            yield chunk, pixels, self.model.token_windows(ctx, items.layout, items.regions, chunk)
 
     def _dense_output(self, plan) -> torch.Tensor:
         """A zero (K, H, W) output of the whole image, within the allocation cap."""

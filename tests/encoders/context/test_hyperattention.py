@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from xtimage.encoders.context.hyperattention import (
     angular_hash,
     attention_lse,
+    causal_attention_with_part,
+    causal_levels,
     gray_rank,
     hyper_attention,
     hyper_attention_lse,
@@ -234,3 +236,90 @@ def test_bad_settings_and_shapes_raise_user_errors():
         hyper_attention(q, q[:, :, :5], q[:, :, :5], causal=True)
     with pytest.raises(InputError, match="key_mask"):
         hyper_attention(q, q, q, key_mask=torch.ones(1, 9, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    ("n", "min_seq_len", "expected"),
+    [(100, 100, (0, 100)), (200, 100, (0, 200)), (201, 100, (1, 101)), (16384, 4096, (1, 8192)),
+     (32768, 4096, (2, 8192)), (67, 8, (3, 9))],
+)  # fmt: skip
+def test_causal_levels_stop_at_twice_min_seq_len(n, min_seq_len, expected):
+    levels, leaf = causal_levels(n, min_seq_len)
+    assert (levels, leaf) == expected
+    assert leaf <= 2 * min_seq_len and leaf * 2**levels >= n
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_causal_attention_with_part_equals_the_lse_merge_with_gradients(masked):
+    # A part over other keys, known by output and lse (some rows empty), merged inside one
+    # SDPA call through an extra key: the same as merging explicit softmaxes.
+    b, h, n, d = 2, 2, 23, 8
+    q, k, v = qkv(b, h, n, d)
+    other_k, other_v = qkv(b, h, 5, d)[:2]
+    part_out, part_lse = attention_lse(q, other_k, other_v)
+    empty = torch.rand(b, h, n) < 0.3
+    part_out = part_out.masked_fill(empty[..., None], 0.0)
+    part_lse = part_lse.masked_fill(empty, -math.inf)
+    mask = right_padded(b, n, 15) if masked else None
+    mask = None if mask is None else mask & (torch.arange(n) != 3)  # a hole too
+    got = causal_attention_with_part(q, k, v, part_out, part_lse, mask)
+
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    allowed = causal if mask is None else causal & mask[:, None, None, :]
+    bias = torch.zeros(allowed.shape, dtype=q.dtype).masked_fill(~allowed, -math.inf)
+    want, _ = merge_attention(*attention_lse(q, k, v, bias), part_out, part_lse)
+    real = torch.ones(b, n, dtype=torch.bool) if mask is None else mask
+    real = real[:, None, :].expand(b, h, n)
+    torch.testing.assert_close(got[real], want[real])
+
+    weight = torch.randn_like(want) * real[..., None]
+    inputs = (q, k, v, other_k, other_v)
+    grads = torch.autograd.grad((got * weight).sum(), inputs, retain_graph=True)
+    want_grads = torch.autograd.grad((want * weight).sum(), inputs)
+    for g, w in zip(grads, want_grads, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_causal_fused_path_equals_explicit_path_with_many_blocks(padded):
+    # Real LSH blocks and samples at three levels (300 -> 4 leaves of 75 plus padding):
+    # hyper_attention (fused leaves) and hyper_attention_lse (explicit) draw the same
+    # hashes and samples, so they agree, gradients included.
+    n = 300
+    q, k, v = qkv(n=n)
+    mask = right_padded(2, n, 240) if padded else None
+    settings = dict(causal=True, lsh_num_projs=4, block_size=16, sample_size=8, min_seq_len=40)
+    out = hyper_attention(
+        q, k, v, key_mask=mask, generator=torch.Generator().manual_seed(0), **settings
+    )
+    ref, _ = hyper_attention_lse(
+        q, k, v, key_mask=mask, generator=torch.Generator().manual_seed(0), **settings
+    )
+    real = torch.ones(2, n, dtype=torch.bool) if mask is None else mask
+    real = real[:, None, :].expand(2, 2, n)
+    torch.testing.assert_close(out[real], ref[real])
+    weight = torch.randn_like(ref) * real[..., None]
+    grads = torch.autograd.grad((out * weight).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * weight).sum(), (q, k, v))
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want)
+
+
+def test_causal_up_to_twice_min_seq_len_is_exact_attention():
+    # Its halves and its off-diagonal block are all within min_seq_len: exact.
+    q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
+    out = hyper_attention(q, k, v, causal=True, block_size=4, sample_size=2, min_seq_len=32)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_causal_bf16_matches_float32_closely():
+    # One block per off-diagonal part (exact), so only rounding differs; the part's lse
+    # enters the fused call as bf16 high and low halves.
+    q, k, v = (2 * torch.randn(1, 2, 600, 16) for _ in range(3))
+    settings = dict(causal=True, block_size=1024, sample_size=16, min_seq_len=64)
+    low = hyper_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), **settings)
+    exact = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert low.dtype == torch.bfloat16
+    assert relative_error(low.float(), exact) < 0.02

@@ -21,9 +21,15 @@ Non-causal, for more than ``min_seq_len`` keys:
 
 Causal, for more than ``min_seq_len`` keys: split the sequence in halves; the two diagonal
 blocks recurse causally, the off-diagonal block (second-half queries, first-half keys) is
-the non-causal path; both are merged by log-sum-exp. The merge needs each part's
-log-sum-exp, which SDPA does not return, so this path computes softmaxes explicitly
-(`attention_lse`); its cost is linear in N but larger than the SDPA path's.
+the non-causal path; both are merged by log-sum-exp. A part of at most ``2 * min_seq_len``
+tokens is exact causal attention (its halves and its off-diagonal block are all within
+``min_seq_len``), so the recursion stops there (`causal_levels`), and it is run flattened:
+the off-diagonal blocks of every level first (explicit softmaxes, for their log-sum-exps,
+over blocks of ``block_size`` plus samples: linear in N), merged into one part per query;
+then every leaf is one causal ``scaled_dot_product_attention`` call that merges that part
+in as one extra key per query (`causal_attention_with_part`), so the quadratic work runs
+in fused kernels, and no log-sum-exp is needed from them. Up to ``2 * min_seq_len``
+tokens this is exactly causal SDPA.
 
 Masks: padded keys (``key_mask`` False) are sorted last, get -inf in their block and are
 never sampled; padded queries (``query_mask`` False) are sorted last so that they take no
@@ -51,6 +57,7 @@ from xtimage.errors import ConfigError, InputError
 from xtimage.runtime import autocast_off
 
 NEG_INF = float("-inf")
+MASKED = -1e30  # a masked score, finite: far below any real one, exp() of it is 0
 
 
 def gray_rank(bits: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -88,6 +95,11 @@ def attention_lse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention and its log-sum-exp, by explicit scores (SDPA gives no lse).
 
+    -inf in ``bias`` enters as `MASKED` (finite), so that a row without real keys stays
+    finite through softmax and its gradient; such rows are then set to out 0, lse -inf.
+    Few passes over the scores: one fused ``baddbmm`` where it applies, ``softmax``, and
+    the lse read off the largest weight.
+
     Args:
         q: (..., L, D); k, v: (..., S, D).
         bias: added to the scaled scores, -inf to mask; broadcast to (..., L, S).
@@ -97,17 +109,29 @@ def attention_lse(
         finite score give out 0 and lse -inf, with finite gradients.
     """
     dtype = torch.promote_types(q.dtype, torch.float32)
-    scores = (q @ k.transpose(-2, -1)).to(dtype) * q.shape[-1] ** -0.5  # (..., L, S)
+    *batch, L, D = q.shape
+    S = k.shape[-2]
     if bias is not None:
-        scores = scores + bias
-    top = scores.detach().amax(-1, keepdim=True)  # (..., L, 1)
-    empty = top == NEG_INF
-    top = top.masked_fill(empty, 0.0)
-    p = (scores - top).exp()  # (..., L, S)
-    z = p.sum(-1, keepdim=True).masked_fill(empty, 1.0)  # (..., L, 1)
-    out = (p / z).to(v.dtype) @ v  # (..., L, D)
-    lse = (z.log() + top).masked_fill(empty, NEG_INF).squeeze(-1)  # (..., L)
-    return out, lse
+        bias = bias.to(dtype).clamp(min=MASKED)
+    if q.dtype == dtype and bias is not None and bias.shape[:-2] == tuple(batch):
+        # One fused call: bias + scale * q @ k^T, the bias broadcast over queries.
+        scores = torch.baddbmm(
+            bias.reshape(-1, bias.shape[-2], S),
+            q.reshape(-1, L, D),
+            k.reshape(-1, S, D).transpose(1, 2),
+            alpha=D**-0.5,
+        ).view(*batch, L, S)
+    else:
+        scores = (q @ k.transpose(-2, -1)).to(dtype) * D**-0.5  # (..., L, S)
+        if bias is not None:
+            scores = scores + bias
+    p = scores.softmax(-1)  # (..., L, S)
+    # lse from the largest weight (>= 1/S, never underflows): lse = s_j - log p_j.
+    top, where = p.max(-1, keepdim=True)  # (..., L, 1)
+    lse = (scores.gather(-1, where) - top.log()).squeeze(-1)  # (..., L)
+    empty = (lse < MASKED / 2).detach()
+    out = p.to(v.dtype) @ v  # (..., L, D)
+    return out.masked_fill(empty[..., None], 0.0), lse.masked_fill(empty, NEG_INF)
 
 
 def merge_attention(
@@ -304,43 +328,165 @@ def _lsh_attention_lse(q, k, v, key_mask, query_mask, settings: _Settings):
     return out, lse
 
 
-def _causal_lse(q, k, v, key_mask, settings: _Settings):
-    """Causal attention with lse: exact up to ``min_seq_len``, else split in halves."""
-    n = k.shape[2]
+def causal_levels(n: int, min_seq_len: int) -> tuple[int, int]:
+    """Halvings of a causal sequence of ``n`` tokens and the length of its leaves.
+
+    A part of at most ``2 * min_seq_len`` tokens is exact causal attention (its halves and
+    its off-diagonal block are at most ``min_seq_len`` keys, all exact), so the recursion
+    stops there: after ``levels`` halvings every leaf has ``leaf`` tokens, the sequence
+    padded at its end to ``leaf * 2**levels``.
+    """
+    levels = 0
+    while math.ceil(n / 2**levels) > 2 * min_seq_len:
+        levels += 1
+    return levels, math.ceil(n / 2**levels)
+
+
+def _fold(x: torch.Tensor, parts: int) -> torch.Tensor:
+    """(B, H, parts * n, ...) -> (parts * B, H, n, ...): consecutive parts into the batch."""
+    return rearrange(x, "b h (g n) ... -> (g b) h n ...", g=parts)
+
+
+def _unfold(x: torch.Tensor, parts: int) -> torch.Tensor:
+    """Inverse of `_fold`."""
+    return rearrange(x, "(g b) h n ... -> b h (g n) ...", g=parts)
+
+
+def _fold_mask(mask: torch.Tensor | None, parts: int) -> torch.Tensor | None:
+    """(B, parts * n) -> (parts * B, n)."""
+    return None if mask is None else rearrange(mask, "b (g n) -> (g b) n", g=parts)
+
+
+def _off_diagonal(q, k, v, key_mask, levels: int, settings: _Settings):
+    """Every level's off-diagonal blocks, merged per query by log-sum-exp.
+
+    At level l the sequence is cut into ``2**l`` nodes; the second half of each node
+    attends to its first half by the non-causal LSH path. A query is in a second half at
+    some levels only: the others add nothing.
+
+    Returns:
+        out (B, H, N, D) and lse (B, H, N), -inf (with out 0) where no level adds keys.
+    """
+    out, lse = None, None
+    for level in range(levels):
+        nodes = 2**level
+        qf, kf, vf = (_fold(x, nodes) for x in (q, k, v))
+        mask = _fold_mask(key_mask, nodes)
+        half = qf.shape[2] // 2
+        part_out, part_lse = _lsh_attention_lse(
+            qf[:, :, half:],
+            kf[:, :, :half],
+            vf[:, :, :half],
+            None if mask is None else mask[:, :half],
+            None if mask is None else mask[:, half:],
+            settings,
+        )  # (nodes*B, H, half, D), (nodes*B, H, half)
+        part_out = _unfold(F.pad(part_out, (0, 0, half, 0)), nodes)  # (B, H, N, D)
+        part_lse = _unfold(F.pad(part_lse, (half, 0), value=NEG_INF), nodes)  # (B, H, N)
+        if out is None:
+            out, lse = part_out, part_lse
+        else:
+            out, lse = merge_attention(out, lse, part_out, part_lse)
+    return out, lse
+
+
+def causal_attention_with_part(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    part_out: torch.Tensor,
+    part_lse: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention over k, v merged with a part given by its output and log-sum-exp.
+
+    One ``scaled_dot_product_attention(is_causal=True)`` call, so fused kernels run: the
+    part enters as one extra key per query, put first (a zero dummy query put first keeps
+    the causal mask square). Its score is the part's lse, carried by an extra feature
+    column of q (two for bf16: high and low halves) against ones in the extra key; its value
+    is one-hot in an extra column, so the call's softmax is the log-sum-exp merge and the
+    result is ``out[:D] + out[D] * part_out``. Padded keys get a large negative score
+    through one more column; off the CPU, zero columns pad the width to a multiple of 8.
+    No log-sum-exp is needed from the kernel.
+
+    Args:
+        q, k, v: (B, H, L, D).
+        part_out: (B, H, L, D); part_lse: (B, H, L), -inf where the part has no keys.
+        key_mask: (B, L) bool, True for real keys, or None.
+
+    Returns:
+        (B, H, L, D) in v's dtype.
+    """
+    B, H, L, D = q.shape
+    scale = D**-0.5
     dtype = torch.promote_types(q.dtype, torch.float32)
-    if n <= settings.min_seq_len:
-        return attention_lse(q, k, v, _causal_bias(n, key_mask, dtype, q.device))
-    odd = n % 2
-    if odd:  # one masked padding token makes the halves equal
-        q, k, v = (F.pad(x, (0, 0, 0, 1)) for x in (q, k, v))
+    # An empty part weighs exp(-1e4) = 0 beside the query's own key (always real).
+    own = ((q * k).sum(-1).to(dtype) * scale).detach()  # (B, H, L)
+    c = torch.where(part_lse == NEG_INF, own - 1e4, part_lse.to(dtype)) / scale
+    high = c.to(q.dtype)
+    q_cols = [high[..., None]]
+    if q.dtype != dtype:  # bf16 / fp16: the rounding error of high in a second column
+        q_cols.append((c - high.to(dtype)).to(q.dtype)[..., None])
+    key_cols = [1.0] * len(q_cols)  # the extra key's columns
+    k_cols = [k.new_zeros(B, H, L, len(q_cols))]
+    if key_mask is not None:
+        q_cols.append(q.new_ones(B, H, L, 1))
+        padded = (~key_mask).to(k.dtype)[:, None, :, None].expand(B, H, L, 1)
+        k_cols.append(padded * (-1e4 / scale))
+        key_cols.append(0.0)
+    width = D + len(key_cols)
+    if q.device.type != "cpu":  # zero columns to a multiple of 8, which GPU kernels need
+        width = -(-width // 8) * 8
+    fill = width - D - len(key_cols)
+    extra_key = k.new_zeros(B, H, 1, width)
+    extra_key[..., D : D + len(key_cols)] = torch.tensor(key_cols, dtype=k.dtype)
+    extra_value = v.new_zeros(B, H, 1, width)
+    extra_value[..., D] = 1.0
+    q_aug = F.pad(torch.cat([q, *q_cols], -1), (0, fill, 1, 0))  # zero dummy query first
+    k_aug = torch.cat([extra_key, F.pad(torch.cat([k, *k_cols], -1), (0, fill))], 2)
+    v_aug = torch.cat([extra_value, F.pad(v, (0, width - D))], 2)
+    out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, is_causal=True, scale=scale)
+    out = out[:, :, 1:]  # (B, H, L, width)
+    return out[..., :D] + out[..., D : D + 1] * part_out.to(out.dtype)
+
+
+def _causal(q, k, v, key_mask, settings: _Settings, with_lse: bool):
+    """Causal HyperAttention: the recursion on halves, flattened.
+
+    The off-diagonal blocks of all levels are computed first and merged into one part per
+    query; then each leaf is exact causal attention merged with that part, by one fused
+    call (`causal_attention_with_part`) or, ``with_lse``, by explicit softmax.
+
+    Returns:
+        out (B, H, N, D) and lse (B, H, N) (None unless ``with_lse``).
+    """
+    n = q.shape[2]
+    levels, leaf = causal_levels(n, settings.min_seq_len)
+    if levels == 0 and key_mask is None and not with_lse:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True), None
+    padded = leaf * 2**levels
+    if padded > n:  # masked padding at the end; real queries never see it
+        q, k, v = (F.pad(x, (0, 0, 0, padded - n)) for x in (q, k, v))
         if key_mask is None:
             key_mask = torch.ones(q.shape[0], n, dtype=torch.bool, device=q.device)
-        key_mask = F.pad(key_mask, (0, 1), value=False)
-    half = (n + odd) // 2
-
-    # Diagonal blocks: both halves at once, folded into the batch.
-    fold, unfold = "b h (two n) d -> (two b) h n d", "(two b) h n d -> b h (two n) d"
-    diag_mask = None if key_mask is None else rearrange(key_mask, "b (two n) -> (two b) n", two=2)
-    diag_out, diag_lse = _causal_lse(
-        *(rearrange(x, fold, two=2) for x in (q, k, v)), diag_mask, settings
-    )
-    diag_out = rearrange(diag_out, unfold, two=2)  # (B, H, N, D)
-    diag_lse = rearrange(diag_lse, "(two b) h n -> b h (two n)", two=2)  # (B, H, N)
-
-    # Off-diagonal block: second-half queries see every first-half key.
-    q2, k1, v1 = q[:, :, half:], k[:, :, :half], v[:, :, :half]
-    k1_mask = None if key_mask is None else key_mask[:, :half]
-    q2_mask = None if key_mask is None else key_mask[:, half:]
-    if half <= settings.min_seq_len:
-        off_out, off_lse = attention_lse(q2, k1, v1, _key_bias(k1_mask, dtype))
+        key_mask = F.pad(key_mask, (0, padded - n), value=False)
+    B, H, _, D = q.shape
+    if levels:
+        part_out, part_lse = _off_diagonal(q, k, v, key_mask, levels, settings)
     else:
-        off_out, off_lse = _lsh_attention_lse(q2, k1, v1, k1_mask, q2_mask, settings)
-    low_out, low_lse = merge_attention(
-        diag_out[:, :, half:], diag_lse[:, :, half:], off_out, off_lse
-    )
-    out = torch.cat([diag_out[:, :, :half], low_out], dim=2)[:, :, :n]  # (B, H, N, D)
-    lse = torch.cat([diag_lse[:, :, :half], low_lse], dim=2)[:, :, :n]  # (B, H, N)
-    return out, lse
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        part_out = q.new_zeros(B, H, padded, D)
+        part_lse = torch.full((B, H, padded), NEG_INF, dtype=dtype, device=q.device)
+    parts = 2**levels
+    qf, kf, vf, part_out = (_fold(x, parts) for x in (q, k, v, part_out))
+    part_lse, mask = _fold(part_lse, parts), _fold_mask(key_mask, parts)
+    if with_lse:
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        leaf_out, leaf_lse = attention_lse(qf, kf, vf, _causal_bias(leaf, mask, dtype, q.device))
+        out, lse = merge_attention(leaf_out, leaf_lse, part_out, part_lse)
+        return _unfold(out, parts)[:, :, :n], _unfold(lse, parts)[:, :, :n]
+    out = causal_attention_with_part(qf, kf, vf, part_out, part_lse, mask)
+    return _unfold(out, parts)[:, :, :n], None
 
 
 def _check(q, k, v, causal, key_mask, query_mask, lsh_num_projs, block_size, sample_size):
@@ -405,7 +551,8 @@ def hyper_attention(
         lsh_num_projs: random hyperplanes of the angular hash (2**R buckets).
         block_size: about this many sorted keys per block, attended exactly.
         sample_size: uniformly sampled keys for the residual; 0 for blocks only.
-        min_seq_len: exact attention (SDPA) while Nk is at most this.
+        min_seq_len: exact attention (SDPA) while Nk is at most this (causal: at most
+            twice this, see `causal_levels`).
         key_mask: (B, Nk) bool, True for real keys; padded keys never get weight.
         query_mask: (B, Nq) bool, True for real queries; padded ones are sorted last so
             that they take no block from real queries. Their outputs are unspecified.
@@ -419,7 +566,7 @@ def hyper_attention(
         return exact_attention(q, k, v, causal=causal, key_mask=key_mask)
     settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator)
     if causal:
-        return _causal_lse(q, k, v, key_mask, settings)[0]
+        return _causal(q, k, v, key_mask, settings, with_lse=False)[0]
     return _lsh_attention(q, k, v, key_mask, query_mask, settings)
 
 
@@ -452,5 +599,5 @@ def hyper_attention_lse(
         return attention_lse(q, k, v, bias)
     settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator)
     if causal:
-        return _causal_lse(q, k, v, key_mask, settings)
+        return _causal(q, k, v, key_mask, settings, with_lse=True)
     return _lsh_attention_lse(q, k, v, key_mask, query_mask, settings)
