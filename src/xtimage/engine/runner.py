@@ -28,6 +28,9 @@ drawn from an RNG forked and seeded per chunk, so every re-encoding repeats the 
 pass bit for bit. ``region_batch`` is a memory knob only; it never changes a result for a
 backbone without batch statistics (use GroupNorm/LayerNorm backbones or frozen batch
 norm for exactness).
+
+Over 500 lines because the engine's passes (inference, exact, streaming, frozen, dense)
+share one chunking, seeding and backward scheme that must read as one.
 """
 
 from __future__ import annotations

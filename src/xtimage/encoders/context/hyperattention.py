@@ -42,6 +42,9 @@ switch looks at the key length; padding tokens are masked instead of attended to
 
 Dimensions: B batch, H heads, N sequence (Nq queries, Nk keys), D head width, R LSH
 projections, G blocks, L queries per block, S keys per block, M samples.
+
+Over 500 lines because it is one algorithm (hashing, block-sorted and sampled attention,
+their log-sum-exp merge, the causal recursion), read against the paper top to bottom.
 """
 
 from __future__ import annotations
