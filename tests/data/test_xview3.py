@@ -21,6 +21,7 @@ from xtimage.data.xview3 import (
     plan_crops,
     read_labels,
     scale_bands,
+    scene_bands,
 )
 from xtimage.errors import ConfigError, InputError
 from xtimage.io.base import read_padded
@@ -269,3 +270,10 @@ def test_crops_larger_than_the_scene_are_padded(fx):
     assert len(item["rows"]) == len(
         pd.read_csv(fx.labels_csv).query("scene_id == @fx.scene_ids[0]")
     )
+
+
+def test_scene_bands_follow_the_data_order():
+    assert scene_bands(2) == ("VV_dB", "VH_dB")
+    assert scene_bands(3)[-1] == "bathymetry"
+    with pytest.raises(ConfigError):
+        scene_bands(9)
