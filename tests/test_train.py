@@ -164,7 +164,8 @@ def test_time_budget_stops_after_a_step_with_a_checkpoint(tmp_path):
     config = tiny(tmp_path, "train.max_minutes=0", "train.steps=50", "data.train_samples=2",
                   "train.batch_size=1")  # fmt: skip
     result = Trainer(config).fit()
-    assert result["step"] == 1
+    assert result["step"] == 1 and result["stopped"] == "time"
+    assert result["metrics"]  # the last model was scored, though no evaluation was due
     assert Trainer(config, resume=tmp_path).step == 1
 
 

@@ -375,7 +375,9 @@ class Trainer:
 
         Returns:
             ``step``, ``epoch``, ``loss`` (mean of the last logged steps), ``metrics``
-            (the last evaluation), ``best`` (the best value of ``metric``), ``run_dir``.
+            (the last evaluation), ``best`` (the best value of ``metric``), ``run_dir``,
+            ``stopped``: why it ended, "steps" (all done), "time" (``train.max_minutes``:
+            the last model is evaluated too) or "paused" (``until_step``).
         """
         t = self.config.train
         main = self.world.main
@@ -394,6 +396,7 @@ class Trainer:
         seen, tick = 0, time.monotonic()
         evaluated_at = checkpointed_at = -1
         stop = self.step >= self.total_steps
+        stopped = "steps" if stop else "running"
         try:
             while not stop:
                 items = self.plan(self.epoch)
@@ -442,15 +445,17 @@ class Trainer:
                     ):
                         self.save()
                         checkpointed_at = self.step
-                    stop = (
-                        self.step >= self.total_steps
-                        or (until_step is not None and self.step >= until_step)
-                        or self._out_of_time(start)
-                    )
+                    if self.step >= self.total_steps:
+                        stopped = "steps"
+                    elif until_step is not None and self.step >= until_step:
+                        stopped = "paused"
+                    elif self._out_of_time(start):
+                        stopped = "time"
+                    stop = stopped != "running"
                     if stop:
                         break
-            if self.step >= self.total_steps and evaluated_at != self.step:
-                self._evaluate(logger)
+            if stopped in ("steps", "time") and evaluated_at != self.step:
+                self._evaluate(logger)  # the last model is scored (and kept if best)
             if checkpointed_at != self.step:
                 self.save()
         except BaseException:
@@ -470,6 +475,7 @@ class Trainer:
             "metrics": self.metrics,
             "best": self.best,
             "run_dir": str(self.run_dir),
+            "stopped": stopped,
         }
 
     def _out_of_time(self, start: float) -> bool:

@@ -79,7 +79,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     loss = result["loss"]
     last = f", last loss {loss:.4f}" if loss is not None else ""
-    print(f"trained {result['step']} steps (epoch {result['epoch']}){last}")
+    steps, why = f"{result['step']}", ""
+    if result["stopped"] == "time":
+        steps = f"{result['step']} of {trainer.total_steps}"
+        why = (
+            f"; stopped by the time limit (train.max_minutes="
+            f"{trainer.config.train.max_minutes}), the last model evaluated"
+        )
+    print(f"trained {steps} steps (epoch {result['epoch']}){last}{why}")
     for key, value in result["metrics"].items():
         if isinstance(value, int | float):
             print(f"  val {key:<16} {value:.4f}")
