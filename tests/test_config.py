@@ -110,3 +110,15 @@ def test_small_presets_build_the_model_they_describe(preset):
     assert model.region == config.model.region and model.dim == config.model.dim
     head = {"classification": ClassificationHead, "segmentation": DenseHead}
     assert isinstance(model.head, head.get(config.model.head, DenseHead))
+
+
+def test_changing_the_data_kind_drops_the_preset_s_data_params():
+    """The demo preset's synthetic options (textures...) must not reach a folder data set."""
+    preset = load_config("demo")
+    assert preset.data.kind == "synthetic" and preset.data.params
+    folder = load_config("demo", ["data.kind=folder", "data.root=fields"])
+    assert folder.data.params == {}
+    kept = load_config("demo", ["data.kind=folder", "data.params={skip_bad: true}"])
+    assert kept.data.params == {"skip_bad": True}
+    same = load_config("demo", ["data.size=128"])
+    assert same.data.params == preset.data.params

@@ -447,7 +447,9 @@ def load_config(
 
     Args:
         source: a YAML file, a preset name, a mapping of sections, or None (defaults).
-        overrides: ``key.sub=value`` strings applied last.
+        overrides: ``key.sub=value`` strings applied last. One that changes ``data.kind``
+            drops the source's ``data.params`` (they belong to its kind) unless
+            ``data.params`` is overridden too.
     """
     config = RunConfig()
     if source is not None:
@@ -462,8 +464,12 @@ def load_config(
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: expected sections model/data/train, got {values!r}")
         _merge(config, values, "")
+    kind = config.data.kind
     for text in overrides or []:
         set_override(config, text)
+    touched = {text.split("=", 1)[0].strip() for text in overrides or []}
+    if config.data.kind != kind and not any(k.startswith("data.params") for k in touched):
+        config.data.params = {}  # options of the source's data set kind, not of this one
     return config.check()
 
 
