@@ -126,3 +126,10 @@ def test_boxes_and_points_csv(tmp_path):
 def test_unrecognised_folder(tmp_path):
     with pytest.raises(InputError, match="Your own data"):
         FolderDataset(tmp_path)
+
+
+def test_a_0_255_binary_mask_is_named_with_its_fix(tmp_path):
+    _png(tmp_path / "images" / "a.png", np.zeros((6, 7, 3), dtype=np.uint8))
+    _png(tmp_path / "masks" / "a.png", np.where(np.eye(6, 7) > 0, 255, 0).astype(np.uint8))
+    with pytest.raises(InputError, match=r"a\.png: mask value 255 .*0/255 binary mask: save it"):
+        FolderDataset(tmp_path, num_classes=2)[0]

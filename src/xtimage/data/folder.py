@@ -303,6 +303,8 @@ class FolderDataset(torch.utils.data.Dataset):
                     f" (model.num_classes={n}); fix the mask, or raise model.num_classes to "
                     f"the number of classes the masks hold"
                 )  # fmt: skip
+                if n == 2 and set(np.unique(mask).tolist()) <= {0, 255}:
+                    hint = " (a 0/255 binary mask: save it with values 0 and 1)"
                 raise InputError(
                     f"{record.mask}: mask value {mask[wrong][0]} is not a class index "
                     f"0..{'' if n is None else n - 1}{hint}"
