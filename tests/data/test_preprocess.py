@@ -112,3 +112,10 @@ def test_resize_image_keeps_uint8_and_float_inputs_consistent():
     assert out.min() >= 0 and out.max() <= 1
     close = resize_image(image.float() / 255, 32)
     assert (out - close).abs().mean() < 0.02
+
+
+def test_a_normalising_model_still_names_a_wrong_channel_count():
+    stats = ["model.pixel_mean=[0.5, 0.5, 0.5]", "model.pixel_std=[0.2, 0.2, 0.2]"]
+    model = build_model(load_config(None, [*TINY, *stats]).model).eval()
+    with pytest.raises(InputError, match="model.in_chans"):
+        model.region_encoder(torch.rand(1, 2, 32, 32))

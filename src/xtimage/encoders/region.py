@@ -352,14 +352,15 @@ class RegionEncoder(nn.Module):
             region / stride, region / stride).
         """
         expected = (self.in_chans, self.region, self.region)
-        if self.pixel_mean is not None:
-            regions = (regions - self.pixel_mean) / self.pixel_std  # (N, C, R, R)
         if regions.ndim != 4 or tuple(regions.shape[1:]) != expected:
             raise InputError(
                 f"regions of shape {tuple(regions.shape)} do not fit region encoder "
                 f"{self.name!r}, which takes (N, {', '.join(map(str, expected))}); set "
-                f"in_chans= and region= to match the image"
+                f"model.in_chans and model.region (in_chans=, region= in Python) to match "
+                f"the image"
             )
+        if self.pixel_mean is not None:
+            regions = (regions - self.pixel_mean) / self.pixel_std  # (N, C, R, R)
         k = self.region // (self.subregion or self.region)  # sub-regions a side
         x = rearrange(regions, "n c (i h) (j w) -> (n i j) c h w", i=k, j=k)  # (N*k*k, C, s, s)
         maps = self.backbone.forward_intermediates(x, indices=self.indices, intermediates_only=True)

@@ -130,7 +130,7 @@ def check_channels(reader: Reader, expected: int) -> None:
         raise InputError(
             f"{reader.path or 'array'}: the image has {reader.channels} channel(s) but the "
             f"model expects {expected}; select or stack bands to match (e.g. VV and VH as "
-            f"2 channels) or build the model with in_chans={reader.channels}"
+            f"2 channels) or train the model with model.in_chans={reader.channels}"
         )
 
 
