@@ -226,3 +226,25 @@ def test_folder_windows_are_planned_per_epoch_and_read_from_the_image(tmp_path):
     assert torch.equal(sample["image"][:, rows, cols], whole["image"][:, *inside.slices()])
     assert torch.equal(sample["mask"][rows, cols], whole["mask"][inside.slices()])
     assert Trainer(config).fit()["step"] == 2  # 5 windows in batches of 4, one epoch
+
+
+def test_auto_class_weights_are_measured_on_the_training_set_and_saved(tmp_path):
+    import numpy as np
+
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for i in range(3):
+        mask = np.zeros((64, 64), np.int64)
+        mask[:8, :8] = 1  # 64 of 4,096 pixels: 1/63 as often as the background
+        np.save(tmp_path / "data/images" / f"{i}.npy", np.zeros((3, 64, 64), np.float32))
+        np.save(tmp_path / "data/masks" / f"{i}.npy", mask)
+    auto = "model.outputs=[{name: mask, channels: 2, loss: ce, class_weights: auto}]"
+    config = tiny(tmp_path / "run", "data.kind=folder", f"data.root={tmp_path / 'data'}",
+                  "data.val_fraction=0", auto, "train.steps=1")  # fmt: skip
+    trainer = Trainer(config)
+    weights = trainer.config.model.outputs[0]["class_weights"]
+    assert weights == [1.0, pytest.approx((4032 / 64) ** 0.5, abs=1e-3)]
+    assert list(trainer.xt.head.outputs[0].class_weights) == weights
+    trainer.fit()
+    saved = Trainer(config, resume=tmp_path / "run")  # the run's config holds the numbers
+    assert saved.config.model.outputs[0]["class_weights"] == weights

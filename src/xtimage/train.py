@@ -181,11 +181,14 @@ class Trainer:
 
         seed_everything(t.seed)
         self.task = get_task(config.model)
-        self.model = build_model(config.model).to(self.device)
-        self.xt: XT = unwrap(self.model)
         self.data: Datasets = build_datasets(config)
         if self.data.classes is not None and config.model.classes is None:
             config.model.classes = list(self.data.classes)
+        if ckpt is None:
+            self.task.fit_to_data(self.data.train)  # e.g. class weights measured on it
+        seed_everything(t.seed)
+        self.model = build_model(config.model).to(self.device)
+        self.xt: XT = unwrap(self.model)
         self.mode = self._check_mode(t.mode)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         self.engine = None

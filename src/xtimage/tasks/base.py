@@ -151,6 +151,10 @@ class Task:
         means over pixels); 1 for tasks whose loss is a mean over images."""
         return float(image.shape[-2] * image.shape[-1])
 
+    def fit_to_data(self, train: Any) -> None:
+        """Settle the config's data-dependent choices on the training set, in place, before
+        the model is built (a fresh run only; the resolved values are saved with it)."""
+
     def key(self, sample: dict[str, Any], key: str) -> Any:
         """``sample[key]``, or an error naming what the data set gives instead."""
         if key not in sample:
