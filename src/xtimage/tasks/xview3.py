@@ -231,9 +231,6 @@ class XView3(Task):
         c = self.config
         return XView3Head(skips, dim, channels=c.decoder_channels, norm=c.decoder_norm)
 
-    def dense_outputs(self) -> list:
-        return list(XVIEW3_OUTPUTS)
-
     def targets(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
         """`xview3_targets` of the sample's ``points`` (x, y) and attributes."""
         from xtimage.heads.xview3 import xview3_targets
