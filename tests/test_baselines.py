@@ -22,3 +22,4 @@ def test_downsampled_sees_the_area_resized_image_and_upsamples_outputs():
     flat = torch.full((1, 3, 256, 192), 0.5)
     textured = checker.float().expand(1, 3, -1, -1)
     torch.testing.assert_close(model(textured), model(flat))
+

@@ -57,6 +57,7 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
         margin=config.margin,
         pool=config.pool,
         token_norm=config.token_norm,
+        token_maps=config.token_maps,
         release=config.release,
         release_chunk=config.release_chunk,
     )

@@ -59,6 +59,8 @@ class ModelConfig:
         subregion: sub-region side when the backbone takes a smaller input, or None.
         pool: tokens per region side after pooling, or None (every cell a token).
         token_norm: LayerNorm the projected tokens (see `RegionTokenizer`).
+        token_maps: how many of the region encoder's maps, deepest first, each token
+            reads (1: the deepest only, as in xT; more: fine detail as local statistics).
         context: context encoder name (``none``, ``xl``, ``hyper``, ``mamba``, ``windowed``).
         context_kwargs: its arguments besides ``dim`` (depth, heads, segment_len...).
         dim: token width of the context encoder.
@@ -77,6 +79,7 @@ class ModelConfig:
         decoder_norm: its normalisation, "layer" or "batch" (see `DenseHead`).
         decoder_depth: skip maps it uses, shallowest first (None: all).
         decoder_project_tokens: project tokens to the decoder width before it.
+        decoder_fusion: how tokens meet the skip maps, "concat" or "film" (`DenseHead`).
         outputs: dense outputs as ``{name, channels, loss, weight}``; empty: the head
             family's default (``mask`` ce over ``num_classes``, or ``center`` bce).
         baseline: "xt", "crop" (context none) or "downsample" (the image shrunk to one
@@ -101,6 +104,7 @@ class ModelConfig:
     subregion: int | None = None
     pool: int | None = None
     token_norm: bool = True
+    token_maps: int = 1
     context: str = "xl"
     context_kwargs: dict[str, Any] = field(default_factory=dict)
     dim: int = 128
@@ -114,6 +118,7 @@ class ModelConfig:
     decoder_norm: str = "layer"
     decoder_depth: int | None = None
     decoder_project_tokens: bool = True
+    decoder_fusion: str = "concat"
     outputs: list[dict[str, Any]] = field(default_factory=list)
     baseline: str = "xt"
     release: bool = False

@@ -62,6 +62,8 @@ class XT(nn.Module):
         margin: pixels of context each region reads but does not own.
         pool: tokens per region side after pooling (None: the deepest map as is).
         token_norm: LayerNorm the projected tokens.
+        token_maps: how many of the region encoder's maps, deepest first, each token
+            reads (1: the deepest only, as in xT; see `RegionTokenizer`).
         release: the xT release's conventions (see the module docstring).
         release_chunk: the release's window length of its in-context-patches path (with
             a CLS head; see the module docstring), or None.
@@ -77,12 +79,21 @@ class XT(nn.Module):
         margin: int = 0,
         pool: int | None = None,
         token_norm: bool = True,
+        token_maps: int = 1,
         release: bool = False,
         release_chunk: int | None = None,
     ) -> None:
         super().__init__()
         self.region_encoder = region_encoder
-        self.tokenizer = RegionTokenizer(region_encoder.channels, context.dim, pool, token_norm)
+        infos = region_encoder.feature_info
+        if not 1 <= token_maps <= len(infos):
+            raise ConfigError(
+                f"model.token_maps must be 1 to {len(infos)} (the region encoder's maps), "
+                f"got {token_maps}"
+            )
+        self.token_strides = [i.stride for i in infos[-token_maps:]]
+        channels = [i.channels for i in infos[-token_maps:]]
+        self.tokenizer = RegionTokenizer(channels, context.dim, pool, token_norm)
         self.context = context
         self.head = head
         self.region = region
@@ -100,7 +111,7 @@ class XT(nn.Module):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         elif release:  # their plain classifier reads the backbone's channels
             channels = region_encoder.channels
-            if context.dim != channels:
+            if context.dim != channels or token_maps != 1:
                 raise ConfigError(
                     f"release=True without a CLS head reads the backbone's {channels} channels "
                     f"unprojected; set dim={channels}"
@@ -144,18 +155,21 @@ class XT(nn.Module):
             The maps (NCHW, shallow to deep) and tokens (k, T, D), row-major in each core.
         """
         maps = self.region_encoder(regions)
-        return maps, self.tokenizer(self._core(maps[-1]))  # (k, T, D)
+        return maps, self.tokenizer(self._cores(maps))  # (k, T, D)
 
-    def _core(self, deepest: torch.Tensor) -> torch.Tensor:
-        """Crop the deepest map's margin cells: (k, C, r, r) -> (k, C, s, s)."""
-        m = self.margin // self.region_encoder.stride
-        side = deepest.shape[-1] - 2 * m
-        return deepest[..., m : m + side, m : m + side]
+    def _cores(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The maps the tokens read, margin cells cropped: (k, C, r, r) -> (k, C, s, s)."""
+        out = []
+        for stride, m in zip(self.token_strides, maps[-len(self.token_strides) :], strict=True):
+            cut = self.margin // stride
+            side = m.shape[-1] - 2 * cut
+            out.append(m[..., cut : cut + side, cut : cut + side])
+        return out
 
     def encode_cells(self, regions: torch.Tensor) -> torch.Tensor:
         """Pooled cells before the token projection, (k, T, C): what a frozen backbone
         contributes, cached on disk by `xtimage.engine.cache.TokenCache`."""
-        return self.tokenizer.cells(self._core(self.region_encoder(regions)[-1]))
+        return self.tokenizer.cells(self._cores(self.region_encoder(regions)))
 
     def encode_tokens(self, regions: torch.Tensor) -> torch.Tensor:
         """Tokens only, (k, T, D)."""

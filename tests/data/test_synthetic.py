@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from xtimage.data.synthetic import SyntheticTask
+from xtimage.data.synthetic import OBJECT_MEAN, SyntheticTask
 from xtimage.errors import ConfigError
 from xtimage.metrics import SegmentationMeter
 
@@ -208,3 +208,36 @@ def test_any_size_and_getitem():
 def test_bad_config_raises(kwargs):
     with pytest.raises(ConfigError):
         SyntheticTask(**kwargs)
+
+
+def test_pairs_marks_both_twins_when_their_textures_agree():
+    """Objects come in point-symmetric twins; the mask is 1 on both twins exactly when
+    their textures (read from the pixels' texture map) are equal. No keys are drawn."""
+    task = SyntheticTask("pairs", size=256, region=64, textures=3, noise=0.0, seed=4)
+    assert task.num_classes == 2
+    hits = total = 0
+    for i in range(6):
+        s = task.sample(i)
+        labels, n = ndimage.label(s.texture > 0)
+        assert n % 2 == 0 and s.image.max() <= OBJECT_MEAN + 0.26  # no bright keys
+        for c in range(1, n + 1):
+            ys, xs = np.nonzero(labels == c)
+            twin = labels[255 - ys, 255 - xs]  # the point mirror of every pixel
+            assert (twin == twin[0]).all() and twin[0] not in (0, c)
+            same = s.texture[ys[0], xs[0]] == s.texture[255 - ys[0], 255 - xs[0]]
+            assert (s.mask[ys, xs] == same).all()
+            hits, total = hits + same, total + 1
+    assert 0.15 < hits / total < 0.6  # about 1/3 of objects with 3 textures
+    c = task.ceilings(30)
+    assert 0.2 < c["downsample"] <= c["crop"] < 0.5
+
+
+def test_the_synthetic_builder_picks_a_task_that_fits_the_head():
+    from xtimage.config import load_config
+    from xtimage.data.registry import build_datasets
+
+    cfg = load_config("synthetic_seg", ["data.params={task: pairs}", "model.region=64"])
+    assert build_datasets(cfg).train.kind == "pairs"
+    cfg = load_config("synthetic_cls", ["data.params={task: pairs}"])
+    with pytest.raises(ConfigError, match="model.head=classification"):
+        build_datasets(cfg)

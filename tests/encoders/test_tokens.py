@@ -4,8 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xtimage.encoders.context import IdentityContext
+from xtimage.encoders.region import RegionEncoder
 from xtimage.encoders.tokens import RegionTokenizer
 from xtimage.errors import ConfigError
+from xtimage.heads import DenseHead, DenseOutput
+from xtimage.model import XT
 from xtimage.tiling import RegionPlan, TokenLayout
 
 
@@ -84,3 +88,34 @@ def test_regions_are_tokenised_independently_and_gradients_flow():
     out.square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tok.parameters())
     assert maps.grad.abs().sum() > 0
+
+
+def test_tokens_of_several_maps_concatenate_their_block_means():
+    """Shallower maps are pooled to the deepest map's grid and stand before it."""
+    tok = identity_tokenizer(6, 2)
+    tok.proj = torch.nn.Linear(6, 6, dtype=torch.float64)
+    with torch.no_grad():
+        tok.proj.weight.copy_(torch.eye(6))
+        tok.proj.bias.zero_()
+    shallow = torch.randn(3, 2, 16, 16, dtype=torch.float64)
+    deep = torch.randn(3, 4, 4, 4, dtype=torch.float64)
+    out = tok([shallow, deep])  # (3, 4, 6)
+    expected = torch.cat([block_means(shallow, 2), block_means(deep, 2)], -1)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert RegionTokenizer([2, 4], 5).proj.in_features == 6
+
+
+def test_tokens_reading_shallow_maps_crop_each_maps_margin():
+    """With a margin, every map a token reads is cropped to the region's core: the
+    tokens equal those of the core maps cut by hand."""
+    encoder = RegionEncoder("convnext_atto", region=128, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16))
+    head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 2)], channels=8)
+    model = XT(encoder, IdentityContext(16), head, region=128, margin=32, token_maps=2).double()
+    regions = torch.randn(2, 3, 128, 128, dtype=torch.float64)
+    maps, tokens = model.encode(regions)
+    cut = [m[..., 32 // s : -(32 // s), 32 // s : -(32 // s)] for m, s in
+           zip(maps[-2:], (16, 32), strict=True)]  # fmt: skip
+    torch.testing.assert_close(tokens, model.tokenizer(cut), rtol=0, atol=0)
+    assert tokens.shape == (2, 4, 16)  # a 64 px core at stride 32: 2 x 2 tokens
+    with pytest.raises(ConfigError, match="token_maps"):
+        XT(encoder, IdentityContext(16), head, region=128, margin=32, token_maps=5)

@@ -51,8 +51,15 @@ class RunningMean(ContextEncoder):
 
 
 def tiny_xt(
-    context_cls, dense: bool, margin: int = 0, dropout: float = 0.0, dtype=torch.float64
+    context_cls,
+    dense: bool,
+    margin: int = 0,
+    dropout: float = 0.0,
+    dtype=torch.float64,
+    film: bool = False,
 ) -> XT:
+    """``film``: the context-conditioned decoder (FiLM in every block, no norm) over
+    tokens that read the three deepest maps."""
     region = 64 + 2 * margin
     encoder = RegionEncoder(
         "convnext_atto",
@@ -63,10 +70,14 @@ def tiny_xt(
     )
     context = context_cls(16)
     if dense:
-        head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8)
+        options = {"fusion": "film", "norm": "none"} if film else {}
+        head = DenseHead(
+            encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8, **options
+        )
     else:
         head = ClassificationHead(16, 5, pool="attention")
-    return XT(encoder, context, head, region=region, margin=margin).to(dtype)
+    maps = 3 if film else 1
+    return XT(encoder, context, head, region=region, margin=margin, token_maps=maps).to(dtype)
 
 
 def images(*sizes):
@@ -94,9 +105,10 @@ def test_classification_batch_of_different_sizes_equals_each_alone():
     torch.testing.assert_close(logits, expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("film", [False, True])
 @pytest.mark.parametrize("margin", [0, 32])
-def test_streamed_dense_inference_equals_all_at_once(margin):
-    model = tiny_xt(GlobalAttention, dense=True, margin=margin).eval()
+def test_streamed_dense_inference_equals_all_at_once(margin, film):
+    model = tiny_xt(GlobalAttention, dense=True, margin=margin, film=film).eval()
     (image,) = images((130, 170))
     expected = model(image[None])[0]  # (3, 130, 170)
     out = Engine(model, region_batch=4).segment(image)
@@ -110,16 +122,18 @@ def _xl(dim):
     return create_context_encoder("xl", dim=dim, depth=2, heads=2, segment_len=8, mem_len=12)
 
 
-@pytest.mark.parametrize("context_cls", [RunningMean, _xl])
+@pytest.mark.parametrize(
+    ("context_cls", "film"), [(RunningMean, False), (_xl, False), (_xl, True)]
+)
 @pytest.mark.parametrize("margin", [0, 32])
 def test_dense_inference_with_a_streamable_context_streams_and_equals_all_at_once(
-    context_cls, margin
+    context_cls, margin, film
 ):
     """The context runs chunk by chunk beside the decoding pass (region_batch 1 and 5:
     chunks of 4 tokens per region that do not fill XL's segment of 8, chunks that end
     mid-row); outputs equal the whole image at once, and the contextualised tokens the
     decoder is handed never cover more than a band of region rows."""
-    model = tiny_xt(context_cls, dense=True, margin=margin).eval()
+    model = tiny_xt(context_cls, dense=True, margin=margin, film=film).eval()
     (image,) = images((650, 170))  # 11 x 3 regions of 64 px core
     expected = model(image[None])[0]
     plan = model.layout(650, 170).plan
@@ -192,9 +206,10 @@ def _dense_reference_loss(model, batch, targets):
     return total / pixels
 
 
+@pytest.mark.parametrize("film", [False, True])
 @pytest.mark.parametrize("margin", [0, 32])
-def test_exact_dense_gradients_equal_all_at_once(margin):
-    model = tiny_xt(GlobalAttention, dense=True, margin=margin)
+def test_exact_dense_gradients_equal_all_at_once(margin, film):
+    model = tiny_xt(GlobalAttention, dense=True, margin=margin, film=film)
     batch = images((130, 170), (60, 100))
     targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
     model.zero_grad()
@@ -236,11 +251,12 @@ def test_dropout_re_encoding_repeats_the_first_pass_bit_for_bit():
     assert not torch.equal(seen[0], seen[6])
 
 
-def test_streaming_training_without_context_equals_exact():
+@pytest.mark.parametrize("film", [False, True])
+def test_streaming_training_without_context_equals_exact(film):
     """With no context there is no state to truncate: streaming == exact gradients."""
     from xtimage.encoders.context import IdentityContext
 
-    model = tiny_xt(IdentityContext, dense=True)
+    model = tiny_xt(IdentityContext, dense=True, film=film)
     batch = images((130, 170))
     targets = [{"mask": torch.randint(0, 3, (130, 170))}]
     model.zero_grad()

@@ -117,7 +117,43 @@ def test_a_shallow_decoder_ignores_the_deeper_skips_and_takes_full_width_tokens(
     assert not torch.equal(out, h([torch.randn_like(skips[0]), skips[1]], tokens.float(), 32))
 
 
-@pytest.mark.parametrize("kwargs", [{"norm": "group"}, {"depth": 0}, {"depth": 3}])
+@pytest.mark.parametrize(
+    "kwargs", [{"norm": "group"}, {"depth": 0}, {"depth": 3}, {"fusion": "add"}]
+)
 def test_bad_decoder_options_are_config_errors(kwargs):
     with pytest.raises(ConfigError):
         DenseHead(SKIPS, 8, [DenseOutput("mask", 2)], **kwargs)
+
+
+@pytest.mark.parametrize("norm", ["layer", "none"])
+def test_film_with_zero_scale_and_shift_is_the_concat_decoder(norm):
+    """FiLM only adds ``x * scale + shift`` after each block's norm: with its projections
+    zeroed the decoder is the concat decoder with the same weights; with them set, the
+    output depends on the tokens at every block, not only through the deepest input."""
+    film = DenseHead(SKIPS, 8, [DenseOutput("mask", 2)], channels=8, norm=norm, fusion="film")
+    plain = DenseHead(SKIPS, 8, [DenseOutput("mask", 2)], channels=8, norm=norm)
+    film, plain = film.double(), plain.double()
+    plain.load_state_dict({k: v for k, v in film.state_dict().items() if "film" not in k})
+    skips, tokens = inputs()
+    assert not torch.allclose(film(skips, tokens, 32), plain(skips, tokens, 32))
+    for conv in film.film:
+        torch.nn.init.zeros_(conv.weight)
+        torch.nn.init.zeros_(conv.bias)
+    torch.testing.assert_close(film(skips, tokens, 32), plain(skips, tokens, 32), rtol=0, atol=0)
+    assert film.decomposable and not head("batch").decomposable
+
+
+def test_film_is_a_product_of_pixel_features_and_context():
+    """The shallowest block's FiLM by hand: normalised features times (1 + scale) plus
+    shift, scale and shift a 1x1 map of the tokens resampled to that block."""
+    h = DenseHead(SKIPS, 8, [DenseOutput("mask", 2)], channels=8, norm="none", fusion="film")
+    h = h.double()
+    skips, tokens = inputs()
+    seen = {}
+    h.fuse[0][1].register_forward_hook(lambda m, i, o: seen.__setitem__("normed", o))
+    h.fuse[0][2].register_forward_hook(lambda m, i, o: seen.__setitem__("act_in", i[0]))
+    h(skips, tokens, 32)
+    context = F.interpolate(tokens, size=(8, 8), mode="bilinear", align_corners=False)
+    scale, shift = F.conv2d(context, h.film[0].weight, h.film[0].bias).chunk(2, 1)
+    expected = seen["normed"] * (1 + scale) + shift
+    torch.testing.assert_close(seen["act_in"], expected, rtol=1e-12, atol=1e-12)

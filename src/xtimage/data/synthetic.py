@@ -21,6 +21,10 @@ independently and uniformly.
   ``(texture(key 1) + texture(key 2)) mod textures``. No one region carries any
   information about the label, so per-region predictions fused afterwards are at chance.
 - ``detection``: boxes and centre points of the objects whose texture equals the key's.
+- ``pairs`` (a segmentation task, ``data.params: {task: pairs}``): no keys; objects come
+  in twins placed point-symmetrically about the image centre, each twin's texture drawn
+  on its own; mask 1 on both twins when their textures are equal. Nothing marks an
+  object as special on its own: every answer compares two far-apart places.
 
 `SyntheticTask.ceilings` evaluates the optimal blind predictors; docs/synthetic.md
 gives the argument and the numbers.
@@ -47,7 +51,9 @@ class _Kind:
     """What a kind of synthetic task asks of its scene.
 
     Attributes:
+        head: the head family that answers it (``model.head``).
         keys: key shapes drawn, each in its own region.
+        twins: objects are placed in point-symmetric twins.
         classes: the number of classes, given the number of textures.
         answer: the ground truth, from `_Drawn`.
         units: what the blind predictors are scored on, as (hit, candidate, in_key)
@@ -57,7 +63,9 @@ class _Kind:
             (the ceiling is then the commonest label's frequency).
     """
 
+    head: str
     keys: int
+    twins: bool
     classes: Callable[[int], int]
     answer: Callable[[_Drawn], dict[str, Any]]
     units: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None
@@ -69,6 +77,7 @@ class _Drawn:
     """A rendered scene, for the answers: its objects' textures and the keys'."""
 
     scene: _Scene
+    ids: np.ndarray  # (H, W) shape id, 0 on the background (see `SyntheticTask._draw`)
     texture_of: np.ndarray  # (1 + shapes,) texture by shape id, -1 for the background
     is_object: np.ndarray  # (H, W) bool
     tex: np.ndarray  # (H, W) texture of every pixel, -1 on the background
@@ -82,6 +91,18 @@ class _Drawn:
 def _mask_answer(d: _Drawn) -> dict[str, Any]:
     """Objects whose texture is the key's."""
     return {"mask": (d.is_object & (d.tex == d.key_textures[0])).astype(np.int64)}
+
+
+def _twin_hits(texture_of: np.ndarray) -> np.ndarray:
+    """Per object of a keyless scene (objects 2i and 2i + 1 twins): textures equal."""
+    objects = texture_of[1:]
+    return objects == objects[np.arange(len(objects)) ^ 1]
+
+
+def _pairs_answer(d: _Drawn) -> dict[str, Any]:
+    """Both twins where their textures are equal."""
+    hit = np.concatenate([[False], _twin_hits(d.texture_of)])  # by shape id
+    return {"mask": hit[d.ids].astype(np.int64)}
 
 
 def _label_answer(d: _Drawn) -> dict[str, Any]:
@@ -117,6 +138,15 @@ def _pixel_units(task: SyntheticTask, scene: _Scene, ids: np.ndarray, sample: Sa
     return target, ids > len(scene.keys), in_key
 
 
+def _pairs_units(task: SyntheticTask, scene: _Scene, ids: np.ndarray, sample: Sample) -> tuple:
+    """Pixels: the mask, the objects' pixels, those whose twin is in their own region."""
+    r = task.region
+    cell = [((2 * o.top + o.cells.shape[0]) // r, (2 * o.left + o.cells.shape[1]) // r)
+            for o in scene.objects]  # fmt: skip
+    near = np.array([False] + [cell[i] == cell[i ^ 1] for i in range(len(cell))])
+    return sample.mask.astype(bool), ids > 0, near[ids]
+
+
 def _object_units(task: SyntheticTask, scene: _Scene, ids: np.ndarray, sample: Sample) -> tuple:
     """Objects, each counted once at the region of its centre."""
     key_texture, r = scene.keys[0].texture, task.region
@@ -136,9 +166,10 @@ def _f1(counts: np.ndarray) -> np.ndarray:
 
 
 KINDS: dict[str, _Kind] = {
-    "segmentation": _Kind(1, lambda textures: 2, _mask_answer, _pixel_units, _iou),
-    "classification": _Kind(2, lambda textures: textures, _label_answer, None, None),
-    "detection": _Kind(1, lambda textures: 1, _box_answer, _object_units, _f1),
+    "segmentation": _Kind("segmentation", 1, False, lambda t: 2, _mask_answer, _pixel_units, _iou),
+    "pairs": _Kind("segmentation", 0, True, lambda t: 2, _pairs_answer, _pairs_units, _iou),
+    "classification": _Kind("classification", 2, False, lambda t: t, _label_answer, None, None),
+    "detection": _Kind("detection", 1, False, lambda t: 1, _box_answer, _object_units, _f1),
 }
 
 # Period-2 textures on the absolute pixel grid: the fraction of full contrast per pixel.
@@ -212,7 +243,7 @@ class SyntheticTask(torch.utils.data.Dataset):
     ``sample(index)`` depends only on ``(seed, index)``.
 
     Args:
-        kind: "segmentation", "classification" or "detection".
+        kind: "segmentation", "pairs", "classification" or "detection".
         size: image side, or (height, width), in pixels.
         region: region side of the xT model the task is designed for; keys lie inside
             one cell of this grid and object sizes scale with it.
@@ -293,7 +324,7 @@ class SyntheticTask(torch.utils.data.Dataset):
         objects = []
         lo, hi = (r * self.region / 2 for r in self.radius)
         for _ in range(20 * self.objects):
-            if len(objects) == self.objects:
+            if len(objects) >= self.objects - self.spec.twins:
                 break
             if rng.random() < 0.5:
                 cells_hw = _disk(rng.uniform(lo, hi))
@@ -305,10 +336,14 @@ class SyntheticTask(torch.utils.data.Dataset):
                 continue
             top, left = int(rng.integers(1, half_h - h)), int(rng.integers(1, half_w - w))
             texture = int(rng.integers(self.textures))
-            if (taken[top - 1 : top + h + 1, left - 1 : left + w + 1] & _grow(cells_hw)).any():
-                continue  # keep a gap of one 2-px cell between shapes
-            taken[top : top + h, left : left + w] |= cells_hw
-            objects.append(_Shape(top, left, cells_hw, texture))
+            shapes = [_Shape(top, left, cells_hw, texture)]
+            if self.spec.twins:  # the point-symmetric twin, its texture drawn on its own
+                twin = cells_hw[::-1, ::-1]
+                texture = int(rng.integers(self.textures))
+                shapes.append(_Shape(half_h - top - h, half_w - left - w, twin, texture))
+            if not _place(taken, shapes):
+                continue
+            objects += shapes
         return _Scene(keys, key_cells, objects)
 
     def _draw(self, scene: _Scene) -> np.ndarray:
@@ -355,7 +390,7 @@ class SyntheticTask(torch.utils.data.Dataset):
         image = np.repeat(np.clip(value, 0, 1)[None].astype(np.float32), self.channels, 0)
         texture = (tex + 1).astype(np.int64)
 
-        drawn = _Drawn(scene, texture_of, ids > len(scene.keys), tex, self.textures)
+        drawn = _Drawn(scene, ids, texture_of, ids > len(scene.keys), tex, self.textures)
         return scene, ids, Sample(image, texture=texture, **self.spec.answer(drawn))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -421,6 +456,19 @@ class SyntheticTask(torch.utils.data.Dataset):
         counts[1, 0, 2] += truth
 
 
+def _place(taken: np.ndarray, shapes: list[_Shape]) -> bool:
+    """Mark ``shapes`` in ``taken`` if each keeps a gap of one 2-px cell from every
+    shape already there and from each other; False (``taken`` unchanged) otherwise."""
+    trial = taken.copy()
+    for s in shapes:
+        h, w = s.cells.shape
+        if (trial[s.top - 1 : s.top + h + 1, s.left - 1 : s.left + w + 1] & _grow(s.cells)).any():
+            return False
+        trial[s.top : s.top + h, s.left : s.left + w] |= s.cells
+    taken[:] = trial
+    return True
+
+
 def _grow(cells: np.ndarray) -> np.ndarray:
     """The cells and their 8 neighbours, padded by one cell: (h, w) -> (h + 2, w + 2)."""
     h, w = cells.shape
@@ -433,9 +481,17 @@ def _grow(cells: np.ndarray) -> np.ndarray:
 
 @DATASETS.register("synthetic")
 def synthetic(model: ModelConfig, data: DataConfig) -> Datasets:
-    """The built-in texture-key task of ``model.head``'s kind."""
+    """The built-in task of ``model.head``'s kind, or ``data.params.task`` (``pairs``)."""
+    params = dict(data.params)
+    kind = params.pop("task", model.head)
+    if kind not in KINDS or KINDS[kind].head != model.head:
+        fits = [k for k, v in KINDS.items() if v.head == model.head]
+        raise ConfigError(
+            f"data.params.task '{kind}' is not a synthetic task for model.head="
+            f"{model.head}; use one of {fits}"
+        )
     common = dict(
-        kind=model.head, size=data.size, region=model.region, channels=model.in_chans, **data.params
+        kind=kind, size=data.size, region=model.region, channels=model.in_chans, **params
     )
     try:
         train = SyntheticTask(seed=data.seed, length=data.train_samples, **common)

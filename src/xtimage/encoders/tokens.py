@@ -7,6 +7,11 @@ by (s / g)^2: a 100,000 px square in 256 px regions (391 x 391 = 152,881 regions
 9.8 million tokens unpooled and 153 thousand with one token per region, which is what
 lets a global context encoder see the whole image.
 
+A token can also read the shallower maps (``maps`` > 1): each is average-pooled to the
+token grid and its channels are concatenated with the deepest map's before the
+projection, so fine detail that a small backbone loses on the way down (a 1-px texture,
+a thin line) reaches the context encoder as local statistics.
+
 Tokens are region-major (see `xtimage.tiling.TokenLayout`): a region's tokens together,
 row-major inside the region.
 """
@@ -25,38 +30,49 @@ class RegionTokenizer(nn.Module):
     """Cropped region maps to region-major tokens: pool, flatten, project, normalise.
 
     Args:
-        in_channels: channels of the region encoder's last map.
+        in_channels: channels of the region encoder's last map, or of each map the
+            tokens read (shallow to deep; their sum is the projection's input).
         dim: token width of the context encoder.
         pool: tokens per region side after average pooling; must divide the map side.
             None keeps every cell.
         norm: apply a LayerNorm after the projection.
     """
 
-    def __init__(self, in_channels: int, dim: int, pool: int | None = None, norm: bool = True):
+    def __init__(
+        self, in_channels: int | list[int], dim: int, pool: int | None = None, norm: bool = True
+    ):
         super().__init__()
+        if isinstance(in_channels, int):
+            in_channels = [in_channels]
         if pool is not None and (not isinstance(pool, int) or pool <= 0):
             raise ConfigError(f"pool must be a positive number of tokens a side, got {pool!r}")
         self.pool = pool
-        self.proj = nn.Linear(in_channels, dim)
+        self.proj = nn.Linear(sum(in_channels), dim)
         self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
 
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+    def forward(self, maps: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Tokens of each region.
 
         Args:
-            maps: (N, C, s, s), already cropped to the regions' cores (`TokenLayout.crop`).
+            maps: (N, C, s, s), already cropped to the regions' cores (`TokenLayout.crop`),
+                or a list of such maps, shallow to deep, the deepest last.
 
         Returns:
             (N, g * g, dim), row-major inside each region; g = pool, or s without pooling.
         """
         return self.project(self.cells(maps))
 
-    def cells(self, maps: torch.Tensor) -> torch.Tensor:
+    def cells(self, maps: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Pooled, flattened cells before the projection: (N, C, s, s) -> (N, g * g, C).
 
-        Parameter-free, so a frozen backbone's cells can be cached on disk.
+        Several maps (shallow to deep): each pooled to the deepest map's grid, then
+        concatenated along channels. Parameter-free, so a frozen backbone's cells can be
+        cached on disk.
         """
-        side = maps.shape[-1]
+        if isinstance(maps, torch.Tensor):
+            maps = [maps]
+        side = maps[-1].shape[-1]
+        maps = torch.cat([F.adaptive_avg_pool2d(m, side) for m in maps[:-1]] + [maps[-1]], 1)
         if self.pool is not None and self.pool != side:
             if side % self.pool:
                 raise ConfigError(

@@ -79,14 +79,14 @@ def focal_loss(
     return torch.where(target >= 1, positive, negative)
 
 
-NORMS = ("layer", "batch")
+NORMS = ("layer", "batch", "none")
+FUSIONS = ("concat", "film")
 
 
 def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
+    norms = {"layer": LayerNorm2d, "batch": nn.BatchNorm2d, "none": lambda c: nn.Identity()}
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        LayerNorm2d(cout) if norm == "layer" else nn.BatchNorm2d(cout),
-        nn.GELU(),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"), norms[norm](cout), nn.GELU()
     )
 
 
@@ -108,6 +108,12 @@ class DenseHead(Head):
             meet fine detail after fewer blocks.
         project_tokens: project the tokens to ``channels`` before the first block; off,
             they enter it at their full width ``dim``.
+        fusion: how the tokens meet the skip maps. "concat": only through the deepest
+            block's input. "film": also, in every block, the tokens (resampled to its
+            resolution) scale and shift its normalised features, ``x * (1 + g) + b``
+            (FiLM, Perez et al. 2018): a product of a pixel's own features with its
+            region's context, so comparing a pixel with something far away is one
+            layer, not a learned XOR.
     """
 
     dense = True
@@ -121,6 +127,7 @@ class DenseHead(Head):
         norm: str = "layer",
         depth: int | None = None,
         project_tokens: bool = True,
+        fusion: str = "concat",
     ) -> None:
         super().__init__()
         if not outputs:
@@ -134,7 +141,12 @@ class DenseHead(Head):
             raise ConfigError(
                 f"unknown decoder norm '{norm}' (model.decoder_norm); use one of {NORMS}"
             )
+        if fusion not in FUSIONS:
+            raise ConfigError(
+                f"unknown decoder fusion '{fusion}' (model.decoder_fusion); use one of {FUSIONS}"
+            )
         self.norm = norm
+        self.fusion = fusion
         self.outputs = list(outputs)
         skips = list(skips)[: depth or len(skips)]
         self.skip_strides = [s.stride for s in skips]
@@ -145,6 +157,9 @@ class DenseHead(Head):
             _conv_block((first if i == len(skips) - 1 else channels) + channels, channels, norm)
             for i in range(len(skips))
         )
+        self.film = None
+        if fusion == "film":  # per block: tokens -> (scale, shift) of its features
+            self.film = nn.ModuleList(nn.Conv2d(dim, 2 * channels, 1) for _ in skips)
         self.out = nn.Conv2d(channels, sum(o.channels for o in outputs), 1)
 
     @property
@@ -167,11 +182,17 @@ class DenseHead(Head):
         """
         x = self.proj(tokens)  # (k, c or D, w, w)
         skips = skips[: len(self.lateral)]
-        for skip, lateral, fuse in zip(
-            reversed(skips), reversed(self.lateral), reversed(self.fuse), strict=True
-        ):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = fuse(torch.cat([x, lateral(skip)], dim=1))  # (k, c, h_i, w_i)
+        for i in reversed(range(len(skips))):
+            size = skips[i].shape[-2:]
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            x = torch.cat([x, self.lateral[i](skips[i])], dim=1)
+            conv, norm, act = self.fuse[i]
+            x = norm(conv(x))  # (k, c, h_i, w_i)
+            if self.film is not None:
+                context = F.interpolate(tokens, size=size, mode="bilinear", align_corners=False)
+                scale, shift = self.film[i](context).chunk(2, dim=1)  # (k, c, h_i, w_i) each
+                x = x * (1 + scale) + shift
+            x = act(x)
         out = self.out(x)
         return F.interpolate(out, size=(region, region), mode="bilinear", align_corners=False)
 
@@ -184,7 +205,7 @@ class DenseHead(Head):
     def decomposable(self) -> bool:
         """Whether the loss is a sum of per-pixel terms and the decoder treats regions
         independently in training (what chunked training needs)."""
-        return self.norm == "layer" and all(o.dice == 0 for o in self.outputs)
+        return self.norm != "batch" and all(o.dice == 0 for o in self.outputs)
 
     def batch_loss(
         self, out: torch.Tensor, targets: dict[str, torch.Tensor], valid: torch.Tensor

@@ -68,6 +68,7 @@ class Segmentation(Task):
             norm=c.decoder_norm,
             depth=c.decoder_depth,
             project_tokens=c.decoder_project_tokens,
+            fusion=c.decoder_fusion,
         )
 
     def fit_to_data(self, train: Any, samples: int = 64) -> None:
