@@ -20,7 +20,9 @@ xview3          ``{scene_id}.xview3.csv`` for a scene folder: the challenge's co
 =============== ======================================================================
 
 Every file appears under its final name only when complete, so an input whose outputs
-all exist is done and is skipped unless ``overwrite`` is asked for.
+all exist is done and is skipped unless ``overwrite`` is asked for; an output that does
+not read, or a raster whose pixels no longer match the digest stored in it
+(`xtimage.io.digest`), is reported and written again.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from xtimage.errors import InputError
 from xtimage.io.atomic import output_dir, remove_stale
 from xtimage.io.base import Reader, read_padded
 from xtimage.io.nodata import ValidPixels
-from xtimage.io.open import readable_output
+from xtimage.io.open import output_problem
 from xtimage.io.transforms import match_channels
 from xtimage.model import XT
 from xtimage.runtime import autocast
@@ -234,11 +236,16 @@ class Predictor:
         """
         path, out_dir = Path(path), Path(out_dir)
         expected = self.outputs(path, out_dir, heatmap)
-        if not overwrite and all(p.exists() and readable_output(p) for p in expected):
-            for p in expected:  # a killed earlier run's temporary and scratch files
-                remove_stale(p)
-            log.info("%s: outputs exist, skipped (pass overwrite to redo)", path)
-            return None
+        if not overwrite and all(p.exists() for p in expected):
+            problems = [(p, output_problem(p)) for p in expected]
+            for p, problem in problems:
+                if problem:  # never trusted: written again below
+                    log.warning("%s: %s; predicting %s again", p, problem, path)
+            if not any(problem for _, problem in problems):
+                for p in expected:  # a killed earlier run's temporary and scratch files
+                    remove_stale(p)
+                log.info("%s: outputs exist, skipped (pass overwrite to redo)", path)
+                return None
         output_dir(out_dir)
         reader = self.task.open(path)
         try:

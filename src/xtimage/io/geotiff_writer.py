@@ -3,10 +3,11 @@
 A prediction for a satellite scene must land on the map where the scene is: the writer
 takes the input's affine transform and CRS (`GeoInfo`, e.g. ``reader.geo``) and GDAL
 writes each window into its tiles as it comes (GDAL's block cache bounds memory). On
-`close`, internal overviews are built (average for continuous maps, nearest for class
-maps) and, with ``cog=True``, the file is rewritten with the Cloud-Optimised layout
-(GDAL's COG driver, streaming). The file appears under its final name only when `close`
-succeeds.
+`close`, the digest of the pixels is computed block by block from what GDAL wrote and
+stored in the file (`xtimage.io.digest`; not for lossy codecs), internal overviews are
+built (average for continuous maps, nearest for class maps) and, with ``cog=True``, the
+file is rewritten with the Cloud-Optimised layout (GDAL's COG driver, streaming). The
+file appears under its final name only when `close` succeeds.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from xtimage.errors import ConfigError, require
+from xtimage.integrity import PixelDigest, pixel_tiles
 from xtimage.io.atomic import AtomicPath
 from xtimage.io.base import GeoInfo, clip_to_image
+from xtimage.io.digest import DIGEST_ITEM, TILE_ITEM, lossless
 from xtimage.window import Window
 
 
@@ -85,7 +88,7 @@ class GeoTiffWriter:
         try:
             with warnings.catch_warnings():  # no georeference is what was asked for
                 warnings.simplefilter("ignore", self._rasterio.errors.NotGeoreferencedWarning)
-                self._ds = self._rasterio.open(self._scratch(), "w", **profile)
+                self._ds = self._rasterio.open(self._scratch(), "w+", **profile)  # + : digest
         except (self._rasterio.errors.RasterioError, ValueError, TypeError) as exc:
             raise ConfigError(f"{path}: GDAL cannot create this GeoTIFF ({exc})") from exc
 
@@ -105,8 +108,11 @@ class GeoTiffWriter:
         self._ds.write(np.ascontiguousarray(part, dtype=self._ds.dtypes[0]), window=win)
 
     def close(self) -> Path:
-        """Build overviews, (optionally) convert to COG, and rename into place."""
+        """Store the pixel digest, build overviews, (optionally) convert to COG, and rename
+        into place."""
         try:
+            if lossless(self.compression):
+                self._ds.update_tags(**{DIGEST_ITEM: self._digest(), TILE_ITEM: self.tile})
             if self.overviews:
                 steps = math.ceil(math.log2(max(self.height, self.width) / self.tile))
                 factors = [2**k for k in range(1, steps + 1)]
@@ -130,6 +136,14 @@ class GeoTiffWriter:
             self.abort()
             raise
         return self._target.commit()
+
+    def _digest(self) -> str:
+        """`PixelDigest` of the pixels GDAL holds, read back one block at a time."""
+        digest = PixelDigest(self.channels, self.height, self.width, self._ds.dtypes[0],
+                             self.tile)  # fmt: skip
+        for top, left, h, w in pixel_tiles(self.height, self.width, self.tile):
+            digest.update(self._ds.read(window=self._rasterio.windows.Window(left, top, w, h)))
+        return digest.hexdigest()
 
     def abort(self) -> None:
         """Drop everything written; the final name is never created."""

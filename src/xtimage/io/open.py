@@ -14,9 +14,12 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from xtimage.errors import ConfigError, InputError, XTError, require
 from xtimage.io.array import ArrayReader
-from xtimage.io.base import Reader
+from xtimage.io.base import Reader, read_padded
+from xtimage.io.digest import MISMATCH, mismatch_error, pixels_match
 from xtimage.io.geotiff import GeoTiffReader
 from xtimage.io.pil import PIL_SUFFIXES, PilReader
 from xtimage.io.slide import SLIDE_SUFFIXES, SlideReader
@@ -110,22 +113,29 @@ def open_reader(path: str | Path, backend: str | None = None) -> Reader:
 
 
 def readable_output(path: str | Path) -> bool:
-    """Whether an output file under its final name is whole and opens as its format says.
+    """Whether an output file under its final name is whole and valid (`output_problem`)."""
+    return output_problem(path) is None
+
+
+def output_problem(path: str | Path) -> str | None:
+    """What is wrong with an output file under its final name; None when it is whole.
 
     Outputs are written atomically, so a file under a final name is normally complete;
-    this tells one that is not (garbage copied there, a truncated copy) before a rerun
-    trusts it as done: JSON and GeoJSON parse, a CSV has its header, an image opens
-    (its tile table within the file) and its smallest pyramid level decodes.
+    this tells one that is not (garbage copied there, a truncated copy, a changed or
+    damaged raster) before a rerun trusts it as done: JSON and GeoJSON parse, a CSV has
+    its header, an image opens (its tile table within the file), its smallest pyramid
+    level decodes, and, when it stores a pixel digest (`xtimage.io.digest`), its full
+    resolution is read tile by tile and matches it.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     try:
         if suffix in (".json", ".geojson"):
             json.loads(path.read_text())
-            return True
+            return None
         if suffix == ".csv":
             with open(path, newline="") as f:
-                return bool(next(csv.reader(f), None))
+                return None if next(csv.reader(f), None) else "an empty CSV file"
         complaints = _Complaints()  # tifffile logs a damaged tag and reads on
         tiff_log = logging.getLogger("tifffile")
         saved = tiff_log.level, tiff_log.propagate
@@ -138,15 +148,38 @@ def readable_output(path: str | Path) -> bool:
                 last = len(reader.levels) - 1
                 level = reader.levels[last]
                 reader.read_region(Window(0, 0, level.height, level.width), last)
+                if complaints.count:
+                    return "tifffile finds damaged tags in it"
+                return None if pixels_match(path, reader=reader) else MISMATCH
             finally:
                 reader.close()
         finally:
             tiff_log.removeHandler(complaints)
             tiff_log.setLevel(saved[0])
             tiff_log.propagate = saved[1]
-        return not complaints.count
-    except (XTError, OSError, ValueError, UnicodeDecodeError):
-        return False
+    except (XTError, OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"it does not read ({type(exc).__name__}: {' '.join(str(exc).split())})"
+
+
+def read_output(path: str | Path) -> np.ndarray:
+    """A raster output read whole, (C, H, W), its pixel digest checked (`xtimage.io.digest`;
+    a file without one, e.g. written by another tool, is read unchecked).
+
+    Raises:
+        InputError: the file does not read, or its pixels do not match its digest; both
+            name the file and the fix (rerun ``xt predict``).
+    """
+    try:
+        reader = open_reader(path)
+        try:
+            pixels = read_padded(reader, Window(0, 0, reader.height, reader.width))
+        finally:
+            reader.close()
+    except XTError as exc:
+        raise InputError(f"{exc}; rerun xt predict, which writes it again") from exc
+    if not pixels_match(path, array=pixels):
+        raise InputError(mismatch_error(path))
+    return pixels
 
 
 class _Complaints(logging.Handler):

@@ -8,7 +8,9 @@ each pyramid level from the one above, 2 x 2 tiles at a time, and streams all le
 tiles through tifffile's compressors. Memory holds a few tiles, never the image; the
 scratch file takes about 4/3 of the raw image on disk and is deleted at the end.
 
-The output appears under its final name only when `close` succeeds (`AtomicPath`).
+Level 0's tiles are hashed as they stream into the file, and the digest is stored in
+the file (`xtimage.io.digest`; not for the lossy JPEG and WebP). The output appears
+under its final name only when `close` succeeds (`AtomicPath`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from xtimage.errors import ConfigError, require
+from xtimage.integrity import PixelDigest
 from xtimage.io.atomic import AtomicPath
 from xtimage.io.base import PixelSize, clip_to_image
+from xtimage.io.digest import GDAL_METADATA, gdal_metadata, lossless, patch_digest
 from xtimage.window import Window
 
 _COMPRESSIONS = {"none": None, "deflate": "zlib", "zlib": "zlib", "zstd": "zstd", "lzw": "lzw",
@@ -217,8 +221,13 @@ class TiffWriter:
         }
         if self.compression in ("deflate", "zlib", "zstd", "lzw", "lzma"):
             options["predictor"] = True
+        extratags = []
         if self.nodata is not None:  # GDAL_NODATA, as text: "255", "nan"
-            options["extratags"] = [(42113, "s", 0, f"{self.nodata:g}", True)]
+            extratags.append((42113, "s", 0, f"{self.nodata:g}", True))
+        digest = None
+        if lossless(self.compression):  # the digest's bytes, filled in once it is known
+            extratags.append((GDAL_METADATA, "s", 0, gdal_metadata(self.tile), True))
+            digest = PixelDigest(self.channels, self.height, self.width, self.dtype, self.tile)
         metadata: dict = {"axes": "YXS" if self.channels > 1 else "YX"}
         resolution = {}
         if self.pixel_size is not None:
@@ -236,8 +245,10 @@ class TiffWriter:
         def shape(store: _TileStore) -> tuple[int, ...]:
             return (store.height, store.width) + ((self.channels,) if self.channels > 1 else ())
 
-        def tiles(store: _TileStore) -> Iterator[np.ndarray]:
+        def tiles(store: _TileStore, digest: PixelDigest | None = None) -> Iterator[np.ndarray]:
             for tile in store.tiles():
+                if digest is not None:
+                    digest.update(tile.transpose(2, 0, 1))
                 yield tile if self.channels > 1 else tile[..., 0]
 
         bigtiff = (
@@ -245,15 +256,18 @@ class TiffWriter:
         )
         with self._tifffile.TiffWriter(self._target.temp, bigtiff=bigtiff, ome=self.ome) as tif:
             tif.write(
-                tiles(stores[0]),
+                tiles(stores[0], digest),
                 shape=shape(stores[0]),
                 subifds=len(stores) - 1,
                 metadata=metadata if self.ome else None,
+                extratags=extratags,
                 **resolution,
                 **options,
             )
             for store in stores[1:]:
                 tif.write(tiles(store), shape=shape(store), subfiletype=1, **options)
+        if digest is not None:
+            patch_digest(self._target.temp, digest.hexdigest())
 
     def abort(self) -> None:
         """Drop everything written; the final name is never created."""

@@ -173,14 +173,9 @@ class Segmentation(Task):
         return Prediction(self.name, files=sink.close())
 
     def read_prediction(self, files: list[Path]) -> Prediction:
-        from xtimage.io import open_reader, read_padded
+        from xtimage.io.open import read_output
 
-        reader = open_reader(files[0])
-        try:
-            mask = read_padded(reader, Window(0, 0, reader.height, reader.width))[0]
-        finally:
-            reader.close()
-        return Prediction(self.name, mask=mask)
+        return Prediction(self.name, mask=read_output(files[0])[0])  # its digest checked
 
     def scorer(self) -> SegmentationScorer:
         outputs = self.dense_outputs()
