@@ -20,7 +20,7 @@ from xtimage.cli import main, one_line
 from xtimage.config import load_config
 from xtimage.data.folder import FolderDataset
 from xtimage.errors import ConfigError, InputError
-from xtimage.io.atomic import AtomicPath, output_dir, remove_stale
+from xtimage.io.atomic import AtomicPath, output_dir, remove_stale, remove_stale_in
 
 TINY = [
     "model.region=64",
@@ -228,7 +228,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(checkpoint
             f.write(b"x" * 100)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(module, "save_file", full)
+    monkeypatch.setattr(module, "_save_file", full)
     with pytest.raises(InputError, match="last.safetensors: no space left while writing it"):
         save_checkpoint(path, model, config, step=2)
     assert path.read_bytes() == before and read_checkpoint(path).step == 1
@@ -251,3 +251,15 @@ def test_debris_of_dead_writers_is_removed_by_the_next_write(tmp_path):
     old = tmp_path / ".mask.tif.abcdef12.partial"
     os.utime(old, (0, 0))  # a nameless temporary from long ago
     assert remove_stale(final) == [old]
+
+
+def test_debris_of_every_name_in_a_folder_is_removed_at_once(tmp_path):
+    host = AtomicPath(tmp_path / "x").temp.name.split(".")[2].rpartition("-")[0]
+    dead = 2**22 + 12345
+    stale = [f".{name}.{host}-{dead}.0badc0de.partial"
+             for name in ("last.safetensors", "best.safetensors", "config.yaml")]
+    kept = [f".best.safetensors.{host}-{os.getpid()}.12345678.partial", ".hidden", "a.txt"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"debris")
+    assert sorted(p.name for p in remove_stale_in(tmp_path)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)

@@ -117,7 +117,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt_module, "save_file", broken)
+    monkeypatch.setattr(ckpt_module, "_save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, model, config, step=2, optimizer=opt)
     assert path.read_bytes() == before

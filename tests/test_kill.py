@@ -2,8 +2,9 @@
 of `xt predict` leaves no half-written file under a final name, every checkpoint on disk
 loads, ``xt train --resume`` continues to the end, a rerun of `xt predict` finishes the
 job, and the next run in the same place removes the killed runs' temporary and scratch
-files. Slow: each kill starts a fresh process (the kill moments are drawn with a fixed
-seed; the machine's speed moves where they land)."""
+files; kills timed around checkpoint writes until some land inside one (its temporary
+file left on disk) show the same. Slow: each kill starts a fresh process (the kill
+moments are drawn with a fixed seed; the machine's speed moves where they land)."""
 
 import os
 import random
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from tiny import TINY_MODEL
 from xtimage.checkpoint import read_checkpoint
 from xtimage.io.open import readable_output
 
@@ -114,3 +116,67 @@ def test_kill_9_during_prediction_then_rerun(tmp_path):
     assert done.returncode == 0, done.stderr
     assert readable_output(out / "scene.mask.tif") and readable_output(out / "scene.heatmap.tif")
     assert hidden(out) == [], hidden(out)  # scratch levels and .partial files of the kills
+
+
+# ~43 MB checkpoints (weights and AdamW moments of a 384-wide context encoder) against
+# steps of a 128 px image: a write takes tens of ms, enough for a kill to land inside it
+BIG = [
+    *TINY_MODEL, "model.dim=384", "model.context_kwargs={depth: 2, heads: 2}",
+    "data.size=128", "data.train_samples=8", "data.val_samples=2", "train.batch_size=2",
+    "train.steps=32", "train.checkpoint_every=1", "train.eval_every=0",
+    "train.progress=false", "train.workers=0",
+]  # fmt: skip
+MIN_KILLS, MAX_KILLS, KILL_BUDGET_S = 10, 14, 80  # each kill moves the run <= 2 steps
+
+
+def temporaries(folder, pid):
+    """The temporary files of process ``pid`` in ``folder`` (`xtimage.io.atomic`)."""
+    names = os.listdir(folder) if folder.is_dir() else []
+    return {n for n in names if n.endswith(".partial") and f"-{pid}." in n}
+
+
+def kill_around_a_write(command, folder, nth, delay):
+    """Start ``command``; when its ``nth`` checkpoint temporary appears in ``folder``,
+    wait ``delay`` s and SIGKILL it. (killed, whether a temporary of it is left: the kill
+    landed inside a write)."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: set[str] = set()
+    try:
+        while proc.poll() is None:
+            seen |= temporaries(folder, proc.pid)
+            if len(seen) >= nth:
+                time.sleep(delay)
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.001)
+    finally:
+        if proc.poll() is None and not seen:
+            proc.kill()
+        proc.wait()
+    return proc.returncode == -signal.SIGKILL, bool(temporaries(folder, proc.pid))
+
+
+def test_kill_9_inside_a_checkpoint_write_then_resume(tmp_path):
+    rng = random.Random(2025)
+    run = tmp_path / "run"
+    folder, last = run / "checkpoints", run / "checkpoints" / "last.safetensors"
+    tried = inside = 0
+    started = time.monotonic()
+    while tried < MAX_KILLS and (inside < 1 or tried < MIN_KILLS):
+        if time.monotonic() - started > KILL_BUDGET_S and inside:
+            break
+        command = (xt("train", "--resume", run) if last.exists()
+                   else xt("train", "synthetic_seg", *BIG, f"train.out={run}"))  # fmt: skip
+        delay = 0.5 * rng.random() ** 3  # from the write's start to mid-step, mostly early
+        killed, during = kill_around_a_write(command, folder, rng.randint(1, 2), delay)
+        assert killed, "the run ended before its kill: raise train.steps"
+        tried, inside = tried + 1, inside + during
+        check_final_names(run)  # every checkpoint under a final name loads (digest checked)
+    print(f"\ntrain, kills around checkpoint writes: {tried} tried, {inside} inside a write "
+          f"({time.monotonic() - started:.0f} s)")  # fmt: skip
+    assert inside >= 1, f"none of {tried} kills landed inside a checkpoint write"
+    done = subprocess.run(xt("train", "--resume", run), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert read_checkpoint(last).step == 32
+    check_final_names(run)
+    assert hidden(run) == [], hidden(run)  # the temporaries of the kills are gone

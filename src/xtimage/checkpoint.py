@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from xtimage.config import RunConfig, config_from_dict
@@ -129,11 +129,19 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temp:
-        save_file(tensors, str(temp), metadata={"xtimage": json.dumps(meta, default=_plain)})
+        _save_file(tensors, temp, metadata={"xtimage": json.dumps(meta, default=_plain)})
         umask = os.umask(0)
         os.umask(umask)
         temp.chmod(0o666 & ~umask)  # as a plain open() would make it, readable by the group
     return path
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """A safetensors file written at ``path`` itself. (safetensors' ``save_file`` writes a
+    hidden ``.tmpXXXXXX`` beside it first, which a kill leaves behind and nothing can tell
+    from a live writer's; ``path`` is an `AtomicPath` temporary, which the next run removes.)
+    """
+    path.write_bytes(save(tensors, metadata=metadata))
 
 
 def _plain(value: Any) -> Any:

@@ -50,7 +50,7 @@ from xtimage.data.registry import Datasets, build_datasets
 from xtimage.data.sampling import seeded_global_rng
 from xtimage.distributed import World, all_reduce_sum, init_distributed, reduce_gradients
 from xtimage.errors import ConfigError
-from xtimage.io.atomic import output_dir
+from xtimage.io.atomic import output_dir, remove_stale_in
 from xtimage.model import XT
 from xtimage.runtime import autocast, resolve_amp, resolve_device
 from xtimage.tasks import get_task
@@ -223,6 +223,8 @@ class Trainer:
         self.fresh = ckpt is None
         if self.world.main:
             output_dir(self.run_dir, "run folder (train.out)")
+            for folder in (self.run_dir, self.run_dir / "checkpoints"):  # a killed run's
+                remove_stale_in(folder)  # temporaries, also of a "best" not written again
             save_config(config, self.run_dir / "config.yaml")
             if ckpt is None:  # a fresh run: nothing of an earlier one may look like ours
                 best = self.run_dir / "checkpoints" / "best.safetensors"

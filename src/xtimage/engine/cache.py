@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from xtimage.errors import ConfigError
 from xtimage.integrity import digest_tensors
@@ -79,5 +79,5 @@ class TokenCache:
             path.unlink(missing_ok=True)
         cells = engine.encode_cells(source)
         with atomic_path(path) as tmp:
-            save_file({"cells": cells.contiguous().cpu()}, str(tmp))
+            tmp.write_bytes(save({"cells": cells.contiguous().cpu()}))  # not save_file's .tmp
         return cells

@@ -9,7 +9,8 @@ hidden and says what it is and who writes it; writers' scratch files beside it
 (``...level0``, ``...gtiff``) share its stem. A process killed with ``kill -9`` cannot
 clean up, so the next `AtomicPath` for the same final name removes the temporary and
 scratch files of writers on this host whose process is gone (and, from before the owner
-was in the name, those over an hour old).
+was in the name, those over an hour old); `remove_stale_in` does it for every final name
+of a folder (a training run's start, for a checkpoint that may not be written again).
 
 A full disk or quota while writing is an `InputError` naming the file; the previous
 file under the final name, if any, is untouched.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 import time
 import uuid
@@ -115,6 +117,20 @@ def remove_stale(final: str | Path, max_age_s: float = 3600) -> list[Path]:
                 path.unlink()
                 removed.append(path)
     return removed
+
+
+_TEMP = re.compile(r"\.(?P<final>.+)\.[^./]+-\d+\.[0-9a-f]{8}\.\w+")
+
+
+def remove_stale_in(folder: str | Path) -> list[Path]:
+    """`remove_stale` for every final name whose temporary or scratch files are in
+    ``folder``; the list of files removed."""
+    try:
+        names = [p.name for p in Path(folder).iterdir() if p.name.startswith(".")]
+    except OSError:
+        return []
+    finals = {m["final"] for m in map(_TEMP.fullmatch, names) if m}
+    return [path for final in sorted(finals) for path in remove_stale(Path(folder) / final)]
 
 
 def output_dir(path: str | Path, what: str = "output folder") -> Path:
