@@ -1,0 +1,200 @@
+"""Does far context pay? xT against crop-only and downsample, one recipe, several seeds.
+
+Every run goes through the public `Trainer` with the ``demo`` preset and one of two
+recipes (``--recipe``); only the task (and the head it needs) and ``model.baseline``
+change between runs of a recipe:
+
+- ``film``: a per-pixel (layer-norm) decoder that the contextualised tokens scale and
+  shift (FiLM), tokens read from all five backbone maps; trains in every mode;
+- ``batch``: the demo preset as shipped, a batch-norm decoder fed the tokens by
+  concatenation; trains only all at once (no ``key_large``).
+
+Tasks (`xtimage.data.
+synthetic`, docs/synthetic.md), each built so that both baselines provably lack what
+it needs:
+
+- ``key``: segment the objects textured like a far key (the demo's task);
+- ``pairs``: segment both objects of a point-symmetric twin pair when their textures
+  agree; no object is special on its own;
+- ``sum``: classify by the sum of two far keys' textures modulo 4;
+- ``key_large``: the key task on 512 px images, 16 x 16 regions, trained in exact mode
+  (the regions of an image never on the autograd tape at once) with a global context.
+
+The first three run on 128 px images of 4 x 4 regions of 32 px (a quarter of the demo's
+pixels, so that three seeds of everything fit in an hour of a 2-core CPU). Each run
+trains on the task's seed-0 scenes, keeps the checkpoint with the best
+validation score (seed-1 scenes), and is scored on held-out seed-1000 scenes. The
+baselines' ceilings (the best scores any crop-only or downsample predictor can reach)
+are computed from the scenes (`SyntheticTask.ceilings`). Runs are resumable: a row
+already in the results is not run again unless ``--force``.
+
+    python benchmarks/context_pays.py                       # everything (hours on a CPU)
+    python benchmarks/context_pays.py --tasks key pairs --seeds 0 1 2
+
+Prints a table and writes JSON rows to benchmarks/results/context_pays.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import RESULTS, machine, print_table, save_rows  # noqa: E402
+
+PRESET = "demo"
+RECIPES: dict[str, list[str]] = {
+    "film": ["model.token_maps=5", "model.decoder_norm=layer", "model.decoder_fusion=film"],
+    "batch": [],
+}
+MODELS = ("xt", "crop", "downsample")
+TEST_SEED = 1000
+SMALL = ["data.size=128", "model.region=32"]  # 4 x 4 regions: a quarter of the demo's pixels
+TASKS: dict[str, list[str]] = {
+    "key": [*SMALL],
+    "pairs": [*SMALL, "data.params={textures: 4, task: pairs}"],
+    "sum": [
+        *SMALL,
+        "model.head=classification",
+        "model.num_classes=4",
+        "model.outputs=[]",
+        "model.class_pool=attention",
+        "data.params={textures: 4}",
+    ],
+    "key_large": [
+        "data.size=512",
+        "model.region=32",
+        "model.context=hyper",
+        "model.context_kwargs={depth: 2, heads: 4}",
+        "train.mode=exact",
+        "train.batch_size=1",
+        "train.region_batch=64",
+    ],
+}
+METRIC = {"sum": "top1"}  # the rest: foreground IoU
+
+
+def overrides(recipe: str, task: str, model: str, seed: int, steps: int | None,
+              out: Path) -> list[str]:  # fmt: skip
+    """The recipe's overrides for one run."""
+    extra = [f"train.steps={steps}", f"train.eval_every={max(steps // 4, 1)}"] if steps else []
+    if model == "downsample" and task == "key_large":
+        extra += ["train.mode=direct", "train.batch_size=4"]  # one region per image
+    return [*RECIPES[recipe], *TASKS[task], f"model.baseline={model}", f"train.seed={seed}", *extra,
+            f"train.out={out}"]  # fmt: skip
+
+
+def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
+            test_images: int) -> dict:  # fmt: skip
+    """Train and score one (task, model, seed); runs in its own process."""
+    import torch
+
+    from xtimage.config import load_config
+    from xtimage.data.synthetic import SyntheticTask
+    from xtimage.evaluate import evaluate
+    from xtimage.predict import Predictor
+    from xtimage.train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = load_config(PRESET, overrides(recipe, task, model, seed, steps,
+                                              Path(tmp) / "run"))  # fmt: skip
+        start = time.monotonic()
+        result = Trainer(config, overwrite=True).fit()
+        minutes = (time.monotonic() - start) / 60
+        best = Path(tmp) / "run" / "checkpoints" / "best.safetensors"
+        predictor = Predictor.from_checkpoint(str(best), device="cpu", amp="none")
+    params = dict(config.data.params)
+    kind = params.pop("task", config.model.head)
+    test = SyntheticTask(kind, size=config.data.size, region=config.model.region,
+                         channels=config.model.in_chans, seed=TEST_SEED, length=test_images,
+                         **params)  # fmt: skip
+    scores = evaluate(predictor, test)
+    metric = METRIC.get(task, "foreground_iou")
+    return {
+        "recipe": recipe,
+        "task": task,
+        "model": model,
+        "seed": seed,
+        "steps": result["step"],
+        "metric": metric,
+        "score": float(scores[metric]),
+        "ceilings": test.ceilings(200),
+        "train_minutes": round(minutes, 2),
+        "threads": torch.get_num_threads(),
+        "mode": config.train.mode,
+        "test_images": test_images,
+    }
+
+
+def _in_child(*args: Any) -> dict:
+    """`run_one(*args)` in a fresh process (no state shared between runs)."""
+    cmd = [sys.executable, __file__, "--child", json.dumps(args)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per recipe, task and seed: xT's margin over the better baseline."""
+    by = {(r["recipe"], r["task"], r["seed"], r["model"]): r["score"] for r in rows}
+    out = []
+    for key in sorted({(r["recipe"], r["task"], r["seed"]) for r in rows}):
+        s = {m: by.get((*key, m)) for m in MODELS}
+        if None in s.values():
+            continue
+        margin = s["xt"] - max(s["crop"], s["downsample"])  # type: ignore[type-var]
+        recipe, task, seed = key
+        out.append({"recipe": recipe, "task": task, "seed": seed, **s, "margin": margin,
+                    "met": margin >= 0.3})  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="film", choices=list(RECIPES))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--test-images", type=int, default=48)
+    parser.add_argument("--force", action="store_true", help="rerun rows already saved")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(*json.loads(args.child))))
+        return
+    path = RESULTS / "context_pays.json"
+    key = ("recipe", "task", "model", "seed")
+    done = {tuple(r[k] for k in key) for r in json.loads(path.read_text())} \
+        if path.exists() and not args.force else set()  # fmt: skip
+    for task in args.tasks:
+        if task == "key_large" and args.recipe == "batch":
+            sys.exit("the batch recipe trains only all at once: key_large needs exact mode")
+        for seed in args.seeds:
+            for model in args.models:
+                if (args.recipe, task, model, seed) in done:
+                    continue
+                run = (args.recipe, task, model, seed, args.steps, args.test_images)
+                row = {**_in_child(*run), **machine()}
+                save_rows("context_pays", [row], key)
+                print(f"{args.recipe:5s} {task:10s} {model:10s} seed {seed}: {row['metric']} {row['score']:.3f} "
+                      f"({row['train_minutes']:.1f} min)", flush=True)  # fmt: skip
+    rows: list[Any] = json.loads(path.read_text())
+    print_table(
+        "xT against its baselines (test score; margin = xT - the better baseline)",
+        summarise(rows),
+        [("recipe", "recipe", ""), ("task", "task", ""), ("seed", "seed", "d"), ("xT", "xt", ".3f"),
+         ("crop-only", "crop", ".3f"), ("downsample", "downsample", ".3f"),
+         ("margin", "margin", "+.3f"), ("met", "met", "")],  # fmt: skip
+    )
+
+
+if __name__ == "__main__":
+    main()
