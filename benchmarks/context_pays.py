@@ -184,15 +184,22 @@ def main() -> None:
                 run = (args.recipe, task, model, seed, args.steps, args.test_images)
                 row = {**_in_child(*run), **machine()}
                 save_rows("context_pays", [row], key)
-                print(f"{args.recipe:5s} {task:10s} {model:10s} seed {seed}: {row['metric']} {row['score']:.3f} "
-                      f"({row['train_minutes']:.1f} min)", flush=True)  # fmt: skip
+                score = f"{row['metric']} {row['score']:.3f} ({row['train_minutes']:.1f} min)"
+                print(f"{args.recipe:5s} {task:10s} {model:10s} seed {seed}: {score}", flush=True)
     rows: list[Any] = json.loads(path.read_text())
     print_table(
         "xT against its baselines (test score; margin = xT - the better baseline)",
         summarise(rows),
-        [("recipe", "recipe", ""), ("task", "task", ""), ("seed", "seed", "d"), ("xT", "xt", ".3f"),
-         ("crop-only", "crop", ".3f"), ("downsample", "downsample", ".3f"),
-         ("margin", "margin", "+.3f"), ("met", "met", "")],  # fmt: skip
+        [
+            ("recipe", "recipe", ""),
+            ("task", "task", ""),
+            ("seed", "seed", "d"),
+            ("xT", "xt", ".3f"),
+            ("crop-only", "crop", ".3f"),
+            ("downsample", "downsample", ".3f"),
+            ("margin", "margin", "+.3f"),
+            ("met", "met", ""),
+        ],  # fmt: skip
     )
 
 
