@@ -47,6 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, print_table, save_rows  # noqa: E402
+from xtimage.config import load_config  # noqa: E402  (no torch)
 
 PRESET = "demo"
 RECIPES: dict[str, list[str]] = {
@@ -77,7 +78,13 @@ TASKS: dict[str, list[str]] = {
         "train.region_batch=64",
     ],
 }
-METRIC = {"sum": "top1"}  # the rest: foreground IoU
+METRIC = {"sum": "top1"}
+GROUP = (
+    "recipe",
+    "task",
+    "steps",
+    "seed",
+)  # a row's key, with its model  # the rest: foreground IoU
 
 
 def overrides(recipe: str, task: str, model: str, seed: int, steps: int | None,
@@ -95,7 +102,6 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
     """Train and score one (task, model, seed); runs in its own process."""
     import torch
 
-    from xtimage.config import load_config
     from xtimage.data.synthetic import SyntheticTask
     from xtimage.evaluate import evaluate
     from xtimage.predict import Predictor
@@ -121,7 +127,8 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
         "task": task,
         "model": model,
         "seed": seed,
-        "steps": result["step"],
+        "steps": config.train.steps,
+        "trained_steps": result["step"],
         "metric": metric,
         "score": float(scores[metric]),
         "ceilings": test.ceilings(200),
@@ -142,16 +149,15 @@ def _in_child(*args: Any) -> dict:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per recipe, task and seed: xT's margin over the better baseline."""
-    by = {(r["recipe"], r["task"], r["seed"], r["model"]): r["score"] for r in rows}
+    """Per recipe, task, steps and seed: xT's margin over the better baseline."""
+    by = {(*(r[k] for k in GROUP), r["model"]): r["score"] for r in rows}
     out = []
-    for key in sorted({(r["recipe"], r["task"], r["seed"]) for r in rows}):
-        s = {m: by.get((*key, m)) for m in MODELS}
+    for group in sorted({tuple(r[k] for k in GROUP) for r in rows}):
+        s = {m: by.get((*group, m)) for m in MODELS}
         if None in s.values():
             continue
         margin = s["xt"] - max(s["crop"], s["downsample"])  # type: ignore[type-var]
-        recipe, task, seed = key
-        out.append({"recipe": recipe, "task": task, "seed": seed, **s, "margin": margin,
+        out.append({**dict(zip(GROUP, group, strict=True)), **s, "margin": margin,
                     "met": margin >= 0.3})  # fmt: skip
     return out
 
@@ -171,15 +177,16 @@ def main() -> None:
         print(json.dumps(run_one(*json.loads(args.child))))
         return
     path = RESULTS / "context_pays.json"
-    key = ("recipe", "task", "model", "seed")
+    key = (*GROUP, "model")
     done = {tuple(r[k] for k in key) for r in json.loads(path.read_text())} \
         if path.exists() and not args.force else set()  # fmt: skip
+    preset_steps = load_config(PRESET).train.steps
     for task in args.tasks:
         if task == "key_large" and args.recipe == "batch":
             sys.exit("the batch recipe trains only all at once: key_large needs exact mode")
         for seed in args.seeds:
             for model in args.models:
-                if (args.recipe, task, model, seed) in done:
+                if (args.recipe, task, args.steps or preset_steps, seed, model) in done:
                     continue
                 run = (args.recipe, task, model, seed, args.steps, args.test_images)
                 row = {**_in_child(*run), **machine()}
@@ -193,6 +200,7 @@ def main() -> None:
         [
             ("recipe", "recipe", ""),
             ("task", "task", ""),
+            ("steps", "steps", "d"),
             ("seed", "seed", "d"),
             ("xT", "xt", ".3f"),
             ("crop-only", "crop", ".3f"),
