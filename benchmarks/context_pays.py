@@ -9,9 +9,8 @@ change between runs of a recipe:
 - ``batch``: the demo preset as shipped, a batch-norm decoder fed the tokens by
   concatenation; trains only all at once (no ``key_large``).
 
-Tasks (`xtimage.data.
-synthetic`, docs/synthetic.md), each built so that both baselines provably lack what
-it needs:
+Tasks (`xtimage.data.synthetic`, docs/synthetic.md), each built so that both baselines
+provably lack what it needs:
 
 - ``key``: segment the objects textured like a far key (the demo's task);
 - ``pairs``: segment both objects of a point-symmetric twin pair when their textures
@@ -42,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +78,8 @@ TASKS: dict[str, list[str]] = {
         "train.region_batch=64",
     ],
 }
-METRIC = {"sum": "top1"}
-GROUP = (
-    "recipe",
-    "task",
-    "steps",
-    "seed",
-)  # a row's key, with its model  # the rest: foreground IoU
+METRIC = {"sum": "top1"}  # the rest: foreground IoU
+GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
 
 
 def overrides(recipe: str, task: str, model: str, seed: int, steps: int | None,
@@ -102,7 +97,7 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
     """Train and score one (task, model, seed); runs in its own process."""
     import torch
 
-    from xtimage.data.synthetic import SyntheticTask
+    from xtimage.data.synthetic import synthetic
     from xtimage.evaluate import evaluate
     from xtimage.predict import Predictor
     from xtimage.train import Trainer
@@ -115,11 +110,9 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
         minutes = (time.monotonic() - start) / 60
         best = Path(tmp) / "run" / "checkpoints" / "best.safetensors"
         predictor = Predictor.from_checkpoint(str(best), device="cpu", amp="none")
-    params = dict(config.data.params)
-    kind = params.pop("task", config.model.head)
-    test = SyntheticTask(kind, size=config.data.size, region=config.model.region,
-                         channels=config.model.in_chans, seed=TEST_SEED, length=test_images,
-                         **params)  # fmt: skip
+    # the training data set's task, on held-out scenes
+    held_out = replace(config.data, seed=TEST_SEED, train_samples=test_images, val_samples=0)
+    test = synthetic(config.model, held_out).train
     scores = evaluate(predictor, test)
     metric = METRIC.get(task, "foreground_iou")
     return {
