@@ -177,7 +177,8 @@ def _assert_same_grads(a, b):
         torch.testing.assert_close(a[name], b[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
-def test_exact_classification_gradients_equal_all_at_once():
+@pytest.mark.parametrize("region_batch", [5, 100])  # two passes; the batch in one chunk
+def test_exact_classification_gradients_equal_all_at_once(region_batch):
     model = tiny_xt(GlobalAttention, dense=False)
     batch = images((150, 200), (70, 90))
     labels = torch.tensor([1, 3])
@@ -186,7 +187,7 @@ def test_exact_classification_gradients_equal_all_at_once():
     ref.backward()
     expected = _grads(model)
     model.zero_grad()
-    loss = Engine(model, region_batch=5).exact_step(batch, labels)
+    loss = Engine(model, region_batch=region_batch).exact_step(batch, labels)
     assert abs(loss - ref.item()) < 1e-9
     _assert_same_grads(_grads(model), expected)
     # every region-encoder parameter got its gradient through the token pass
@@ -206,9 +207,10 @@ def _dense_reference_loss(model, batch, targets):
     return total / pixels
 
 
+@pytest.mark.parametrize("region_batch", [3, 100])  # two passes; the batch in one chunk
 @pytest.mark.parametrize("film", [False, True])
 @pytest.mark.parametrize("margin", [0, 32])
-def test_exact_dense_gradients_equal_all_at_once(margin, film):
+def test_exact_dense_gradients_equal_all_at_once(margin, film, region_batch):
     model = tiny_xt(GlobalAttention, dense=True, margin=margin, film=film)
     batch = images((130, 170), (60, 100))
     targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
@@ -217,9 +219,34 @@ def test_exact_dense_gradients_equal_all_at_once(margin, film):
     ref.backward()
     expected = _grads(model)
     model.zero_grad()
-    loss = Engine(model, region_batch=3).exact_step(batch, targets)
+    loss = Engine(model, region_batch=region_batch).exact_step(batch, targets)
     assert abs(loss - ref.item()) < 1e-9
     _assert_same_grads(_grads(model), expected)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_batch_in_one_chunk_is_encoded_once_with_the_two_pass_gradients(dense):
+    """Dropout on: the one-pass step draws the masks the two-pass step draws with the
+    same chunks (region_batch 12: each image is one chunk, the batch is not)."""
+    model = tiny_xt(GlobalAttention, dense=dense, dropout=0.5).train()
+    batch = images((150, 200), (70, 90))  # 12 + 4 regions
+    targets = (
+        [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
+        if dense
+        else torch.tensor([1, 3])
+    )
+    encodes = []
+    model.tokenizer.register_forward_hook(lambda m, i, o: encodes.append(o.shape[0]))
+    results = []
+    for k in (12, 16):
+        model.zero_grad()
+        encodes.clear()
+        torch.manual_seed(0)
+        results.append((Engine(model, region_batch=k).exact_step(batch, targets), _grads(model)))
+        passes = sum(encodes) // 16
+        assert passes == (1 if k == 16 else 3 if dense else 2)
+    assert abs(results[0][0] - results[1][0]) < 1e-12
+    _assert_same_grads(results[0][1], results[1][1])
 
 
 def test_region_batch_changes_nothing():

@@ -19,6 +19,8 @@ exact, dense           encode (no grad) -> context; re-encode each chunk with   
                        autograd, decode, loss, backward (skip maps and decoder; the
                        gradient at the contextualised tokens is kept); backward the
                        context; re-encode each chunk, backward the token gradients
+exact, the batch's     encode with autograd -> context + head (+ decode) + loss,     1
+regions in one chunk   one backward (re-encoding would repeat the same chunk)
 streaming              per chunk: encode, context with the carried detached state,   1
                        loss, backward
 =====================  =========================================================  ======
@@ -346,12 +348,64 @@ class Engine:
         keep = keep or [None] * len(images)
         seed = int(torch.randint(0, 2**62, (1,)).item())
         sources = [self.source(im) for im in images]
+        kept = [
+            self._kept(self.model.layout(s.height, s.width), kp)
+            for s, kp in zip(sources, keep, strict=True)
+        ]
+        if min(map(len, kept)) > 0 and sum(map(len, kept)) <= self.region_batch:
+            return self._one_pass_step(sources, kept, targets, seed)
         items = [self.encode(s, kp, seed) for s, kp in zip(sources, keep, strict=True)]
         leaves = [it.tokens.detach().requires_grad_() for it in items]
         loss = self._context_and_head_step(sources, items, leaves, targets, seed)
         for source, item, leaf in zip(sources, items, leaves, strict=True):
             self._backward_tokens(source, item, leaf.grad, seed)
         return loss
+
+    def _one_pass_step(self, sources, kept, targets, seed: int) -> float:
+        """`exact_step` when the batch's kept regions fit one chunk together: one encode
+        with autograd whose graph lives through context, head and loss, one backward.
+
+        The two-pass scheme would re-encode the same chunk for nothing; memory stays that
+        of one chunk's activations (plus the context's), as the planner's dry run sees.
+        Each image's chunk is chunk 0 under the same seed, as in the two-pass scheme, so
+        dropout draws the same masks and the gradients are the same.
+        """
+        items, maps = [], []
+        for source, regions in zip(sources, kept, strict=True):
+            layout = self.model.layout(source.height, source.width)
+            ((_, _, pixels),) = self._chunks(source, layout, regions)
+            with self._chunk_rng(seed, 0), autocast(self.device, self.autocast):
+                image_maps, tokens = self.model.encode(pixels)  # tokens (k, T, D)
+            maps.append(image_maps)
+            items.append(
+                ImageTokens(
+                    layout,
+                    regions,
+                    tokens.flatten(0, 1).to(self.dtype),  # (k*T, D), with autograd
+                    layout.positions(regions).to(self.device),
+                    layout.valid(regions).to(self.device),
+                )
+            )
+        ctx, mask = self._contextualise_all(items)
+        head = self.model.head
+        if head.dense:
+            self._check_decomposable()
+            normaliser = sum(self._valid_pixels(it) for it in items)
+            loss = 0.0
+            for b, (item, image_maps) in enumerate(zip(items, maps, strict=True)):
+                n = len(item.regions) * item.layout.tokens_per_region
+                with autocast(self.device, self.autocast):
+                    windows = self.model.token_windows(
+                        ctx[b, :n], item.layout, item.regions, item.regions
+                    )
+                    pred = self.model.decode(image_maps, windows).to(self.dtype)
+                loss = loss + self._chunk_loss(item, item.regions, pred, targets[b]) / normaliser
+        else:
+            with autocast(self.device, self.autocast):
+                logits = head(ctx, mask)
+                loss = head.loss(logits.to(self.dtype), targets.to(self.device))
+        self._backward(loss)
+        return loss.item()
 
     def frozen_step(
         self,
