@@ -155,6 +155,7 @@ def measure(
     limit_mb: float | None = None,
     timeout: float | None = None,
     gpu_limit_bytes: int | None = None,
+    python: str | None = None,
     **kwargs: Any,
 ) -> dict:
     """Run ``case(**kwargs)`` of ``script`` in a fresh process; its measurement as a dict.
@@ -162,9 +163,10 @@ def measure(
     Returns ``{"exceeded": True, "rss_mb": ...}`` when the process passed ``limit_mb``,
     ``{"exceeded": True, "oom": True, ...}`` when CUDA ran out of memory (capped at
     ``gpu_limit_bytes`` when given). Raises `subprocess.TimeoutExpired` past ``timeout``
-    seconds (the child is killed).
+    seconds (the child is killed). ``python`` runs the child under another interpreter
+    (another environment, e.g. the xT release's; the child itself needs only torch).
     """
-    cmd = [sys.executable, __file__, "--child", str(script), case, json.dumps(kwargs)]
+    cmd = [python or sys.executable, __file__, "--child", str(script), case, json.dumps(kwargs)]
     if limit_mb is not None:
         cmd += ["--limit-mb", str(limit_mb)]
     if gpu_limit_bytes is not None:
@@ -431,9 +433,12 @@ def machine() -> dict:
     }
 
 
-def save_rows(name: str, rows: Sequence[dict], key: Sequence[str]) -> Path:
-    """Merge ``rows`` into ``results/<name>.json``: a row replaces the one with its key."""
-    path = RESULTS / f"{name}.json"
+def save_rows(
+    name: str, rows: Sequence[dict], key: Sequence[str], directory: Path | None = None
+) -> Path:
+    """Merge ``rows`` into ``<directory>/<name>.json`` (default ``results/``): a row
+    replaces the one with its key."""
+    path = (directory or RESULTS) / f"{name}.json"
     old = json.loads(path.read_text()) if path.exists() else []
     new_keys = {tuple(r.get(k) for k in key) for r in rows}
     kept = [r for r in old if tuple(r.get(k) for k in key) not in new_keys]
