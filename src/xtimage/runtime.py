@@ -70,3 +70,45 @@ def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
     the meta device, which random ops there take)."""
     kind = "cpu" if device.type == "meta" else device
     return torch.Generator(device=kind).manual_seed(seed)
+
+
+def recompute(function, *args):
+    """``function(*args)`` with activation checkpointing: its activations are dropped
+    after the forward and recomputed in the backward (non-reentrant `checkpoint`, RNG
+    state restored, so the recomputation draws what the forward drew).
+
+    The recomputation runs under the torch function modes active at the forward, which
+    autograd does not carry into the backward: the planner's dry run redirects attention
+    on meta tensors by such a mode (`xtimage.engine.planner`), and a recomputation
+    outside it would take another path than its forward.
+    """
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils.checkpoint import checkpoint
+
+    modes = _get_current_function_mode_stack()
+    return checkpoint(
+        function,
+        *args,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), _FunctionModes(modes)),
+    )
+
+
+class _FunctionModes:
+    """Pushes torch function modes on entry and pops them on exit (entering a mode object
+    a second time through ``with`` is not supported by torch, pushing it is)."""
+
+    def __init__(self, modes) -> None:
+        self.modes = modes
+
+    def __enter__(self) -> None:
+        from torch.overrides import _push_mode
+
+        for mode in self.modes:
+            _push_mode(mode)
+
+    def __exit__(self, *exc) -> None:
+        from torch.overrides import _pop_mode
+
+        for _ in self.modes:
+            _pop_mode()

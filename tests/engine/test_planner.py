@@ -130,6 +130,22 @@ def test_dry_run_equals_the_real_runs_live_bytes(context, mode):
     assert abs(plan.breakdown["activations"] - real) <= tolerance, (plan.breakdown, real)
 
 
+def test_dry_run_follows_checkpointed_context_blocks():
+    """Recomputed blocks in the backward: the dry run traces the real run's live bytes (the
+    recomputation under the planner's meta attention), and keeps less than without."""
+    settings = CONTEXTS["hyper"] | {"depth": 3}  # one block's activations live, not three
+    model = tiny_xt("hyper", checkpoint=True, **settings)
+    image = torch.randn(3, 1024, 1024)  # 1,024 tokens, one region at a time: context dominates
+    plan = estimate_memory(model, 1024, 1024, region_batch=1, mode="exact", read_ahead=False,
+                           idle_bytes=0)  # fmt: skip
+    real = _real_peak(model, image, 1, "exact")
+    assert abs(plan.breakdown["activations"] - real) <= 0.01 * real, (plan.breakdown, real)
+    model.context.checkpoint = False
+    plain = estimate_memory(model, 1024, 1024, region_batch=1, mode="exact", read_ahead=False,
+                            idle_bytes=0)  # fmt: skip
+    assert plain.breakdown["activations"] > plan.breakdown["activations"]
+
+
 def test_dense_heads_are_refused():
     encoder = RegionEncoder("convnext_atto", region=64, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16))
     head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8)

@@ -112,6 +112,34 @@ def test_lsh_range_trains_every_parameter_and_repeats_in_eval():
     assert not torch.allclose(reseeded(tokens, positions, mask)[0], first)
 
 
+@pytest.mark.parametrize(("mlp_chunk", "drop"), [(4096, 0.1), (16, 0.0)])
+def test_checkpointed_blocks_give_the_same_outputs_and_gradients(monkeypatch, mlp_chunk, drop):
+    """Training mode on the approximate path: the recomputation redraws the same hashes,
+    samples and dropout masks (RNG state restored); chunks of 16 tokens split the MLP."""
+    from xtimage.encoders.context import hyper
+
+    monkeypatch.setattr(hyper, "MLP_CHUNK", mlp_chunk)
+    settings = dict(min_seq_len=32, block_size=16, sample_size=8, drop_path=0.1, drop=drop)
+    results = []
+    for checkpoint in (False, True):
+        torch.manual_seed(0)
+        encoder = tiny(checkpoint=checkpoint, **settings).double()
+        tokens, positions, mask = batch(n=96, real=70, dtype=torch.float64)
+        tokens.requires_grad_()
+        torch.manual_seed(1)
+        out, _ = encoder(tokens, positions, mask)
+        out[mask].square().mean().backward()
+        grads = {n: p.grad for n, p in encoder.named_parameters()}
+        results.append((out.detach(), tokens.grad, grads))
+    (out, grad, grads), (out_c, grad_c, grads_c) = results
+    torch.testing.assert_close(out_c, out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_c, grad, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == grads_c.keys()
+    for name in grads:
+        assert grads[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
 def test_bf16_autocast_close_to_float32():
     encoder = tiny().eval()
     tokens, positions, mask = batch()

@@ -32,9 +32,11 @@ from torch import nn
 from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder, State
 from xtimage.encoders.context.hyperattention import hyper_attention
 from xtimage.errors import ConfigError
-from xtimage.runtime import seeded_generator
+from xtimage.runtime import recompute, seeded_generator
 
 Gather = Callable[[torch.Tensor, int], torch.Tensor]
+
+MLP_CHUNK = 4096  # tokens a checkpointed MLP runs at once: 4096 x 8 x D floats transient
 
 
 def sincos_2d(
@@ -152,9 +154,18 @@ class HyperBlock(nn.Module):
         self.mlp = GatedMLP(dim, int(mlp_ratio * dim), drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x, mask, generator, gather=None):
+    def forward(self, x, mask, generator, gather=None, mlp_chunk: int | None = None):
+        """``mlp_chunk``: run the MLP over that many tokens at a time, each chunk
+        recomputed in the backward (its activations, 3 x the hidden width a token, are
+        never all alive); None: all at once."""
         x = x + self.drop_path1(self.attn(self.norm1(x), mask, generator, gather))  # (B, N, D)
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        if mlp_chunk is None or not torch.is_grad_enabled():
+            return x + self.drop_path2(self._mlp(x))
+        parts = [recompute(self._mlp, part) for part in x.split(mlp_chunk, 1)]
+        return x + self.drop_path2(torch.cat(parts, 1))  # drop path: one draw for the sample
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(x))
 
 
 @CONTEXT_ENCODERS.register("hyper")
@@ -176,6 +187,10 @@ class HyperContext(ContextEncoder):
         seed: seed of the hash and samples in eval mode.
         release: the authors' released block (see the module docstring): projection
             biases, RMSNorm eps 1e-5, no final norm, no positions added here.
+        checkpoint: in training, keep each block's input instead of its activations and
+            recompute them in the backward, the MLP ``MLP_CHUNK`` tokens at a time
+            (activation checkpointing): the same gradients for about a third more
+            compute, for exact-mode training of long sequences (docs/performance.md).
     """
 
     streamable = False
@@ -195,6 +210,7 @@ class HyperContext(ContextEncoder):
         drop_path: float = 0.0,
         seed: int = 0,
         release: bool = False,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if dim % 4 or dim % heads:
@@ -207,6 +223,7 @@ class HyperContext(ContextEncoder):
         self.dim = dim
         self.seed = seed
         self.release = release
+        self.checkpoint = checkpoint
         rates = torch.linspace(0, drop_path, depth, device="cpu").tolist()  # meta-safe
         self.blocks = nn.ModuleList(
             HyperBlock(
@@ -286,5 +303,8 @@ class HyperContext(ContextEncoder):
         if not self.training:
             generator = seeded_generator(tokens.device, self.seed)
         for block in self.blocks:
-            x = block(x, mask, generator, gather)
+            if self.checkpoint and torch.is_grad_enabled():
+                x = recompute(block, x, mask, generator, gather, MLP_CHUNK)
+            else:
+                x = block(x, mask, generator, gather)  # (B, N, D)
         return self.norm(x)
