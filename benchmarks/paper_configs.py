@@ -113,7 +113,8 @@ def grow(
     system is not run again. Before each side but the first, a system whose ``repeat``
     runs (predicted from its last side: the build time plus its seconds times the area's
     ratio), added to those of the systems before it, would not fit in what is left of
-    ``seconds`` stops there. A system's largest side that fitted gets ``limited_by``.
+    ``seconds`` stops there. A system's largest side that fitted gets ``limited_by``; a
+    side whose later runs the time guard cut short still fitted, with fewer runs.
     """
     deadline = clock() + seconds
     alive, rows, last = list(systems), [], {}
@@ -141,7 +142,8 @@ def grow(
                 last[system]["limited_by"] = failure
             elif not failure:
                 last[system] = rows[-1]
-        alive = [s for s in alive if s in last and last[s]["side"] == side]
+        alive = [s for s in alive if last.get(s, {}).get("side") == side
+                 and "limited_by" not in last[s]]  # fmt: skip
     for system in alive:
         last[system]["limited_by"] = "max side"
     return rows
@@ -153,11 +155,16 @@ def _predicted(row: dict, side: int) -> float:
 
 
 def _summary(system: str, side: int, runs: list[dict]) -> dict:
-    """One row from a system's runs at one side: best seconds, largest peak."""
+    """One row from a system's runs at one side: best seconds, largest peak. A run that
+    ran out of time after others fitted only ends the system's growth (``limited_by``)."""
     ok = [r for r in runs if "failure" not in r]
-    row = {"system": system, "side": side, "fits": not len(ok) < len(runs), "repeat": len(ok)}
-    if len(ok) < len(runs):
-        row.update({k: v for k, v in runs[-1].items() if k not in ("seconds",)})
+    failed = [r for r in runs if "failure" in r]
+    fits = bool(ok) and all(r["failure"] == "time" for r in failed)
+    row = {"system": system, "side": side, "fits": fits, "repeat": len(ok)}
+    if not fits:
+        row.update({k: v for k, v in failed[-1].items() if k != "seconds"})
+    elif failed:
+        row["limited_by"] = "time"
     if ok:
         best = min(ok, key=lambda r: r["seconds"])
         row.update({k: v for k, v in best.items() if k not in ("peak_mb", "total_peak_mb")})

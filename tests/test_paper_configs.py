@@ -67,6 +67,21 @@ def test_the_time_guard_stops_a_side_that_would_not_fit(bench):
     assert by["xt", 2048]["limited_by"] == "max side"
 
 
+def test_a_run_cut_short_by_the_time_guard_keeps_the_side_that_fitted(bench):
+    def run(system, side, timeout):
+        if side == 2048 and timeout is not None and log.count(side) == 1:
+            log.append(side)
+            return {"failure": "time", "wall_s": 5.0}
+        log.append(side)
+        return {"seconds": 1.0, "wall_s": 2.0, "peak_mb": 10, "total_peak_mb": 800}
+
+    log = []
+    rows = bench.grow(["xt"], [1024, 2048, 4096], run, repeat=2, seconds=1e9)
+    assert log == [1024, 1024, 2048, 2048]  # the second run at 2048 ran out: no 4096
+    assert [(r["side"], r["fits"], r["repeat"], r.get("limited_by")) for r in rows] == [
+        (1024, True, 2, None), (2048, True, 1, "time")]  # fmt: skip
+
+
 def test_systems_for_each_task_and_why_the_release_is_skipped(bench):
     args = bench.parse_args([])
     args.release = False
