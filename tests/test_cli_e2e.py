@@ -146,6 +146,11 @@ def test_eval_of_checkpoint_equals_eval_of_its_prediction_files(seg_run, tmp_pat
     from_files = json.loads(capsys.readouterr().out)
     assert direct["iou"] == pytest.approx(from_files["iou"]) and direct["images"] == 4
     assert direct["foreground_iou"] > 0.5 and "rule" in direct["thresholds"]
+    # the CPU speed options: channels-last to float32 rounding, bf16 to a few pixels
+    assert main(["eval", ckpt, *common, "--channels-last"]) == 0
+    assert json.loads(capsys.readouterr().out)["iou"] == pytest.approx(direct["iou"], abs=1e-4)
+    assert main(["eval", ckpt, *common, "--amp", "bf16"]) == 0
+    assert json.loads(capsys.readouterr().out)["iou"] == pytest.approx(direct["iou"], abs=0.02)
 
 
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

@@ -5,7 +5,7 @@ import torch
 
 from tiny import TINY_MODEL
 from xtimage.errors import ConfigError
-from xtimage.runtime import autocast, resolve_amp, resolve_device
+from xtimage.runtime import autocast, resolve_amp, resolve_device, to_channels_last
 
 CPU = torch.device("cpu")
 
@@ -52,3 +52,23 @@ def test_prediction_in_bf16_on_cpu_is_close_to_float32():
     full = Predictor(model, config.model, region_batch=2).predict(image)
     mixed = Predictor(model, config.model, region_batch=2, autocast=torch.bfloat16).predict(image)
     assert np.abs(mixed.heatmap - full.heatmap).max() < 0.01
+
+
+def test_channels_last_prediction_equals_the_default_layout():
+    """The speed option changes the summation order only: the heat map equals the default
+    layout's to float32 rounding (1e-5), and the weights are NHWC."""
+    import numpy as np
+
+    from xtimage.build import build_model
+    from xtimage.config import load_config
+    from xtimage.predict import Predictor
+
+    config = load_config(None, TINY_MODEL)
+    model = build_model(config.model).eval()
+    image = np.random.default_rng(0).integers(0, 256, (3, 100, 150), dtype=np.uint8)
+    full = Predictor(model, config.model, region_batch=2).predict(image)
+    nhwc = to_channels_last(model)
+    conv = next(p for p in nhwc.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    fast = Predictor(nhwc, config.model, region_batch=2).predict(image)
+    assert np.abs(fast.heatmap - full.heatmap).max() < 1e-5

@@ -187,6 +187,19 @@ def test_bf16_exact_step_is_close_to_float32(tmp_path, device):
         assert cos > 0.95 or expected.norm() < 1e-6, (name, float(cos))
 
 
+@pytest.mark.parametrize("mode", ["direct", "exact"])
+def test_channels_last_step_gives_the_default_layout_gradients(tmp_path, mode):
+    """train.channels_last changes the summation order only: every gradient equals the
+    default layout's to float32 rounding (relative 1e-4 of its largest entry)."""
+    full = _step_one_grads(tmp_path / "a", f"train.mode={mode}")
+    nhwc = _step_one_grads(tmp_path / "b", f"train.mode={mode}", "train.channels_last=true")
+    assert full.keys() == nhwc.keys() and len(full) > 10
+    assert any(g.ndim == 4 and not g.is_contiguous() for g in nhwc.values())  # NHWC ran
+    for name, expected in full.items():
+        atol = 1e-4 * float(expected.abs().max()) + 1e-9
+        torch.testing.assert_close(nhwc[name], expected, rtol=1e-4, atol=atol, msg=name)
+
+
 @pytest.mark.parametrize(("device", "mode"), FP16_RUNS)
 def test_fp16_with_its_gradient_scaler_trains(tmp_path, device, mode):
     config = tiny(tmp_path, f"train.device={device}", f"train.mode={mode}", "train.amp=fp16",

@@ -219,6 +219,8 @@ class TrainConfig:
             "frozen" (cached features of a frozen backbone; needs model.frozen).
         region_batch: regions encoded at once by the streaming engine.
         amp: "auto" (bf16 on a GPU that has it, else float32), "none", "bf16", "fp16".
+        channels_last: the model's convolutions in NHWC order (faster convolutional
+            backbones on CPU; results equal to rounding).
         seed: seed of the model's initialisation, data order and augmentation.
         eval_every: evaluate every N optimizer steps; 0: after each epoch.
         checkpoint_every: save the last checkpoint every N steps; 0: at each evaluation.
@@ -245,6 +247,7 @@ class TrainConfig:
     mode: str = "auto"
     region_batch: int = 16
     amp: str = "auto"
+    channels_last: bool = False
     seed: int = 0
     eval_every: int = 0
     checkpoint_every: int = 0

@@ -109,15 +109,20 @@ class Predictor:
         device: str = "auto",
         region_batch: int = 16,
         amp: str = "auto",
+        channels_last: bool = False,
         **kwargs: Any,
     ) -> Predictor:
         """Rebuild the model a checkpoint (or a run folder) describes and wrap it; the
-        task and its saved decision thresholds come from the checkpoint."""
+        task and its saved decision thresholds come from the checkpoint. ``amp`` as
+        ``train.amp``; ``channels_last`` as ``train.channels_last`` (a CPU speed option
+        for convolutional backbones)."""
         from xtimage.checkpoint import load_model
-        from xtimage.runtime import resolve_amp, resolve_device
+        from xtimage.runtime import resolve_amp, resolve_device, to_channels_last
 
         dev = resolve_device(device)
         model, ckpt = load_model(path, dev)
+        if channels_last:
+            to_channels_last(model)
         autocast, _ = resolve_amp(amp, dev)  # inference needs no gradient scaler
         task = task_class(ckpt.config.model.head)
         for key, value in task.checkpoint_options(ckpt.metrics, ckpt.path).items():

@@ -11,6 +11,7 @@ import contextlib
 import os
 
 import torch
+from torch import nn
 
 from xtimage.errors import ConfigError
 
@@ -47,6 +48,17 @@ def resolve_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, boo
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("amp=bf16: this GPU has no bfloat16; use amp=fp16 (or none)")
     return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """``model``, in place, with its 4-D weights in channels-last (NHWC) order.
+
+    Convolutions then run on NHWC maps (oneDNN on CPU) instead of reordering them at every
+    call: the speed option for convolutional region encoders on CPU (docs/performance.md,
+    "CPU speed"). Inputs may stay NCHW: the first convolution hands on NHWC maps. Outputs
+    equal the default layout's to float32 rounding (another summation order).
+    """
+    return model.to(memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

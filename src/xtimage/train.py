@@ -52,7 +52,7 @@ from xtimage.distributed import World, all_reduce_sum, init_distributed, reduce_
 from xtimage.errors import ConfigError
 from xtimage.io.atomic import output_dir, remove_stale_in
 from xtimage.model import XT
-from xtimage.runtime import autocast, resolve_amp, resolve_device
+from xtimage.runtime import autocast, resolve_amp, resolve_device, to_channels_last
 from xtimage.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -188,6 +188,8 @@ class Trainer:
             self.task.fit_to_data(self.data.train)  # e.g. class weights measured on it
         seed_everything(t.seed)
         self.model = build_model(config.model).to(self.device)
+        if t.channels_last:
+            to_channels_last(self.model)
         self.xt: XT = unwrap(self.model)
         self.mode = self._check_mode(t.mode)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)

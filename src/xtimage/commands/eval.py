@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data.* settings to change")
     p.add_argument("--predictions", metavar="DIR", help="score files written by xt predict")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda...")
+    p.add_argument("--amp", default="auto", help="auto, none, bf16, fp16")
+    p.add_argument("--channels-last", action="store_true", help="NHWC convolutions (CPU speed)")
     p.add_argument("--region-batch", type=int, default=16, help="regions encoded at once")
     p.add_argument("--threshold", type=float, default=0.3, help="detection score threshold")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -59,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
     world = init_distributed(resolve_device(args.device).type)
     try:
         predictor = Predictor.from_checkpoint(
-            ckpt.path, device=args.device, region_batch=args.region_batch, threshold=args.threshold
+            ckpt.path,
+            device=args.device,
+            region_batch=args.region_batch,
+            amp=args.amp,
+            channels_last=args.channels_last,
+            threshold=args.threshold,
         )
         val = build_datasets(config).val
         if args.predictions:

@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmap", action="store_true", help="also write a probability map")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
     p.add_argument("--amp", default="auto", help="auto, none, bf16, fp16")
+    p.add_argument("--channels-last", action="store_true", help="NHWC convolutions (CPU speed)")
     p.add_argument("--region-batch", type=int, default=16, help="regions encoded at once")
     p.add_argument("--threshold", type=float, default=0.3, help="detection score threshold")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             region_batch=args.region_batch,
             amp=args.amp,
+            channels_last=args.channels_last,
             threshold=args.threshold,
         )
         files = predictor.task.expand_inputs(args.inputs, out)
