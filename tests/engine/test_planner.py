@@ -146,6 +146,27 @@ def test_dry_run_follows_checkpointed_context_blocks():
     assert plain.breakdown["activations"] > plan.breakdown["activations"]
 
 
+def test_training_plan_recomputes_the_context_when_exact_does_not_fit_otherwise():
+    model = tiny_xt("hyper", **CONTEXTS["hyper"] | {"depth": 3})
+    sizes = {}
+    for checkpoint in (False, True):
+        model.context.checkpoint = checkpoint
+        sizes[checkpoint] = estimate_memory(model, 1024, 1024, region_batch=1, mode="exact",
+                                            idle_bytes=0).estimate_bytes  # fmt: skip
+    model.context.checkpoint = False
+    budget = (sizes[False] + sizes[True]) // 2
+    plan = plan_memory(model, 1024, 1024, budget, training=True, max_region_batch=1,
+                       idle_bytes=0)  # fmt: skip
+    assert (plan.mode, plan.checkpoint, plan.fits) == ("exact", True, True)
+    assert "recomputed" in str(plan) and plan.describe()["checkpoint"] is True
+    engine, same = engine_for_budget(model, 1024, 1024, budget, training=True, idle_bytes=0)
+    assert same.checkpoint and model.context.checkpoint is True
+    assert engine.region_batch == same.region_batch
+    roomy = plan_memory(model, 1024, 1024, 2 * sizes[False], training=True,
+                        max_region_batch=1, idle_bytes=0)  # fmt: skip
+    assert (roomy.mode, roomy.checkpoint) == ("exact", False)  # faster when it fits
+
+
 def test_dense_heads_are_refused():
     encoder = RegionEncoder("convnext_atto", region=64, depths=(1, 1, 1, 1), dims=(8, 8, 16, 16))
     head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8)

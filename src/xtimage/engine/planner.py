@@ -105,6 +105,8 @@ class MemoryPlan:
             gradients, optimizer, overhead (runtime working memory and allocator slack).
         budget_bytes: the budget planned for, or None.
         device: the device type planned for ("cpu" or "cuda").
+        checkpoint: the context encoder's blocks are recomputed in the backward
+            (activation checkpointing, for encoders that are ``recomputable``).
     """
 
     mode: str
@@ -113,6 +115,7 @@ class MemoryPlan:
     breakdown: dict[str, int] = field(default_factory=dict)
     budget_bytes: int | None = None
     device: str = "cpu"
+    checkpoint: bool = False
 
     @property
     def increase_bytes(self) -> int:
@@ -129,6 +132,7 @@ class MemoryPlan:
             "mode": self.mode,
             "device": self.device,
             "region_batch": self.region_batch,
+            "checkpoint": self.checkpoint,
             "estimate_bytes": self.estimate_bytes,
             "increase_bytes": self.increase_bytes,
             "budget_bytes": self.budget_bytes,
@@ -141,9 +145,10 @@ class MemoryPlan:
         budget = "" if self.budget_bytes is None else f" of {_format_bytes(self.budget_bytes)}"
         verdict = "" if self.budget_bytes is None else (" (fits)" if self.fits else " (too big)")
         regions = "region" if self.region_batch == 1 else "regions"
+        recomputed = ", context recomputed in the backward" if self.checkpoint else ""
         return (
-            f"{self.mode} on {self.device}, {self.region_batch} {regions} at once: peak "
-            f"{_format_bytes(self.estimate_bytes)}{budget}{verdict} = {parts}"
+            f"{self.mode} on {self.device}, {self.region_batch} {regions} at once"
+            f"{recomputed}: peak {_format_bytes(self.estimate_bytes)}{budget}{verdict} = {parts}"
         )
 
 
@@ -436,7 +441,13 @@ class _Estimator:
                 if p.requires_grad:
                     p.grad = torch.empty_like(p)
 
-    def __call__(self, region_batch: int, mode: str, budget: int | None) -> MemoryPlan:
+    def __call__(
+        self, region_batch: int, mode: str, budget: int | None, checkpoint: bool | None = None
+    ) -> MemoryPlan:
+        """The plan of one run; ``checkpoint`` sets the context's recomputation (None: the
+        model's own setting)."""
+        if checkpoint is not None:
+            self.twin.context.checkpoint = checkpoint
         self.twin.train(mode != "inference")
         live = _dry_run(self.twin, self.costs, self.height, self.width,
                         self.channels, region_batch, mode)  # fmt: skip
@@ -456,7 +467,9 @@ class _Estimator:
         }
         overhead, factor = overhead_constants(self.device)
         parts["overhead"] = int(overhead + (factor - 1) * (live + read_ahead))
-        return MemoryPlan(mode, region_batch, sum(parts.values()), parts, budget, self.device.type)
+        checkpointed = training and self.twin.context.checkpoint
+        return MemoryPlan(mode, region_batch, sum(parts.values()), parts, budget,
+                          self.device.type, checkpointed)  # fmt: skip
 
 
 def estimate_memory(
@@ -534,9 +547,11 @@ def plan_memory(
 ) -> MemoryPlan:
     """The largest region batch (a power of two) whose run fits ``budget``.
 
-    Training without a ``mode`` plans exact mode, and streaming mode when exact mode does
-    not fit even one region at a time and the context encoder is streamable. When nothing
-    fits, the plan with the smallest region batch is returned (``plan.fits`` is False).
+    Training without a ``mode`` plans exact mode; when that does not fit even one region
+    at a time, exact mode with the context's blocks recomputed in the backward (for a
+    ``recomputable`` context encoder), then streaming mode (for a streamable one). When
+    nothing fits, the plan with the smallest region batch is returned (``plan.fits`` is
+    False).
 
     Args:
         model: the model.
@@ -561,12 +576,18 @@ def plan_memory(
         _check(model, m)
     RegionPlan(height, width, model.region, model.margin)
     estimator = _Estimator(model, height, width, channels, read_ahead, idle_bytes, device)
-    plan = None
+    tries = []  # (mode, context checkpointing: None leaves the model's setting)
     for m in modes:
+        recompute = m == "exact" and model.context.recomputable
+        tries += [(m, False), (m, True)] if recompute else [(m, None)]
+    plan = None
+    for m, checkpoint in tries:
         sizes = _candidates(model, m, max_region_batch)
         if not sizes:
             continue
-        plan = _largest_fitting(lambda k, m=m: estimator(k, m, budget_bytes), sizes)
+        plan = _largest_fitting(
+            lambda k, m=m, c=checkpoint: estimator(k, m, budget_bytes, c), sizes
+        )
         if plan.fits:
             return plan
     if plan is None:
@@ -589,7 +610,8 @@ def engine_for_budget(
     **engine_kwargs,
 ) -> tuple[Engine, MemoryPlan]:
     """An `Engine` with the planned region batch, and the plan; a `ConfigError` when even
-    the smallest plan exceeds the budget. ``engine_kwargs`` go to `Engine`."""
+    the smallest plan exceeds the budget. The context's recomputation is set as planned
+    for exact-mode training. ``engine_kwargs`` go to `Engine`."""
     plan = plan_memory(model, height, width, budget, training=training, mode=mode,
                        read_ahead=engine_kwargs.get("read_ahead", True),
                        idle_bytes=idle_bytes, device=engine_kwargs.get("device"))  # fmt: skip
@@ -599,4 +621,6 @@ def engine_for_budget(
             f"{plan}; raise the budget, pool tokens (pool=1), use a streamable context "
             f"encoder or streaming training"
         )
+    if model.context.recomputable and plan.mode == "exact":
+        model.context.checkpoint = plan.checkpoint
     return Engine(model, region_batch=plan.region_batch, **engine_kwargs), plan

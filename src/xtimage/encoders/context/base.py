@@ -42,11 +42,16 @@ class ContextEncoder(nn.Module):
         chunk_multiple: token count every streamed segment but the last must be a
             multiple of (e.g. Transformer-XL's ``segment_len``); the engine rounds its
             chunks of regions to it.
+        checkpoint: recompute activations in the backward instead of keeping them (an
+            encoder that supports it sets ``recomputable``; the memory planner may
+            switch it on for exact-mode training).
     """
 
     dim: int
     streamable: bool = False
     chunk_multiple: int = 1
+    recomputable: bool = False
+    checkpoint: bool = False
 
     def forward(
         self,

@@ -194,6 +194,7 @@ class HyperContext(ContextEncoder):
     """
 
     streamable = False
+    recomputable = True
 
     def __init__(
         self,
