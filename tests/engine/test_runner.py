@@ -167,6 +167,19 @@ def test_streamed_dense_inference_with_skipped_regions_equals_the_two_pass_path(
     torch.testing.assert_close(streamed, two_pass, rtol=1e-9, atol=1e-9)
 
 
+def test_pad_batch_pads_several_sequences_and_views_one():
+    from xtimage.engine.runner import pad_batch
+
+    a, b = torch.randn(5, 4), torch.randn(3, 4)
+    pos = [torch.ones(5, 2, dtype=torch.long), torch.ones(3, 2, dtype=torch.long)]
+    valid = [torch.ones(5, dtype=torch.bool), torch.ones(3, dtype=torch.bool)]
+    x, p, m = pad_batch([a, b], pos, valid)
+    assert x.shape == (2, 5, 4) and torch.equal(x[1, :3], b) and x[1, 3:].abs().sum() == 0
+    assert m.tolist() == [[True] * 5, [True] * 3 + [False] * 2] and p[1, 3:].abs().sum() == 0
+    x, p, m = pad_batch([a], pos[:1], valid[:1])
+    assert x.shape == (1, 5, 4) and x.data_ptr() == a.data_ptr()  # a view, no copy
+
+
 def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
