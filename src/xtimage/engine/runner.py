@@ -392,24 +392,21 @@ class Engine:
                     layout.valid(regions).to(self.device),
                 )
             )
-        ctx, mask = self._contextualise_all(items)
-        head = self.model.head
-        if head.dense:
-            self._check_decomposable()
-            normaliser = sum(self._valid_pixels(it) for it in items)
-            loss = 0.0
-            for b, (item, image_maps) in enumerate(zip(items, maps, strict=True)):
-                n = len(item.regions) * item.layout.tokens_per_region
-                with autocast(self.device, self.autocast):
-                    windows = self.model.token_windows(
-                        ctx[b, :n], item.layout, item.regions, item.regions
-                    )
-                    pred = self.model.decode(image_maps, windows).to(self.dtype)
-                loss = loss + self._chunk_loss(item, item.regions, pred, targets[b]) / normaliser
-        else:
+        if not self.model.head.dense:
+            tokens = [it.tokens for it in items]
+            return self._context_and_head_step(sources, items, tokens, targets, seed)
+        self._check_decomposable()
+        ctx, _ = self._contextualise_all(items)
+        normaliser = sum(self._valid_pixels(it) for it in items)
+        loss = 0.0
+        for b, (item, image_maps) in enumerate(zip(items, maps, strict=True)):
+            n = len(item.regions) * item.layout.tokens_per_region
             with autocast(self.device, self.autocast):
-                logits = head(ctx, mask)
-                loss = head.loss(logits.to(self.dtype), targets.to(self.device))
+                windows = self.model.token_windows(
+                    ctx[b, :n], item.layout, item.regions, item.regions
+                )
+                pred = self.model.decode(image_maps, windows).to(self.dtype)
+            loss = loss + self._chunk_loss(item, item.regions, pred, targets[b]) / normaliser
         self._backward(loss)
         return loss.item()
 
