@@ -16,6 +16,14 @@ and reports the same 8x-length ratio (16k / 2k) and the speed-up at its longest 
 
     python benchmarks/context_scaling.py            # 1k..16k
     python benchmarks/context_scaling.py --full     # 1k..64k (minutes to an hour on CPU)
+    # the paper's Hyper context in training: causal, checkpointed, lean allocator
+    python benchmarks/context_scaling.py --encoders hyper --modes fwd+bwd --dim 768 \
+        --heads 6 --depth 2 --threads 2 --causal --checkpoint --lean-memory --lengths 16384
+
+``--causal`` and ``--checkpoint`` set those options of the attention encoders that have
+them (Hyper: ``causal``, ``checkpoint``); ``--lean-memory`` runs the child under
+`xtimage.allocator.lean_host_memory`. Rows record all three and the peak in floats of
+width D a token (``d_floats_per_token``: peak bytes / (tokens x dim x 4)).
 
 Prints a table and merges JSON rows into benchmarks/results/context_scaling.json (a new
 row replaces the one of the same encoder, mode, length and width).
@@ -37,11 +45,13 @@ FULL = [*QUICK, 32768, 65536]
 CANDIDATES = ["hyper", "mamba", "xl", "windowed", "full"]
 
 
-def configs(dim: int, heads: int, depth: int) -> dict[str, tuple[str, dict]]:
+def configs(dim: int, heads: int, depth: int, causal: bool = False,
+            checkpoint: bool = False) -> dict[str, tuple[str, dict]]:  # fmt: skip
     """Benchmark name -> (registry name, constructor arguments)."""
+    hyper = dict(dim=dim, depth=depth, heads=heads, causal=causal, checkpoint=checkpoint)
     return {
-        "hyper": ("hyper", dict(dim=dim, depth=depth, heads=heads)),
-        "full": ("hyper", dict(dim=dim, depth=depth, heads=heads, min_seq_len=2**40)),
+        "hyper": ("hyper", hyper),
+        "full": ("hyper", dict(hyper, min_seq_len=2**40)),
         "mamba": ("mamba", dict(dim=dim, depth=depth)),
         "xl": ("xl", dict(dim=dim, depth=depth, heads=heads)),
         "windowed": ("windowed", dict(dim=dim, depth=depth, heads=heads)),
@@ -62,8 +72,13 @@ def measure(args: argparse.Namespace) -> dict:
     from xtimage.encoders.context import create_context_encoder
 
     torch.set_num_threads(args.threads)
+    if args.lean_memory:
+        from xtimage.allocator import lean_host_memory
+
+        lean_host_memory()
     torch.manual_seed(0)
-    registry_name, kwargs = configs(args.dim, args.heads, args.depth)[args.one]
+    setting = configs(args.dim, args.heads, args.depth, args.causal, args.checkpoint)
+    registry_name, kwargs = setting[args.one]
     encoder = create_context_encoder(registry_name, **kwargs).train(args.mode == "fwd+bwd")
 
     def inputs(n: int):
@@ -104,6 +119,10 @@ def measure(args: argparse.Namespace) -> dict:
         "seconds": round(best, 4),
         "ms_per_1k_tokens": round(1000 * best / (args.length / 1000), 3),
         "peak_mib": round(peak / 1024, 1),
+        "d_floats_per_token": round(peak * 1024 / (args.length * args.dim * 4), 1),
+        "causal": args.causal,
+        "checkpoint": args.checkpoint,
+        "allocator": "lean" if args.lean_memory else "glibc default",
         "threads": args.threads,
         "device": "cpu",
         "machine": platform.processor() or platform.machine(),
@@ -118,6 +137,8 @@ def child(args: argparse.Namespace, name: str, mode: str, length: int) -> dict |
         sys.executable, __file__, "--one", name, "--mode", mode, "--length", str(length),
         "--dim", str(args.dim), "--heads", str(args.heads), "--depth", str(args.depth),
         "--threads", str(args.threads), "--repeat", str(repeat),
+        *[f"--{flag.replace('_', '-')}" for flag in ("causal", "checkpoint", "lean_memory")
+          if getattr(args, flag)],
     ]  # fmt: skip
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
@@ -161,6 +182,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--causal", action="store_true", help="causal attention encoders")
+    parser.add_argument("--checkpoint", action="store_true", help="activation checkpointing")
+    parser.add_argument("--lean-memory", action="store_true", help="xtimage.allocator's lean mode")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -201,7 +225,10 @@ def save(rows: list[dict]) -> None:
     """Merge into the results file: a new row replaces the old one of the same setting."""
 
     def key(row: dict) -> tuple:
-        return tuple(row[k] for k in ("encoder", "mode", "tokens", "dim", "heads", "depth"))
+        fields = ("encoder", "mode", "tokens", "dim", "heads", "depth")
+        options = (row.get("causal", False), row.get("checkpoint", False),
+                   row.get("allocator", "glibc default"))  # fmt: skip
+        return (*(row[k] for k in fields), *options)
 
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     merged = {key(row): row for row in old} | {key(row): row for row in rows}

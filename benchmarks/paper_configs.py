@@ -23,8 +23,10 @@ machine slows all of them alike:
   so are configurations the release cannot run (it has no Transformer-XL classifier, and
   its Mamba imports mamba_ssm, whose kernels need CUDA).
 
-Every run is a fresh process (`common.measure`), stopped by a watchdog past the budget, or
-past the memory this machine has available when that is less (the row says which). A row
+``--lean-memory`` runs every system, the release too, under glibc's fixed mmap threshold
+(`xtimage.allocator`; the rows say ``allocator``). Every run is a fresh process
+(`common.measure`), stopped by a watchdog past the budget, or past the memory this machine
+has available when that is less (the row says which). A row
 (config, side, task, system) holds the peak increase over the idle process (the built
 model; for whole, emulation and release also the image, which they hold in memory), the
 best seconds of ``repeat`` runs and regions/s, a training step's gradient kind (exact, full,
@@ -45,6 +47,7 @@ to a temporary folder unless ``--out`` is given).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,6 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import MIB, machine, measure, print_table, save_rows
+from xtimage.allocator import LEAN_THRESHOLD
 
 HERE = Path(__file__)
 COMMON = HERE.parent / "common.py"
@@ -263,6 +267,7 @@ class Runner:
                "input": INPUT["held" if held else "xt"],
                "input_mb": round(3 * side * side * 4 / MIB, 1) if held else None,
                "budget": self.args.budget, "dry_run": self.args.dry_run,
+               "allocator": "lean" if self.args.lean_memory else "glibc default",
                "xtimage_commit": self.args.xtimage_commit, **machine()}  # fmt: skip
         if row.get("planned_estimate_mb") and row.get("peak_mb"):
             row["est_over_measured"] = round(row["planned_estimate_mb"] / row["peak_mb"], 2)
@@ -321,6 +326,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the Python of an environment with the release's imports",
     )
     parser.add_argument("--dry-run", action="store_true", help="tiny model and sizes")
+    parser.add_argument("--lean-memory", action="store_true",
+                        help="every system under glibc's fixed mmap threshold "
+                             "(xtimage.allocator: a lower peak, slower)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="folder of the JSON rows")
     args = parser.parse_args(argv)
     args.start = args.start or (64 if args.dry_run else 1024)
@@ -335,6 +343,8 @@ def main(argv=None) -> int:
     import xtimage
 
     args.xtimage_commit = git_commit(Path(xtimage.__file__).parent)
+    if args.lean_memory:  # inherited by every child, the release's too
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(LEAN_THRESHOLD)
     if not args.release and "release" in args.systems:
         print(
             "paper_configs: the xT release's rows are skipped: give --release-checkout (its "

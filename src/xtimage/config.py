@@ -221,6 +221,8 @@ class TrainConfig:
         amp: "auto" (bf16 on a GPU that has it, else float32), "none", "bf16", "fp16".
         channels_last: the model's convolutions in NHWC order (faster convolutional
             backbones on CPU; results equal to rounding).
+        lean_memory: return freed activations to the kernel at once (glibc's malloc):
+            a lower peak of resident memory on CPU for more time (`xtimage.allocator`).
         seed: seed of the model's initialisation, data order and augmentation.
         eval_every: evaluate every N optimizer steps; 0: after each epoch.
         checkpoint_every: save the last checkpoint every N steps; 0: at each evaluation.
@@ -248,6 +250,7 @@ class TrainConfig:
     region_batch: int = 16
     amp: str = "auto"
     channels_last: bool = False
+    lean_memory: bool = False
     seed: int = 0
     eval_every: int = 0
     checkpoint_every: int = 0

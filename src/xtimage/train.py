@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from xtimage.allocator import lean_host_memory
 from xtimage.build import build_model, unwrap
 from xtimage.checkpoint import (
     discard_failed_run,
@@ -190,6 +191,8 @@ class Trainer:
         self.model = build_model(config.model).to(self.device)
         if t.channels_last:
             to_channels_last(self.model)
+        if t.lean_memory:
+            lean_host_memory()
         self.xt: XT = unwrap(self.model)
         self.mode = self._check_mode(t.mode)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)

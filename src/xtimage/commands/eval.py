@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda...")
     p.add_argument("--amp", default="auto", help="auto, none, bf16, fp16")
     p.add_argument("--channels-last", action="store_true", help="NHWC convolutions (CPU speed)")
+    p.add_argument("--lean-memory", action="store_true",
+                   help="return freed memory to the system at once: a lower peak, slower")
     p.add_argument("--region-batch", type=int, default=16, help="regions encoded at once")
     p.add_argument("--threshold", type=float, default=0.3, help="detection score threshold")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -49,12 +51,16 @@ def run(args: argparse.Namespace) -> int:
             f"xt eval takes data.* settings only (the model is the checkpoint's), got {other[0]}"
         )
 
+    from xtimage.allocator import lean_host_memory
     from xtimage.checkpoint import read_checkpoint
     from xtimage.config import load_config
     from xtimage.data.registry import build_datasets
     from xtimage.distributed import cleanup, init_distributed
     from xtimage.predict import Predictor
     from xtimage.runtime import resolve_device
+
+    if args.lean_memory:
+        lean_host_memory()
 
     ckpt = read_checkpoint(args.checkpoint)
     config = load_config(ckpt.config.to_dict(), args.overrides)

@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
     p.add_argument("--amp", default="auto", help="auto, none, bf16, fp16")
     p.add_argument("--channels-last", action="store_true", help="NHWC convolutions (CPU speed)")
+    p.add_argument("--lean-memory", action="store_true",
+                   help="return freed memory to the system at once: a lower peak, slower")
     p.add_argument("--region-batch", type=int, default=16, help="regions encoded at once")
     p.add_argument("--threshold", type=float, default=0.3, help="detection score threshold")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -45,11 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xtimage.allocator import lean_host_memory
     from xtimage.archive import predict_archive
     from xtimage.distributed import cleanup, init_distributed
     from xtimage.predict import Predictor
     from xtimage.runtime import resolve_device
 
+    if args.lean_memory:
+        lean_host_memory()
     out = Path(args.out)
     world = init_distributed(resolve_device(args.device).type)
     try:

@@ -112,14 +112,19 @@ def test_lsh_range_trains_every_parameter_and_repeats_in_eval():
     assert not torch.allclose(reseeded(tokens, positions, mask)[0], first)
 
 
-@pytest.mark.parametrize(("mlp_chunk", "drop"), [(4096, 0.1), (16, 0.0)])
-def test_checkpointed_blocks_give_the_same_outputs_and_gradients(monkeypatch, mlp_chunk, drop):
+@pytest.mark.parametrize(("mlp_chunk", "drop", "causal"),
+                         [(4096, 0.1, False), (16, 0.0, False), (16, 0.0, True)])  # fmt: skip
+def test_checkpointed_blocks_give_the_same_outputs_and_gradients(
+    monkeypatch, mlp_chunk, drop, causal
+):
     """Training mode on the approximate path: the recomputation redraws the same hashes,
-    samples and dropout masks (RNG state restored); chunks of 16 tokens split the MLP."""
+    samples and dropout masks (RNG state restored); chunks of 16 tokens split the MLP;
+    causal, the off-diagonal blocks' scores are recomputed head by head."""
     from xtimage.encoders.context import hyper
 
     monkeypatch.setattr(hyper, "MLP_CHUNK", mlp_chunk)
-    settings = dict(min_seq_len=32, block_size=16, sample_size=8, drop_path=0.1, drop=drop)
+    settings = dict(min_seq_len=16, block_size=8, sample_size=4, drop_path=0.1, drop=drop,
+                    causal=causal, heads=4)  # fmt: skip
     results = []
     for checkpoint in (False, True):
         torch.manual_seed(0)
@@ -138,6 +143,23 @@ def test_checkpointed_blocks_give_the_same_outputs_and_gradients(monkeypatch, ml
     for name in grads:
         assert grads[name].abs().sum() > 0, name
         torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_inference_without_autograd_equals_the_autograd_forward(monkeypatch, causal):
+    """Without autograd the MLP runs in chunks added in place and the explicit-softmax
+    attention head by head (less memory); the same numbers as the forward with autograd,
+    which runs both all at once."""
+    from xtimage.encoders.context import hyper
+
+    monkeypatch.setattr(hyper, "MLP_CHUNK", 16)
+    settings = dict(min_seq_len=16, block_size=8, sample_size=4, heads=4, causal=causal)
+    encoder = tiny(**settings).double().eval()
+    tokens, positions, mask = batch(n=96, real=70, dtype=torch.float64)
+    with torch.no_grad():
+        lean, _ = encoder(tokens, positions, mask)
+    full, _ = encoder(tokens.requires_grad_(), positions, mask)
+    torch.testing.assert_close(lean, full.detach(), rtol=1e-12, atol=1e-12)
 
 
 def test_bf16_autocast_close_to_float32():

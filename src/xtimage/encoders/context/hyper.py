@@ -36,7 +36,7 @@ from xtimage.runtime import recompute, seeded_generator
 
 Gather = Callable[[torch.Tensor, int], torch.Tensor]
 
-MLP_CHUNK = 4096  # tokens a checkpointed MLP runs at once: 4096 x 8 x D floats transient
+MLP_CHUNK = 4096  # tokens a chunked MLP runs at once: 4096 x 8 x D floats transient
 
 
 def sincos_2d(
@@ -110,7 +110,9 @@ class HyperSelfAttention(nn.Module):
         mask: torch.Tensor | None,
         generator: torch.Generator | None,
         gather: Gather | None = None,
+        recompute_heads: bool = False,
     ) -> torch.Tensor:
+        """``recompute_heads``: see `hyper_attention`."""
         qkv = self.qkv(x)  # (B, N, 3D)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)
         key_mask = mask
@@ -129,6 +131,7 @@ class HyperSelfAttention(nn.Module):
             key_mask=key_mask,
             query_mask=mask,
             generator=generator,
+            recompute_heads=recompute_heads,
         )  # (B, H, N, D/H)
         return self.drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))  # (B, N, D)
 
@@ -157,9 +160,16 @@ class HyperBlock(nn.Module):
     def forward(self, x, mask, generator, gather=None, mlp_chunk: int | None = None):
         """``mlp_chunk``: run the MLP over that many tokens at a time, each chunk
         recomputed in the backward (its activations, 3 x the hidden width a token, are
-        never all alive); None: all at once."""
-        x = x + self.drop_path1(self.attn(self.norm1(x), mask, generator, gather))  # (B, N, D)
-        if mlp_chunk is None or not torch.is_grad_enabled():
+        never all alive), and the attention's scores head by head (``recompute_heads``);
+        None: all at once. Inference without autograd always runs the MLP ``MLP_CHUNK``
+        tokens at a time, adding into the residual in place."""
+        attn = self.attn(self.norm1(x), mask, generator, gather, mlp_chunk is not None)
+        x = x + self.drop_path1(attn)  # (B, N, D)
+        if not torch.is_grad_enabled() and not self.training:
+            for part in x.split(MLP_CHUNK, 1):  # views of x: (B, chunk, D)
+                part += self._mlp(part)
+            return x
+        if mlp_chunk is None:
             return x + self.drop_path2(self._mlp(x))
         parts = [recompute(self._mlp, part) for part in x.split(mlp_chunk, 1)]
         return x + self.drop_path2(torch.cat(parts, 1))  # drop path: one draw for the sample

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from xtimage.errors import ConfigError, InputError
-from xtimage.runtime import autocast_off
+from xtimage.runtime import autocast_off, recompute
 
 NEG_INF = float("-inf")
 MASKED = -1e30  # a masked score, finite: far below any real one, exp() of it is 0
@@ -292,6 +292,7 @@ class _Settings(NamedTuple):
     sample_size: int
     min_seq_len: int
     generator: torch.Generator | None
+    recompute_heads: bool = False
 
 
 def _blocks(q, k, v, key_mask, query_mask, settings: _Settings) -> LshBlocks:
@@ -321,10 +322,26 @@ def _lsh_attention(q, k, v, key_mask, query_mask, settings: _Settings) -> torch.
     return _unsort(out.view(B, H, G * L, D), blocks.q_order)  # (B, H, Nq, D)
 
 
+def _head_by_head(q, k, v, bias, recompute_heads: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention_lse` over (B, H, ...) one head at a time, so that one head's scores
+    exist at once (H x fewer bytes): without autograd, and with it when
+    ``recompute_heads`` (each head's scores recomputed in the backward, not kept).
+    Otherwise all heads at once, every head's weights kept for the backward."""
+    grad = torch.is_grad_enabled()
+    if grad and not recompute_heads or q.shape[1] == 1:
+        return attention_lse(q, k, v, bias)
+    heads = [(recompute if grad else _call)(
+                 attention_lse, q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1],
+                 bias[:, h : h + 1] if bias.shape[1] > 1 else bias)
+             for h in range(q.shape[1])]  # fmt: skip
+    return torch.cat([o for o, _ in heads], 1), torch.cat([lse for _, lse in heads], 1)
+
+
 def _lsh_attention_lse(q, k, v, key_mask, query_mask, settings: _Settings):
     """Non-causal LSH attention and its log-sum-exp, by explicit softmax."""
     blocks = _blocks(q, k, v, key_mask, query_mask, settings)
-    out, lse = attention_lse(blocks.q, blocks.k, blocks.v, blocks.bias)  # (B,H,G,L,D), (B,H,G,L)
+    out, lse = _head_by_head(blocks.q, blocks.k, blocks.v, blocks.bias,
+                             settings.recompute_heads)  # (B,H,G,L,D), (B,H,G,L)
     B, H, G, L, D = out.shape
     out = _unsort(out.reshape(B, H, G * L, D), blocks.q_order)  # (B, H, Nq, D)
     lse = _unsort(lse.reshape(B, H, G * L), blocks.q_order)  # (B, H, Nq)
@@ -449,8 +466,9 @@ def causal_attention_with_part(
     k_aug = torch.cat([extra_key, F.pad(torch.cat([k, *k_cols], -1), (0, fill))], 2)
     v_aug = torch.cat([extra_value, F.pad(v, (0, width - D))], 2)
     out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, is_causal=True, scale=scale)
+    del q_aug, k_aug, v_aug  # without autograd, freed before the merge below
     out = out[:, :, 1:]  # (B, H, L, width)
-    return out[..., :D] + out[..., D : D + 1] * part_out.to(out.dtype)
+    return torch.addcmul(out[..., :D], out[..., D : D + 1], part_out.to(out.dtype))
 
 
 def _causal(q, k, v, key_mask, settings: _Settings, with_lse: bool):
@@ -521,13 +539,18 @@ def _check(q, k, v, causal, key_mask, query_mask, lsh_num_projs, block_size, sam
             )
 
 
-def _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator) -> _Settings:
+def _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator,
+              recompute_heads) -> _Settings:  # fmt: skip
     """Draw the hash directions (D, R) from ``generator`` (global RNG if None)."""
     proj = torch.randn(
         q.shape[-1], lsh_num_projs, generator=generator, device=_device(generator, q)
     )
     proj = proj.to(q.device)
-    return _Settings(proj, block_size, sample_size, min_seq_len, generator)
+    return _Settings(proj, block_size, sample_size, min_seq_len, generator, recompute_heads)
+
+
+def _call(function, *args):
+    return function(*args)
 
 
 def hyper_attention(
@@ -543,6 +566,7 @@ def hyper_attention(
     key_mask: torch.Tensor | None = None,
     query_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    recompute_heads: bool = False,
 ) -> torch.Tensor:
     """HyperAttention of queries over keys, scores scaled by ``D ** -0.5``.
 
@@ -560,6 +584,10 @@ def hyper_attention(
         query_mask: (B, Nq) bool, True for real queries; padded ones are sorted last so
             that they take no block from real queries. Their outputs are unspecified.
         generator: source of the hash directions and samples (global RNG if None).
+        recompute_heads: with autograd, recompute each head's explicit-softmax scores
+            (the causal path's off-diagonal blocks) in the backward instead of keeping
+            every head's: activation checkpointing of the attention core. Without
+            autograd they are always computed one head at a time.
 
     Returns:
         (B, H, Nq, D), v's dtype.
@@ -567,7 +595,8 @@ def hyper_attention(
     _check(q, k, v, causal, key_mask, query_mask, lsh_num_projs, block_size, sample_size)
     if k.shape[2] <= min_seq_len:
         return exact_attention(q, k, v, causal=causal, key_mask=key_mask)
-    settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator)
+    settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator,
+                         recompute_heads)  # fmt: skip
     if causal:
         return _causal(q, k, v, key_mask, settings, with_lse=False)[0]
     return _lsh_attention(q, k, v, key_mask, query_mask, settings)
@@ -600,7 +629,8 @@ def hyper_attention_lse(
             else _key_bias(key_mask, dtype)
         )
         return attention_lse(q, k, v, bias)
-    settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator)
+    settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator,
+                         False)  # fmt: skip
     if causal:
         return _causal(q, k, v, key_mask, settings, with_lse=True)
     return _lsh_attention_lse(q, k, v, key_mask, query_mask, settings)

@@ -1,0 +1,40 @@
+"""The lean host allocator: freed tensors go back to the kernel instead of the heap."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+
+# Frees a mapped 4 MiB tensor (glibc then raises its threshold to 4 MiB), then allocates
+# two more and frees the lower one: the resident growth is what the heap kept.
+PATTERN = textwrap.dedent("""
+    import sys, torch
+    from xtimage.allocator import host_memory_is_lean, lean_host_memory
+    if sys.argv[1] == "lean":
+        assert lean_host_memory() and lean_host_memory()
+    assert host_memory_is_lean() == (sys.argv[1] == "lean")
+    def resident():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096
+    n = 1 << 20
+    a = torch.ones(n); del a
+    before = resident()
+    b = torch.ones(n); c = torch.ones(n); del b
+    print((resident() - before) / 2**20)
+""")
+
+
+def kept_mib(mode: str) -> float:
+    env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_* settings inherited
+    out = subprocess.run([sys.executable, "-c", PATTERN, mode], capture_output=True,
+                         text=True, check=True, env=env)  # fmt: skip
+    return float(out.stdout.split()[-1])
+
+
+@glibc
+def test_the_lean_allocator_returns_a_freed_tensor_that_the_default_heap_keeps():
+    default, lean = kept_mib("default"), kept_mib("lean")
+    assert default >= 7.5  # b's hole below c stays resident
+    assert lean <= 4.5  # only c: b's pages went back to the kernel
