@@ -317,6 +317,8 @@ def case_engine(
         plan = plan_memory(net, height, width, budget, training=training, device=dev,
                            mode=None if mode in ("inference", "train") else mode)  # fmt: skip
         region_batch, mode = plan.region_batch, plan.mode
+        if net.context.recomputable and mode == "exact":  # as engine_for_budget does
+            net.context.checkpoint = plan.checkpoint
     elif estimate:
         plan = estimate_memory(net, height, width, region_batch=region_batch, mode=mode,
                                read_ahead=read_ahead, device=dev, idle_bytes=0)  # fmt: skip
@@ -326,7 +328,8 @@ def case_engine(
         planned = {"planned_mode": plan.mode, "planned_region_batch": plan.region_batch,
                    "planned_estimate_mb": round(plan.increase_bytes / MIB, 1),
                    "planned_live_mb": round(live / MIB, 1),
-                   "planned_states_mb": round(states / MIB, 1)}  # fmt: skip
+                   "planned_states_mb": round(states / MIB, 1),
+                   "planned_checkpoint": plan.checkpoint}  # fmt: skip
     net.to(dev)
     engine = Engine(net, region_batch=region_batch, device=dev, read_ahead=read_ahead,
                     autocast=dtype, scaler=scaler)  # fmt: skip

@@ -82,6 +82,7 @@ INPUT = {
     "held": "image in memory as float32, made before the run (in the idle process and "
             "the total, not in the increase)",
 }  # fmt: skip
+KEY = ["config", "side", "task", "system", "allocator"]  # a row replaces the one of its key
 TASK_WEIGHT = {"inference": 1, "train": 2}  # shares of the time guard
 HEADROOM_MB = 1024  # left to the machine's other users when memory is short
 # the dry run: the presets' structure at a tiny size (the whole-image backbone follows)
@@ -370,7 +371,7 @@ def main(argv=None) -> int:
             found.append({"bench": "paper_configs", "config": config, "task": task,
                           "system": "release", "side": None, "skipped": reason})  # fmt: skip
         rows += found
-        path = save_rows("paper_configs", found, ["config", "side", "task", "system"], out)
+        path = save_rows("paper_configs", found, KEY, out)
     report(rows)
     print(f"\nrows written to {path}", file=sys.stderr)
     return 0

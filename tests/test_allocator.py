@@ -38,3 +38,16 @@ def test_the_lean_allocator_returns_a_freed_tensor_that_the_default_heap_keeps()
     default, lean = kept_mib("default"), kept_mib("lean")
     assert default >= 7.5  # b's hole below c stays resident
     assert lean <= 4.5  # only c: b's pages went back to the kernel
+
+
+def test_the_planner_counts_less_slack_under_the_lean_allocator(monkeypatch):
+    from xtimage import allocator
+    from xtimage.engine import planner
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setattr(allocator, "_lean", False)
+    default = planner.overhead_constants("cpu")
+    monkeypatch.setattr(allocator, "_lean", True)
+    lean = planner.overhead_constants("cpu")
+    assert lean[0] == default[0] and 1.0 <= lean[1] < default[1]
+    assert planner.overhead_constants("cuda") == (planner.CUDA_OVERHEAD, planner.CUDA_FACTOR)

@@ -4,12 +4,11 @@ PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves a block
 its mmap threshold with a fresh mapping that goes back to the kernel when freed, and
 anything smaller from its heap, which it keeps. The threshold starts at 128 KiB and rises
 to the size of each mapped block freed, up to 32 MiB; after a region encoder's first
-pass, activations of 128 KiB-32 MiB all live in the heap, whose holes rarely fit the next
-tensor. Measured on this project's CPU (Swin-V2-T, 16 regions of 256 px, a fresh process
-each, docs/performance.md "Host allocator"): the peak resident increase is 1.5-1.7x the
-live tensors' peak in inference and 1.4x in a training step, where a fixed threshold
-keeps it within 5% of them, at 1.3-1.4x the time (fresh pages are zeroed by the kernel
-on every use instead of reused).
+pass, activations of 128 KiB-32 MiB all live in the heap, which keeps its high-water
+mark and whose holes rarely fit the next tensor. A fixed threshold gives freed tensors
+back at once, for the kernel's time to hand out fresh zeroed pages. Measured
+(docs/performance.md, "Host memory"; Swin-V2-T + Hyper inference at 4,096², 16 regions a
+batch): +1,144 MiB -> +764 MiB over the built model, for 1.32x the time.
 
 `lean_host_memory` fixes the threshold at 128 KiB for the rest of the process. The memory
 planner reads `host_memory_is_lean` to choose the overhead it adds to the live bytes.
@@ -32,9 +31,10 @@ def lean_host_memory() -> bool:
     """Make freed tensors above 128 KiB go back to the kernel at once (glibc only).
 
     Peak resident memory then follows the live tensors instead of the heap's high-water
-    mark, for about 1.3-1.4x the time on a CPU. Irreversible for the process; a second
-    call does nothing. Returns whether the process's allocator is now lean: False where
-    the C library is not glibc (macOS, musl), which keeps its own allocator.
+    mark, for more time (1.1-1.3x in the paper configuration's inference). Irreversible
+    for the process; a second call does nothing. Returns whether the process's allocator
+    is now lean: False where the C library is not glibc (macOS, musl), which keeps its own
+    allocator.
     """
     global _lean
     if _lean:

@@ -32,7 +32,11 @@ trainable weights. ``OVERHEAD`` (the runtime's own working memory) and ``FACTOR`
 allocator's slack over live tensor bytes) depend on the device the run is planned for:
 
 - CPU: fitted by ``benchmarks/planner_check.py`` on some sizes and checked on others
-  (within 25% of the measured increase of the resident size).
+  (within 25% of the measured increase of the resident size), under glibc's default
+  allocator, whose heap keeps freed activations of 128 KiB-32 MiB: large backbones at
+  mid region batches (Swin-T at 16) then peak 25-40% above the estimate. Under
+  `xtimage.allocator.lean_host_memory` the resident peak follows the live bytes, and
+  ``LEAN_FACTOR`` replaces ``FACTOR``.
 - CUDA: *unfitted estimates* (no GPU has been lent to fit them yet). The budget is
   what torch's caching allocator reserves on the device at the peak
   (``torch.cuda.max_memory_reserved``, which is what runs out first), not the CUDA
@@ -69,6 +73,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from xtimage.allocator import host_memory_is_lean
 from xtimage.engine.runner import Engine
 from xtimage.engine.source import RegionSource
 from xtimage.errors import ConfigError
@@ -85,11 +90,17 @@ CUDA_OVERHEAD = 256 * 2**20  # bytes: cuBLAS/cuBLASLt/cuDNN workspaces through t
 CUDA_FACTOR = 1.25  # reserved bytes per live tensor byte at the peak (rounding, fragments)
 
 
+# CPU under xtimage.allocator's lean mode: freed tensors leave the process at once, so the
+# resident peak follows the live bytes (fitted on the paper configuration's lean runs).
+LEAN_FACTOR = 1.02
+
+
 def overhead_constants(device: str | torch.device) -> tuple[int, float]:
-    """(overhead bytes, factor) of the estimate on ``device``'s type (module docstring)."""
+    """(overhead bytes, factor) of the estimate on ``device``'s type (module docstring),
+    on CPU for this process's allocator (`xtimage.allocator.host_memory_is_lean`)."""
     if torch.device(device).type == "cuda":
         return CUDA_OVERHEAD, CUDA_FACTOR
-    return OVERHEAD, FACTOR
+    return OVERHEAD, LEAN_FACTOR if host_memory_is_lean() else FACTOR
 
 MODES = ("inference", "exact", "streaming")
 
