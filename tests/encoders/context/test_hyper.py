@@ -145,6 +145,22 @@ def test_checkpointed_blocks_give_the_same_outputs_and_gradients(
         torch.testing.assert_close(grads_c[name], grads[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_checkpointing_leaves_gradients_in_eval_mode_unchanged():
+    """In eval the hashes come from a seeded generator that a recomputation would find
+    advanced: checkpointing applies in training only, so eval gradients stay exact."""
+    grads = []
+    for checkpoint in (False, True):
+        torch.manual_seed(0)
+        encoder = tiny(checkpoint=checkpoint, causal=True, min_seq_len=16, block_size=8,
+                       sample_size=4, heads=4).double().eval()  # fmt: skip
+        tokens, positions, mask = batch(n=96, real=70, dtype=torch.float64)
+        tokens.requires_grad_()
+        out, _ = encoder(tokens, positions, mask)
+        out[mask].square().mean().backward()
+        grads.append(tokens.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=0)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_inference_without_autograd_equals_the_autograd_forward(monkeypatch, causal):
     """Without autograd the MLP runs in chunks added in place and the explicit-softmax

@@ -314,7 +314,9 @@ class HyperContext(ContextEncoder):
         if not self.training:
             generator = seeded_generator(tokens.device, self.seed)
         for block in self.blocks:
-            if self.checkpoint and torch.is_grad_enabled():
+            if self.checkpoint and self.training and torch.is_grad_enabled():
+                # training only: the recomputation redraws from the global RNG, which
+                # checkpointing restores; eval's seeded generator would have moved on
                 x = recompute(block, x, mask, generator, gather, MLP_CHUNK)
             else:
                 x = block(x, mask, generator, gather)  # (B, N, D)
