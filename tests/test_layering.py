@@ -17,7 +17,7 @@ PACKAGE = Path(xtimage.__file__).parent
 
 # Lowest first; a module belongs to the first layer with a prefix that matches it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("errors", "registry", "runtime", "distributed", "limits", "integrity")),
+    ("base", ("errors", "registry", "runtime", "allocator", "distributed", "limits", "integrity")),
     ("geometry", ("window", "tiling")),
     ("io", ("io",)),
     ("models", ("encoders", "heads", "model", "baselines")),
