@@ -110,9 +110,9 @@ class HyperSelfAttention(nn.Module):
         mask: torch.Tensor | None,
         generator: torch.Generator | None,
         gather: Gather | None = None,
-        recompute_heads: bool = False,
+        recompute_parts: bool = False,
     ) -> torch.Tensor:
-        """``recompute_heads``: see `hyper_attention`."""
+        """``recompute_parts``: see `hyper_attention`."""
         qkv = self.qkv(x)  # (B, N, 3D)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)
         key_mask = mask
@@ -131,7 +131,7 @@ class HyperSelfAttention(nn.Module):
             key_mask=key_mask,
             query_mask=mask,
             generator=generator,
-            recompute_heads=recompute_heads,
+            recompute_parts=recompute_parts,
         )  # (B, H, N, D/H)
         return self.drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))  # (B, N, D)
 
@@ -160,7 +160,8 @@ class HyperBlock(nn.Module):
     def forward(self, x, mask, generator, gather=None, mlp_chunk: int | None = None):
         """``mlp_chunk``: run the MLP over that many tokens at a time, each chunk
         recomputed in the backward (its activations, 3 x the hidden width a token, are
-        never all alive), and the attention's scores head by head (``recompute_heads``);
+        never all alive), and the attention's parts level by level and head by head
+        (``recompute_parts``);
         None: all at once. Inference without autograd always runs the MLP ``MLP_CHUNK``
         tokens at a time, adding into the residual in place."""
         attn = self.attn(self.norm1(x), mask, generator, gather, mlp_chunk is not None)

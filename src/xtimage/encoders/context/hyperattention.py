@@ -292,7 +292,7 @@ class _Settings(NamedTuple):
     sample_size: int
     min_seq_len: int
     generator: torch.Generator | None
-    recompute_heads: bool = False
+    recompute_parts: bool = False
 
 
 def _blocks(q, k, v, key_mask, query_mask, settings: _Settings) -> LshBlocks:
@@ -322,13 +322,13 @@ def _lsh_attention(q, k, v, key_mask, query_mask, settings: _Settings) -> torch.
     return _unsort(out.view(B, H, G * L, D), blocks.q_order)  # (B, H, Nq, D)
 
 
-def _head_by_head(q, k, v, bias, recompute_heads: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _head_by_head(q, k, v, bias, recompute_parts: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """`attention_lse` over (B, H, ...) one head at a time, so that one head's scores
     exist at once (H x fewer bytes): without autograd, and with it when
-    ``recompute_heads`` (each head's scores recomputed in the backward, not kept).
+    ``recompute_parts`` (each head's scores recomputed in the backward, not kept).
     Otherwise all heads at once, every head's weights kept for the backward."""
     grad = torch.is_grad_enabled()
-    if grad and not recompute_heads or q.shape[1] == 1:
+    if grad and not recompute_parts or q.shape[1] == 1:
         return attention_lse(q, k, v, bias)
     heads = [(recompute if grad else _call)(
                  attention_lse, q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1],
@@ -341,7 +341,7 @@ def _lsh_attention_lse(q, k, v, key_mask, query_mask, settings: _Settings):
     """Non-causal LSH attention and its log-sum-exp, by explicit softmax."""
     blocks = _blocks(q, k, v, key_mask, query_mask, settings)
     out, lse = _head_by_head(blocks.q, blocks.k, blocks.v, blocks.bias,
-                             settings.recompute_heads)  # (B,H,G,L,D), (B,H,G,L)
+                             settings.recompute_parts)  # (B,H,G,L,D), (B,H,G,L)
     B, H, G, L, D = out.shape
     out = _unsort(out.reshape(B, H, G * L, D), blocks.q_order)  # (B, H, Nq, D)
     lse = _unsort(lse.reshape(B, H, G * L), blocks.q_order)  # (B, H, Nq)
@@ -382,32 +382,39 @@ def _off_diagonal(q, k, v, key_mask, levels: int, settings: _Settings):
 
     At level l the sequence is cut into ``2**l`` nodes; the second half of each node
     attends to its first half by the non-causal LSH path. A query is in a second half at
-    some levels only: the others add nothing.
+    some levels only: the others add nothing. With autograd and
+    ``settings.recompute_parts`` each level (with its merge) is recomputed in the
+    backward, so one level's sorted blocks and scores exist at a time.
 
     Returns:
         out (B, H, N, D) and lse (B, H, N), -inf (with out 0) where no level adds keys.
     """
+    run = recompute if settings.recompute_parts and torch.is_grad_enabled() else _call
     out, lse = None, None
     for level in range(levels):
-        nodes = 2**level
-        qf, kf, vf = (_fold(x, nodes) for x in (q, k, v))
-        mask = _fold_mask(key_mask, nodes)
-        half = qf.shape[2] // 2
-        part_out, part_lse = _lsh_attention_lse(
-            qf[:, :, half:],
-            kf[:, :, :half],
-            vf[:, :, :half],
-            None if mask is None else mask[:, :half],
-            None if mask is None else mask[:, half:],
-            settings,
-        )  # (nodes*B, H, half, D), (nodes*B, H, half)
-        part_out = _unfold(F.pad(part_out, (0, 0, half, 0)), nodes)  # (B, H, N, D)
-        part_lse = _unfold(F.pad(part_lse, (half, 0), value=NEG_INF), nodes)  # (B, H, N)
-        if out is None:
-            out, lse = part_out, part_lse
-        else:
-            out, lse = merge_attention(out, lse, part_out, part_lse)
+        out, lse = run(_level, q, k, v, key_mask, level, settings, out, lse)
     return out, lse
+
+
+def _level(q, k, v, key_mask, level: int, settings: _Settings, out, lse):
+    """One level of `_off_diagonal`, merged into ``out``, ``lse`` (None at the first)."""
+    nodes = 2**level
+    qf, kf, vf = (_fold(x, nodes) for x in (q, k, v))
+    mask = _fold_mask(key_mask, nodes)
+    half = qf.shape[2] // 2
+    part_out, part_lse = _lsh_attention_lse(
+        qf[:, :, half:],
+        kf[:, :, :half],
+        vf[:, :, :half],
+        None if mask is None else mask[:, :half],
+        None if mask is None else mask[:, half:],
+        settings,
+    )  # (nodes*B, H, half, D), (nodes*B, H, half)
+    part_out = _unfold(F.pad(part_out, (0, 0, half, 0)), nodes)  # (B, H, N, D)
+    part_lse = _unfold(F.pad(part_lse, (half, 0), value=NEG_INF), nodes)  # (B, H, N)
+    if out is None:
+        return part_out, part_lse
+    return merge_attention(out, lse, part_out, part_lse)
 
 
 def causal_attention_with_part(
@@ -540,13 +547,13 @@ def _check(q, k, v, causal, key_mask, query_mask, lsh_num_projs, block_size, sam
 
 
 def _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator,
-              recompute_heads) -> _Settings:  # fmt: skip
+              recompute_parts) -> _Settings:  # fmt: skip
     """Draw the hash directions (D, R) from ``generator`` (global RNG if None)."""
     proj = torch.randn(
         q.shape[-1], lsh_num_projs, generator=generator, device=_device(generator, q)
     )
     proj = proj.to(q.device)
-    return _Settings(proj, block_size, sample_size, min_seq_len, generator, recompute_heads)
+    return _Settings(proj, block_size, sample_size, min_seq_len, generator, recompute_parts)
 
 
 def _call(function, *args):
@@ -566,7 +573,7 @@ def hyper_attention(
     key_mask: torch.Tensor | None = None,
     query_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    recompute_heads: bool = False,
+    recompute_parts: bool = False,
 ) -> torch.Tensor:
     """HyperAttention of queries over keys, scores scaled by ``D ** -0.5``.
 
@@ -584,10 +591,12 @@ def hyper_attention(
         query_mask: (B, Nq) bool, True for real queries; padded ones are sorted last so
             that they take no block from real queries. Their outputs are unspecified.
         generator: source of the hash directions and samples (global RNG if None).
-        recompute_heads: with autograd, recompute each head's explicit-softmax scores
-            (the causal path's off-diagonal blocks) in the backward instead of keeping
-            every head's: activation checkpointing of the attention core. Without
-            autograd they are always computed one head at a time.
+        recompute_parts: with autograd, recompute the causal path's off-diagonal work in
+            the backward instead of keeping it: each level of the recursion (its sorted
+            blocks, samples and merge) and, inside it, each head's explicit-softmax
+            scores (activation checkpointing of the attention's parts; the RNG is
+            restored, so the same samples are drawn). Without autograd the scores are
+            always computed one head at a time.
 
     Returns:
         (B, H, Nq, D), v's dtype.
@@ -596,7 +605,7 @@ def hyper_attention(
     if k.shape[2] <= min_seq_len:
         return exact_attention(q, k, v, causal=causal, key_mask=key_mask)
     settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator,
-                         recompute_heads)  # fmt: skip
+                         recompute_parts)  # fmt: skip
     if causal:
         return _causal(q, k, v, key_mask, settings, with_lse=False)[0]
     return _lsh_attention(q, k, v, key_mask, query_mask, settings)
