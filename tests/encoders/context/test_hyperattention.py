@@ -323,3 +323,13 @@ def test_causal_bf16_matches_float32_closely():
     exact = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert low.dtype == torch.bfloat16
     assert relative_error(low.float(), exact) < 0.02
+
+
+def test_recomputed_parts_refuse_a_generator_that_the_backward_would_find_moved_on():
+    q = torch.randn(1, 2, 64, 8, requires_grad=True)
+    with pytest.raises(ConfigError, match="recompute_parts"):
+        hyper_attention(q, q, q, causal=True, min_seq_len=8, block_size=8, sample_size=4,
+                        recompute_parts=True, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # nothing is recomputed without autograd
+        hyper_attention(q, q, q, causal=True, min_seq_len=8, block_size=8, sample_size=4,
+                        recompute_parts=True, generator=torch.Generator().manual_seed(0))

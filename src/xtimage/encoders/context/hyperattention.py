@@ -604,6 +604,12 @@ def hyper_attention(
     _check(q, k, v, causal, key_mask, query_mask, lsh_num_projs, block_size, sample_size)
     if k.shape[2] <= min_seq_len:
         return exact_attention(q, k, v, causal=causal, key_mask=key_mask)
+    if recompute_parts and generator is not None and torch.is_grad_enabled():
+        raise ConfigError(
+            "hyper_attention: recompute_parts redraws the samples in the backward from the "
+            "global RNG, which checkpointing restores; a generator would have moved on by "
+            "then: pass generator=None, or recompute_parts=False"
+        )
     settings = _settings(q, lsh_num_projs, block_size, sample_size, min_seq_len, generator,
                          recompute_parts)  # fmt: skip
     if causal:
