@@ -40,3 +40,18 @@ def test_console_script_exit_code():
         text=True,
     )
     assert proc.returncode == 2 and "image height must be a positive integer" in proc.stderr
+
+
+def test_info_plans_for_the_lean_allocator_when_asked():
+    """--lean-memory switches this process's allocator (a subprocess here) and plans with
+    less slack; the plan names its allocator either way."""
+    base = [sys.executable, "-m", "xtimage.cli", "info", "--size", "2048x2048", "--backbone",
+            "mobilenetv3_small_050", "--dim", "64", "--max-memory", "4GB", "--json"]  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin"}  # no MALLOC_* settings inherited
+    plans = [json.loads(subprocess.run(base + extra, capture_output=True, text=True,
+                                       check=True, env=env).stdout)["memory"]
+             for extra in ([], ["--lean-memory"])]  # fmt: skip
+    default, lean = plans
+    assert default["allocator"] == "glibc default" and lean["allocator"] == "lean"
+    assert lean["region_batch"] == default["region_batch"]
+    assert lean["breakdown"]["overhead"] < default["breakdown"]["overhead"]

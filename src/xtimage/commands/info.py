@@ -60,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "are unfitted estimates, see docs/performance.md)",
     )
     mem.add_argument(
+        "--lean-memory",
+        action="store_true",
+        help="plan for the lean host allocator (train.lean_memory, predict --lean-memory)",
+    )
+    mem.add_argument(
         "--train",
         nargs="?",
         const="auto",
@@ -156,11 +161,15 @@ def describe(args: argparse.Namespace) -> dict:
 
 def memory_plan(args: argparse.Namespace, height: int, width: int, region: int, channels: int):
     """The engine's memory plan for a model built from the options (a classification head)."""
+    from xtimage.allocator import lean_host_memory
     from xtimage.encoders.context import create_context_encoder
     from xtimage.encoders.region import RegionEncoder
     from xtimage.engine.planner import estimate_memory, plan_memory
     from xtimage.heads import ClassificationHead
     from xtimage.model import XT
+
+    if args.lean_memory:
+        lean_host_memory()
 
     encoder = RegionEncoder(args.backbone, region=region, in_chans=channels)
     context = create_context_encoder(args.context, dim=args.dim)
@@ -259,4 +268,9 @@ def run(args: argparse.Namespace) -> int:
         )
         parts = ", ".join(f"{k} {v / gib:.2f}" for k, v in m["breakdown"].items() if v)
         print(f"            GiB: {parts}")
+        if m["allocator"] == "glibc default":
+            print("            allocator: glibc default; large backbones can peak up to 1.5x "
+                  "above this at mid region batches (--lean-memory plans for the lean one)")
+        else:
+            print(f"            allocator: {m['allocator']}")
     return 0

@@ -118,6 +118,8 @@ class MemoryPlan:
         device: the device type planned for ("cpu" or "cuda").
         checkpoint: the context encoder's blocks are recomputed in the backward
             (activation checkpointing, for encoders that are ``recomputable``).
+        allocator: the allocator the overhead was chosen for: "glibc default", "lean"
+            (`xtimage.allocator`) or "cuda caching".
     """
 
     mode: str
@@ -127,6 +129,7 @@ class MemoryPlan:
     budget_bytes: int | None = None
     device: str = "cpu"
     checkpoint: bool = False
+    allocator: str = "glibc default"
 
     @property
     def increase_bytes(self) -> int:
@@ -144,6 +147,7 @@ class MemoryPlan:
             "device": self.device,
             "region_batch": self.region_batch,
             "checkpoint": self.checkpoint,
+            "allocator": self.allocator,
             "estimate_bytes": self.estimate_bytes,
             "increase_bytes": self.increase_bytes,
             "budget_bytes": self.budget_bytes,
@@ -479,8 +483,10 @@ class _Estimator:
         overhead, factor = overhead_constants(self.device)
         parts["overhead"] = int(overhead + (factor - 1) * (live + read_ahead))
         checkpointed = training and self.twin.context.checkpoint
+        allocator = ("cuda caching" if self.device.type == "cuda"
+                     else "lean" if host_memory_is_lean() else "glibc default")  # fmt: skip
         return MemoryPlan(mode, region_batch, sum(parts.values()), parts, budget,
-                          self.device.type, checkpointed)  # fmt: skip
+                          self.device.type, checkpointed, allocator)  # fmt: skip
 
 
 def estimate_memory(
