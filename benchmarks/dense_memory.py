@@ -20,6 +20,11 @@ that at 4,096^2.
 
     python benchmarks/dense_memory.py                       # 4k, 8k, 16k, both paths
     python benchmarks/dense_memory.py --sides 4096 16384 --paths streamed
+    python benchmarks/dense_memory.py --paper --margin 0 --sides 4096 16384 --paths streamed
+
+``--paper``: the paper's configuration instead, Swin-V2-T regions
+(``swinv2_tiny_window16_256``, built for 256 px, so no margin) and the
+``inat_reptilia_swin_t_xl`` preset's Transformer-XL of width 768, random weights.
 
 Prints a table and writes JSON rows to benchmarks/results/dense_memory.json.
 """
@@ -41,7 +46,12 @@ BACKBONE = "mobilenetv3_small_050"
 BACKBONES = {
     BACKBONE: {},
     "convnext_atto_narrow": {"depths": (1, 1, 1, 1), "dims": (8, 8, 16, 16)},
+    "swinv2_tiny_window16_256": {},
 }
+PAPER = "swinv2_tiny_window16_256"
+# the inat_reptilia_swin_t_xl preset's context
+PAPER_CONTEXT = {"context": "xl", "depth": 2, "heads": 6, "segment_len": 64, "mem_len": 256,
+                 "mlp_ratio": 6}  # fmt: skip
 
 
 class DropWriter:
@@ -69,8 +79,9 @@ def build_dense(margin: int, backbone: str = BACKBONE, dim: int = 64, region: in
 
     name = backbone.removesuffix("_narrow")
     encoder = RegionEncoder(name, region=region, **BACKBONES[backbone])
-    kwargs = {k: v for k, v in STREAMING.items() if k != "context"}
-    context = create_context_encoder(STREAMING["context"], dim=dim, **kwargs)
+    setting = PAPER_CONTEXT if backbone == PAPER else STREAMING
+    kwargs = {k: v for k, v in setting.items() if k != "context"}
+    context = create_context_encoder(setting["context"], dim=dim, **kwargs)
     head = DenseHead(encoder.feature_info[:-1], dim, [DenseOutput("mask", 2, "ce")], channels=16)
     return XT(encoder, context, head, region=region, margin=margin)
 
@@ -86,7 +97,7 @@ def case_dense(
     from xtimage.io.procedural import ProceduralReader
 
     torch.manual_seed(0)
-    model = build_dense(margin, backbone).eval()
+    model = build_dense(margin, backbone, dim=768 if backbone == PAPER else 64).eval()
     if path == "all at once":
         model.context.streamable = False
     height = height or side
@@ -111,7 +122,11 @@ def main() -> None:
     parser.add_argument("--region-batch", type=int, default=16)
     parser.add_argument("--backbone", choices=list(BACKBONES), default=BACKBONE)
     parser.add_argument("--height", type=int, help="strips of this height (default: squares)")
+    parser.add_argument("--paper", action="store_true",
+                        help=f"the paper's configuration: {PAPER} and a 768-wide XL")  # fmt: skip
     args = parser.parse_args()
+    if args.paper:
+        args.backbone = PAPER
 
     rows = []
     for side in args.sides:
@@ -127,7 +142,7 @@ def main() -> None:
                 "height": args.height or side,
                 "context": "xl",
                 "backbone": args.backbone,
-                "dim": 64,
+                "dim": 768 if args.backbone == PAPER else 64,
                 "margin": args.margin,
                 "region_batch": args.region_batch,
                 "source": "procedural",
