@@ -51,3 +51,13 @@ def test_the_planner_counts_less_slack_under_the_lean_allocator(monkeypatch):
     lean = planner.overhead_constants("cpu")
     assert lean[0] == default[0] and 1.0 <= lean[1] < default[1]
     assert planner.overhead_constants("cuda") == (planner.CUDA_OVERHEAD, planner.CUDA_FACTOR)
+
+
+def test_without_glibc_the_request_warns_and_nothing_changes(monkeypatch):
+    from xtimage import allocator
+
+    monkeypatch.setattr(allocator, "_lean", False)
+    monkeypatch.setattr(allocator.sys, "platform", "darwin")
+    with pytest.warns(UserWarning, match="needs glibc"):
+        assert allocator.lean_host_memory() is False
+    assert allocator._lean is False

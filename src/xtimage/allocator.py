@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import warnings
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 LEAN_THRESHOLD = 128 * 1024  # bytes: glibc's initial threshold, kept fixed
@@ -33,12 +34,19 @@ def lean_host_memory() -> bool:
     Peak resident memory then follows the live tensors instead of the heap's high-water
     mark, for more time (1.1-1.3x in the paper configuration's inference). Irreversible
     for the process; a second call does nothing. Returns whether the process's allocator
-    is now lean: False where the C library is not glibc (macOS, musl), which keeps its own
-    allocator.
+    is now lean: False (with a warning) where the C library is not glibc (macOS, musl),
+    which keeps its own allocator.
     """
     global _lean
-    if _lean:
-        return True
+    if not _lean:
+        _lean = _fix_threshold()
+        if not _lean:
+            warnings.warn("lean host memory needs glibc's malloc (Linux); the default "
+                          "allocator stays", stacklevel=2)  # fmt: skip
+    return _lean
+
+
+def _fix_threshold() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -47,8 +55,7 @@ def lean_host_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    _lean = mallopt(M_MMAP_THRESHOLD, LEAN_THRESHOLD) == 1  # 1: success
-    return _lean
+    return mallopt(M_MMAP_THRESHOLD, LEAN_THRESHOLD) == 1  # 1: success
 
 
 def host_memory_is_lean() -> bool:
