@@ -54,6 +54,11 @@ PAPER_CONTEXT = {"context": "xl", "depth": 2, "heads": 6, "segment_len": 64, "me
                  "mlp_ratio": 6}  # fmt: skip
 
 
+def width(backbone: str) -> int:
+    """The context's width: the paper's 768, else the memory benchmarks' 64."""
+    return 768 if backbone == PAPER else 64
+
+
 class DropWriter:
     """A `Writer` that counts the output pixels and keeps nothing."""
 
@@ -97,7 +102,7 @@ def case_dense(
     from xtimage.io.procedural import ProceduralReader
 
     torch.manual_seed(0)
-    model = build_dense(margin, backbone, dim=768 if backbone == PAPER else 64).eval()
+    model = build_dense(margin, backbone, dim=width(backbone)).eval()
     if path == "all at once":
         model.context.streamable = False
     height = height or side
@@ -142,7 +147,7 @@ def main() -> None:
                 "height": args.height or side,
                 "context": "xl",
                 "backbone": args.backbone,
-                "dim": 768 if args.backbone == PAPER else 64,
+                "dim": width(args.backbone),
                 "margin": args.margin,
                 "region_batch": args.region_batch,
                 "source": "procedural",

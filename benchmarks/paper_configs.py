@@ -56,7 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import MIB, machine, measure, print_table, save_rows
-from xtimage.allocator import LEAN_THRESHOLD
+from xtimage.allocator import LEAN_THRESHOLD, THRESHOLD_VARIABLE
 
 HERE = Path(__file__)
 COMMON = HERE.parent / "common.py"
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
 
     args.xtimage_commit = git_commit(Path(xtimage.__file__).parent)
     if args.lean_memory:  # inherited by every child, the release's too
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(LEAN_THRESHOLD)
+        os.environ[THRESHOLD_VARIABLE] = str(LEAN_THRESHOLD)
     if not args.release and "release" in args.systems:
         print(
             "paper_configs: the xT release's rows are skipped: give --release-checkout (its "

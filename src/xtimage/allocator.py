@@ -24,6 +24,8 @@ import warnings
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 LEAN_THRESHOLD = 128 * 1024  # bytes: glibc's initial threshold, kept fixed
+# glibc reads a fixed threshold from this variable at start-up (for child processes)
+THRESHOLD_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
 
 _lean = False
 
@@ -61,4 +63,4 @@ def _fix_threshold() -> bool:
 def host_memory_is_lean() -> bool:
     """Whether `lean_host_memory` has taken effect in this process, or glibc was started
     with a fixed threshold (``MALLOC_MMAP_THRESHOLD_`` in the environment)."""
-    return _lean or "MALLOC_MMAP_THRESHOLD_" in os.environ
+    return _lean or THRESHOLD_VARIABLE in os.environ

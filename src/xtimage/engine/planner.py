@@ -88,19 +88,27 @@ FACTOR = 1.11  # resident bytes per live tensor byte at the peak (allocator slac
 # CUDA: unfitted estimates until benchmarks/gpu_suite.py has run on a GPU (module docstring).
 CUDA_OVERHEAD = 256 * 2**20  # bytes: cuBLAS/cuBLASLt/cuDNN workspaces through the allocator
 CUDA_FACTOR = 1.25  # reserved bytes per live tensor byte at the peak (rounding, fragments)
-
-
 # CPU under xtimage.allocator's lean mode: freed tensors leave the process at once, so the
 # resident peak follows the live bytes (fitted on the paper configuration's lean runs).
 LEAN_FACTOR = 1.02
+CONSTANTS = {  # allocator -> (overhead bytes, factor)
+    "glibc default": (OVERHEAD, FACTOR),
+    "lean": (OVERHEAD, LEAN_FACTOR),
+    "cuda caching": (CUDA_OVERHEAD, CUDA_FACTOR),
+}
+
+
+def allocator_for(device: str | torch.device) -> str:
+    """The allocator a run on ``device`` gets in this process (a key of ``CONSTANTS``)."""
+    if torch.device(device).type == "cuda":
+        return "cuda caching"
+    return "lean" if host_memory_is_lean() else "glibc default"
 
 
 def overhead_constants(device: str | torch.device) -> tuple[int, float]:
     """(overhead bytes, factor) of the estimate on ``device``'s type (module docstring),
     on CPU for this process's allocator (`xtimage.allocator.host_memory_is_lean`)."""
-    if torch.device(device).type == "cuda":
-        return CUDA_OVERHEAD, CUDA_FACTOR
-    return OVERHEAD, LEAN_FACTOR if host_memory_is_lean() else FACTOR
+    return CONSTANTS[allocator_for(device)]
 
 MODES = ("inference", "exact", "streaming")
 
@@ -480,11 +488,10 @@ class _Estimator:
             "gradients": self.trainable if training else 0,
             "optimizer": 2 * self.trainable if training else 0,
         }
-        overhead, factor = overhead_constants(self.device)
+        allocator = allocator_for(self.device)
+        overhead, factor = CONSTANTS[allocator]
         parts["overhead"] = int(overhead + (factor - 1) * (live + read_ahead))
         checkpointed = training and self.twin.context.checkpoint
-        allocator = ("cuda caching" if self.device.type == "cuda"
-                     else "lean" if host_memory_is_lean() else "glibc default")  # fmt: skip
         return MemoryPlan(mode, region_batch, sum(parts.values()), parts, budget,
                           self.device.type, checkpointed, allocator)  # fmt: skip
 

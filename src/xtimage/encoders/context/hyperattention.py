@@ -328,7 +328,7 @@ def _head_by_head(q, k, v, bias, recompute_parts: bool) -> tuple[torch.Tensor, t
     ``recompute_parts`` (each head's scores recomputed in the backward, not kept).
     Otherwise all heads at once, every head's weights kept for the backward."""
     grad = torch.is_grad_enabled()
-    if grad and not recompute_parts or q.shape[1] == 1:
+    if (grad and not recompute_parts) or q.shape[1] == 1:
         return attention_lse(q, k, v, bias)
     heads = [(recompute if grad else _call)(
                  attention_lse, q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1],
