@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xtimage.encoders.context import hyperattention as ha
 from xtimage.encoders.context.hyperattention import (
     angular_hash,
     attention_lse,
@@ -305,6 +306,80 @@ def test_causal_fused_path_equals_explicit_path_with_many_blocks(padded):
     for got, want in zip(grads, ref_grads, strict=True):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want)
+
+
+def test_samples_are_the_drawn_rows_of_the_sorted_keys_with_gradients():
+    # The residual's keys and values are rows of the sorted ones, picked by indexing (its
+    # backward keeps no input); the same as gathering them, gradients included.
+    q, k, v = qkv(n=64)
+    mask = right_padded(2, 64, 50)
+    blocks = lsh_blocks(q, k, v, projections=torch.randn(8, 3, dtype=torch.float64),
+                        block_size=8, sample_size=5, key_mask=mask,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    B, H, G, _, D = blocks.k.shape
+    S, M = blocks.block_keys, 5
+    u = torch.rand(B, H, M, generator=torch.Generator().manual_seed(0))  # the same draw
+    n_real = mask.sum(-1)[:, None, None]  # (B, 1, 1)
+    index = (u * n_real).long().clamp(max=n_real - 1)[..., None].expand(-1, -1, -1, D)
+    weight = torch.randn(B, H, G, M, D, dtype=torch.float64)
+    for x, source in ((blocks.k, k), (blocks.v, v)):
+        got = x[:, :, :, S:]  # (B, H, G, M, D)
+        want = x[:, :, :, :S].reshape(B, H, G * S, D).gather(2, index)[:, :, None]
+        torch.testing.assert_close(got, want.expand_as(got), rtol=0, atol=0)
+        grad, want_grad = (torch.autograd.grad((y * weight).sum(), source, retain_graph=True)[0]
+                           for y in (got, want))  # fmt: skip
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-12)
+
+
+def chained_levels(q, k, v, key_mask, levels, settings):
+    """The causal recursion's off-diagonal levels as they were merged before: each level's
+    part merged into the levels before it by `merge_attention`."""
+    out = lse = None
+    for level in range(levels):
+        nodes = 2**level
+        qf, kf, vf = (ha._fold(x, nodes) for x in (q, k, v))
+        mask = ha._fold_mask(key_mask, nodes)
+        half = qf.shape[2] // 2
+        part_out, part_lse = ha._lsh_attention_lse(
+            qf[:, :, half:], kf[:, :, :half], vf[:, :, :half], mask[:, :half], mask[:, half:],
+            settings,
+        )  # fmt: skip
+        part_out = ha._unfold(F.pad(part_out, (0, 0, half, 0)), nodes)
+        part_lse = ha._unfold(F.pad(part_lse, (half, 0), value=-math.inf), nodes)
+        if out is None:
+            out, lse = part_out, part_lse
+        else:
+            out, lse = merge_attention(out, lse, part_out, part_lse)
+    return out, lse
+
+
+@pytest.mark.parametrize("recompute_parts", [False, True])
+def test_running_merge_of_the_levels_equals_the_chained_merges(recompute_parts):
+    # Three levels of real LSH blocks and samples over 320 tokens (40 padded), some
+    # queries without keys at any level: the running sum, rescaled by its running
+    # maximum and normalised once, equals a merge_attention per level, with gradients.
+    n, levels = 320, 3
+    q, k, v = qkv(n=n)
+    mask = right_padded(2, n, 280)
+    results = []
+    for run in (ha._off_diagonal, chained_levels):
+        torch.manual_seed(0)  # the same hash directions and samples
+        settings = ha._settings(q, 4, 16, 8, 40, None, recompute_parts)
+        out, lse = run(q, k, v, mask, levels, settings)
+        empty = lse == -math.inf
+        weights = torch.Generator().manual_seed(1)
+        w_out = torch.randn(out.shape, dtype=out.dtype, generator=weights)
+        w_lse = torch.randn(lse.shape, dtype=lse.dtype, generator=weights)
+        loss = (out * w_out).sum() + (lse.masked_fill(empty, 0.0) * w_lse).sum()
+        results.append((out.detach(), lse.detach(), torch.autograd.grad(loss, (q, k, v))))
+    (out, lse, grads), (want, want_lse, want_grads) = results
+    assert (want_lse == -math.inf).any() and (want_lse > -math.inf).any()
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, want_lse, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(grads, want_grads, strict=True):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 def test_causal_up_to_twice_min_seq_len_is_exact_attention():

@@ -262,9 +262,10 @@ def lsh_blocks(
         u = torch.rand(B, H, M, generator=generator, device=_device(generator, q))
         pick = (u.to(q.device) * n_real).long().clamp(max=n_real - 1).clamp(min=0)  # (B,H,M)
         flat_k, flat_v = ks.view(B, H, G * S, D), vs.view(B, H, G * S, D)
-        index = pick.unsqueeze(-1).expand(-1, -1, -1, D)
-        k_samp = flat_k.gather(2, index).unsqueeze(2).expand(B, H, G, M, D)
-        v_samp = flat_v.gather(2, index).unsqueeze(2).expand(B, H, G, M, D)
+        # indexing, not gather: its backward keeps the indices, gather's also its input
+        b, h = torch.arange(B, device=q.device)[:, None, None], torch.arange(H, device=q.device)
+        k_samp = flat_k[b, h[:, None], pick].unsqueeze(2).expand(B, H, G, M, D)
+        v_samp = flat_v[b, h[:, None], pick].unsqueeze(2).expand(B, H, G, M, D)
         own = (pick // S).unsqueeze(2) == torch.arange(G, device=q.device)[:, None]  # (B,H,G,M)
         log_w = (n_real.to(dtype) / M).log().unsqueeze(-1)  # (B, H, 1, 1); -inf if none
         samp_bias = log_w.expand(B, H, G, M).masked_fill(own, NEG_INF)  # (B, H, G, M)
@@ -330,10 +331,12 @@ def _head_by_head(q, k, v, bias, recompute_parts: bool) -> tuple[torch.Tensor, t
     grad = torch.is_grad_enabled()
     if (grad and not recompute_parts) or q.shape[1] == 1:
         return attention_lse(q, k, v, bias)
-    heads = [(recompute if grad else _call)(
-                 attention_lse, q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1],
-                 bias[:, h : h + 1] if bias.shape[1] > 1 else bias)
-             for h in range(q.shape[1])]  # fmt: skip
+    # split, not slices: the backward joins the heads' gradients by one cat, where each
+    # slice's would be a zero tensor of all heads, summed one head at a time
+    biases = bias.split(1, 1) if bias.shape[1] > 1 else [bias] * q.shape[1]
+    heads = [(recompute if grad else _call)(attention_lse, *parts)
+             for parts in zip(q.split(1, 1), k.split(1, 1), v.split(1, 1), biases,
+                              strict=True)]  # fmt: skip
     return torch.cat([o for o, _ in heads], 1), torch.cat([lse for _, lse in heads], 1)
 
 
@@ -383,21 +386,39 @@ def _off_diagonal(q, k, v, key_mask, levels: int, settings: _Settings):
     At level l the sequence is cut into ``2**l`` nodes; the second half of each node
     attends to its first half by the non-causal LSH path. A query is in a second half at
     some levels only: the others add nothing. With autograd and
-    ``settings.recompute_parts`` each level (with its merge) is recomputed in the
-    backward, so one level's sorted blocks and scores exist at a time.
+    ``settings.recompute_parts`` each level is recomputed in the backward, so one level's
+    sorted blocks and scores exist at a time.
+
+    The merge is a running sum of the levels' outputs weighted by ``exp(lse - top)``,
+    ``top`` a detached running maximum of their lse (the sum rescaled when it rises),
+    normalised once at the end: `merge_attention`'s result, but nothing of width D is
+    kept for the backward, where a chain of merges would keep every level's merged output
+    (one (B, H, N, D) tensor a level).
 
     Returns:
         out (B, H, N, D) and lse (B, H, N), -inf (with out 0) where no level adds keys.
     """
     run = recompute if settings.recompute_parts and torch.is_grad_enabled() else _call
-    out, lse = None, None
+    total = weight = top = None  # (B, H, N, D), (B, H, N), (B, H, N)
     for level in range(levels):
-        out, lse = run(_level, q, k, v, key_mask, level, settings, out, lse)
-    return out, lse
+        part, part_weight, new_top = run(_level, q, k, v, key_mask, level, settings, top)
+        if total is None:
+            total, weight = part, part_weight
+        else:  # exp(old top - new top), 1 where both are -inf; constant for autograd
+            scale = (top - new_top).exp().masked_fill(new_top == NEG_INF, 1.0)
+            total = torch.addcmul(part, total, scale.unsqueeze(-1))
+            weight = torch.addcmul(part_weight, weight, scale)
+        top = new_top
+    empty = weight == 0
+    weight = weight.masked_fill(empty, 1.0)
+    lse = (weight.log() + top).masked_fill(empty, NEG_INF)
+    return _Normalise.apply(total, weight), lse
 
 
-def _level(q, k, v, key_mask, level: int, settings: _Settings, out, lse):
-    """One level of `_off_diagonal`, merged into ``out``, ``lse`` (None at the first)."""
+def _level(q, k, v, key_mask, level: int, settings: _Settings, top):
+    """One level of `_off_diagonal`: its output weighted by ``exp(lse - new top)``, that
+    weight, and the new running maximum of the lse (``top`` before it, None at the first),
+    detached: (B, H, N, D), (B, H, N), (B, H, N)."""
     nodes = 2**level
     qf, kf, vf = (_fold(x, nodes) for x in (q, k, v))
     mask = _fold_mask(key_mask, nodes)
@@ -412,9 +433,27 @@ def _level(q, k, v, key_mask, level: int, settings: _Settings, out, lse):
     )  # (nodes*B, H, half, D), (nodes*B, H, half)
     part_out = _unfold(F.pad(part_out, (0, 0, half, 0)), nodes)  # (B, H, N, D)
     part_lse = _unfold(F.pad(part_lse, (half, 0), value=NEG_INF), nodes)  # (B, H, N)
-    if out is None:
-        return part_out, part_lse
-    return merge_attention(out, lse, part_out, part_lse)
+    top = part_lse.detach() if top is None else torch.maximum(top, part_lse.detach())
+    weight = (part_lse - top.masked_fill(top == NEG_INF, 0.0)).exp()  # 0 where no keys
+    return part_out * weight.unsqueeze(-1).to(part_out.dtype), weight, top
+
+
+class _Normalise(torch.autograd.Function):
+    """``total / weight`` over the last dimension, keeping only its output and ``weight``
+    for the backward (a division keeps its dividend too: one more (B, H, N, D) tensor)."""
+
+    @staticmethod
+    def forward(ctx, total, weight):
+        out = total / weight.unsqueeze(-1).to(total.dtype)  # (B, H, N, D)
+        ctx.save_for_backward(out, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, weight = ctx.saved_tensors
+        grad_total = grad / weight.unsqueeze(-1).to(grad.dtype)
+        grad_weight = -(grad * out).sum(-1).to(weight.dtype) / weight  # (B, H, N)
+        return grad_total, grad_weight
 
 
 def causal_attention_with_part(
