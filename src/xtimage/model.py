@@ -188,14 +188,15 @@ class XT(nn.Module):
         """
         if self.release and self.cls_token is None:
             return self.context(tokens, positions, mask, state)  # their plain classifier
-        codes = positions.flip(-1) if self.release else positions  # release: column first
-        x = tokens + sincos_2d(codes, self.dim).to(tokens.dtype)  # (B, N, D)
-        order = None
+        x, order = tokens, None
         if self.release:  # region-major -> the image's raster order, padding last
             order = raster_order(positions, mask)  # (B, N)
-            x = x.gather(1, order[..., None].expand_as(x))
-            positions = positions.gather(1, order[..., None].expand_as(positions))
-            mask = None if mask is None else mask.gather(1, order)
+            rows = torch.arange(order.shape[0], device=order.device)[:, None]  # (B, 1)
+            # indexing, not gather: its backward keeps the order, gather's its input too
+            x, positions = tokens[rows, order], positions[rows, order]  # (B, N, D), (B, N, 2)
+            mask = None if mask is None else mask[rows, order]
+        codes = positions.flip(-1) if self.release else positions  # release: column first
+        x = x + sincos_2d(codes, self.dim).to(tokens.dtype)  # (B, N, D)
         if self.cls_token is not None:
             b = x.shape[0]
             x = torch.cat([x, self.cls_token.to(x.dtype).expand(b, -1, -1)], dim=1)

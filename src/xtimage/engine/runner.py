@@ -453,6 +453,7 @@ class Engine:
             with autocast(self.device, self.autocast):
                 logits = self.model.head(ctx, mask)
                 loss = self.model.head.loss(logits.to(self.dtype), targets.to(self.device))
+            del ctx  # autograd keeps what the head needs; the rest (N x D) goes now
             self._backward(loss)
             loss = loss.item()
         return loss
