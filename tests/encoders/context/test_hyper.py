@@ -192,3 +192,81 @@ def test_bf16_autocast_close_to_float32():
 def test_bad_width_raises_config_error(dim, heads):
     with pytest.raises(ConfigError, match=f"dim={dim}"):
         create_context_encoder("hyper", dim=dim, heads=heads)
+
+
+def former_forward(encoder, tokens, positions, mask):
+    """The encoder as it ran before q, k and v came padded from the projection: the
+    composite RMSNorm, the projections over the N tokens, and the causal recursion
+    padding its own copies of q, k and v."""
+    from einops import rearrange
+
+    from xtimage.encoders.context.hyper import sincos_2d
+    from xtimage.encoders.context.hyperattention import hyper_attention
+
+    def norm(x, module):
+        return F.rms_norm(x, (x.shape[-1],), module.weight, module.eps)
+
+    x = tokens if encoder.release else tokens + sincos_2d(positions, encoder.dim, tokens.dtype)
+    for block in encoder.blocks:
+        attn = block.attn
+        q, k, v = rearrange(attn.qkv(norm(x, block.norm1)), "b n (three h d) -> three b h n d",
+                            three=3, h=attn.heads)  # fmt: skip
+        settings = {name: getattr(attn, name) for name in ("causal", "lsh_num_projs",
+                    "block_size", "sample_size", "min_seq_len")}  # fmt: skip
+        out = hyper_attention(q, k, v, key_mask=mask, query_mask=mask, **settings)
+        out = attn.drop(attn.proj(rearrange(out, "b h n d -> b n (h d)")))
+        x = x + block.drop_path1(out)
+        x = x + block.drop_path2(block.mlp(norm(x, block.norm2)))
+    return x if encoder.release else norm(x, encoder.norm)
+
+
+@pytest.mark.parametrize("release", [False, True])
+@pytest.mark.parametrize(("causal", "n"), [(False, 97), (True, 97), (True, 98), (True, 96)])
+def test_padded_projection_and_lean_norm_equal_the_former_encoder(release, causal, n):
+    """Causal, q, k and v come padded from the projection of rows the norm writes as zeros
+    (N = 97 and 98 pad to 100; 96 needs none); with the release's biases a padded row
+    projects to the bias, masked as a key and dropped as a query. The same outputs and
+    gradients as the former encoder, in training (hashes, samples, dropout redrawn)."""
+    results = []
+    for run in ("current", "former"):
+        torch.manual_seed(0)
+        encoder = tiny(min_seq_len=16, block_size=8, sample_size=4, heads=4, causal=causal,
+                       release=release, drop=0.1, drop_path=0.1).double()  # fmt: skip
+        for name, p in encoder.named_parameters():  # biases and norm weights away from 0, 1
+            torch.nn.init.normal_(p, 1.0 if "norm" in name else 0.0, 0.3)
+        tokens, positions, mask = (t[:, :n].clone() for t in batch(100, 32, 70, torch.float64))
+        tokens.requires_grad_()
+        torch.manual_seed(1)
+        if run == "current":
+            out, _ = encoder(tokens, positions, mask)
+        else:
+            out = former_forward(encoder, tokens, positions, mask)
+        out[mask].square().mean().backward()
+        grads = {name: p.grad for name, p in encoder.named_parameters()}
+        results.append((out.detach(), tokens.grad, grads))
+    (out, grad, grads), (want, want_grad, want_grads) = results
+    torch.testing.assert_close(out[mask], want[mask], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == want_grads.keys()
+    for name in grads:
+        assert grads[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-10, atol=1e-12,
+                                   msg=name)  # fmt: skip
+
+
+def test_lean_rms_norm_equals_the_composite_with_its_padding_zero():
+    from xtimage.encoders.context.hyper import RMSNorm
+
+    norm = RMSNorm(8, eps=1e-5).double()
+    torch.nn.init.normal_(norm.weight, 1.0, 0.3)
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    out = norm(x, 7)  # (2, 7, 8)
+    want = F.rms_norm(x, (8,), norm.weight, 1e-5)
+    assert out.shape == (2, 7, 8) and (out[:, 5:] == 0).all()
+    torch.testing.assert_close(out[:, :5], want, rtol=1e-14, atol=1e-14)
+    weight = torch.randn(2, 7, 8, dtype=torch.float64)
+    grads = torch.autograd.grad((out * weight).sum(), (x, norm.weight))
+    want_grads = torch.autograd.grad((want * weight[:, :5]).sum(), (x, norm.weight))
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+

@@ -28,9 +28,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import DropPath
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder, State
-from xtimage.encoders.context.hyperattention import hyper_attention
+from xtimage.encoders.context.hyperattention import causal_levels, hyper_attention
 from xtimage.errors import ConfigError
 from xtimage.runtime import recompute, seeded_generator
 
@@ -61,6 +62,47 @@ def sincos_2d(
     rows, cols = angles.unbind(-2)  # (B, N, dim/4) each
     table = torch.cat([rows.sin(), rows.cos(), cols.sin(), cols.cos()], dim=-1)  # (B, N, dim)
     return table.to(dtype)
+
+
+class RMSNorm(nn.RMSNorm):
+    """`nn.RMSNorm` (with its weight) whose backward keeps only the input and its inverse
+    RMS (B, N, 1): the composite also keeps the normalised input, N x D floats. Given a
+    ``length``, the result is the first N rows of zeros of that length (the padding of
+    causal HyperAttention, made here so that q, k and v are projected padded, not copied
+    padded)."""
+
+    def forward(self, x: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        return _RMSNorm.apply(x, self.weight, eps, x.shape[1] if length is None else length)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dimension, computed in at least
+    float32 as `F.rms_norm`, written into (B, length, D) with zeros after x's N rows."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps, length):
+        work = torch.promote_types(x.dtype, torch.float32)
+        B, N, D = x.shape
+        rstd = x.to(work).pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()  # (B, N, 1)
+        out = torch.empty(B, length, D, dtype=work, device=x.device)
+        out[:, N:] = 0.0
+        torch.mul(x, rstd, out=out[:, :N]).mul_(weight)
+        ctx.save_for_backward(x, weight, rstd)
+        return out.to(x.dtype)  # (B, length, D)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        work = rstd.dtype
+        grad = grad[:, : x.shape[1]].to(work)  # (B, N, D): the padding's rows are constant
+        normed = x.to(work) * rstd  # (B, N, D)
+        grad_weight = (grad * normed).flatten(0, -2).sum(0).to(weight.dtype)  # (D,)
+        grad_normed = grad * weight.to(work)
+        dot = (grad_normed * normed).mean(-1, keepdim=True)  # (B, N, 1)
+        grad_x = grad_normed.sub_(normed.mul_(dot)).mul_(rstd)
+        return grad_x.to(x.dtype), grad_weight, None, None
 
 
 class GatedMLP(nn.Module):
@@ -104,16 +146,31 @@ class HyperSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=bias)
         self.drop = nn.Dropout(drop)
 
+    def length(self, n: int, gather: Gather | None) -> int:
+        """Tokens the attention runs over for ``n`` real ones: causal HyperAttention pads
+        its recursion to ``leaf * 2**levels`` (`causal_levels`); else ``n``."""
+        if not self.causal or gather is not None:
+            return n
+        levels, leaf = causal_levels(n, self.min_seq_len)
+        return leaf * 2**levels
+
     def forward(
         self,
         x: torch.Tensor,
+        n: int,
         mask: torch.Tensor | None,
         generator: torch.Generator | None,
         gather: Gather | None = None,
         recompute_parts: bool = False,
     ) -> torch.Tensor:
-        """``recompute_parts``: see `hyper_attention`."""
-        qkv = self.qkv(x)  # (B, N, 3D)
+        """Attention of the first ``n`` rows of x (B, `length`, D); the rows after them are
+        padding, masked as keys and dropped: the recursion then copies no padded q, k and
+        v (3 x N x D floats beside the unpadded ones). ``mask``: (B, n) or None.
+        ``recompute_parts``: see `hyper_attention`."""
+        if x.shape[1] > n:
+            real = torch.ones(x.shape[0], n, dtype=torch.bool, device=x.device)
+            mask = F.pad(real if mask is None else mask, (0, x.shape[1] - n), value=False)
+        qkv = self.qkv(x)  # (B, L, 3D); a padded row is the bias, masked
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)
         key_mask = mask
         if gather is not None:  # this slice's queries against every process's keys
@@ -132,8 +189,9 @@ class HyperSelfAttention(nn.Module):
             query_mask=mask,
             generator=generator,
             recompute_parts=recompute_parts,
-        )  # (B, H, N, D/H)
-        return self.drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))  # (B, N, D)
+        )[:, :, :n]  # (B, H, n, D/H)
+        out = rearrange(out, "b h n d -> b n (h d)")  # a copy: the heads' layout is freed
+        return self.drop(self.proj(out))  # (B, n, D)
 
 
 class HyperBlock(nn.Module):
@@ -150,10 +208,10 @@ class HyperBlock(nn.Module):
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.RMSNorm(dim, eps=eps)
+        self.norm1 = RMSNorm(dim, eps=eps)
         self.attn = attn
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.RMSNorm(dim, eps=eps)
+        self.norm2 = RMSNorm(dim, eps=eps)
         self.mlp = GatedMLP(dim, int(mlp_ratio * dim), drop)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -164,7 +222,10 @@ class HyperBlock(nn.Module):
         (``recompute_parts``);
         None: all at once. Inference without autograd always runs the MLP ``MLP_CHUNK``
         tokens at a time, adding into the residual in place."""
-        attn = self.attn(self.norm1(x), mask, generator, gather, mlp_chunk is not None)
+        n = x.shape[1]
+        h = self.norm1(x, self.attn.length(n, gather))  # (B, L, D), zero rows after n
+        attn = self.attn(h, n, mask, generator, gather, mlp_chunk is not None)  # (B, n, D)
+        del h  # without autograd, freed before the MLP
         x = x + self.drop_path1(attn)  # (B, N, D)
         if not torch.is_grad_enabled() and not self.training:
             for part in x.split(MLP_CHUNK, 1):  # views of x: (B, chunk, D)
@@ -258,7 +319,7 @@ class HyperContext(ContextEncoder):
             )
             for rate in rates
         )
-        self.norm = nn.Identity() if release else nn.RMSNorm(dim, eps=1e-6)
+        self.norm = nn.Identity() if release else RMSNorm(dim, eps=1e-6)
 
     def forward(
         self,
