@@ -409,6 +409,7 @@ def _off_diagonal(q, k, v, key_mask, levels: int, settings: _Settings):
             total = torch.addcmul(part, total, scale.unsqueeze(-1))
             weight = torch.addcmul(part_weight, weight, scale)
         top = new_top
+        del part  # summed: freed before the next level runs (one (B, H, N, D) tensor)
     empty = weight == 0
     weight = weight.masked_fill(empty, 1.0)
     lse = (weight.log() + top).masked_fill(empty, NEG_INF)
