@@ -31,6 +31,7 @@ CUDA out-of-memory error counts as exceeding the limit, like the watchdog's. Lin
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib.util
 import json
 import os
@@ -442,11 +443,16 @@ def save_rows(
     """Merge ``rows`` into ``<directory>/<name>.json`` (default ``results/``): a row
     replaces the one with its key."""
     path = (directory or RESULTS) / f"{name}.json"
-    old = json.loads(path.read_text()) if path.exists() else []
-    new_keys = {tuple(r.get(k) for k in key) for r in rows}
-    kept = [r for r in old if tuple(r.get(k) for k in key) not in new_keys]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([*kept, *rows], indent=1) + "\n")
+    # locked and renamed into place: benchmarks run side by side append to one file
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.exists() else []
+        new_keys = {tuple(r.get(k) for k in key) for r in rows}
+        kept = [r for r in old if tuple(r.get(k) for k in key) not in new_keys]
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps([*kept, *rows], indent=1) + "\n")
+        partial.replace(path)
     return path
 
 

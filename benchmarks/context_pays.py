@@ -13,15 +13,16 @@ Tasks (`xtimage.data.synthetic`, docs/synthetic.md), each built so that both bas
 provably lack what it needs:
 
 - ``key``: segment the objects textured like a far key (the demo's task);
+- ``demo``: the same task at the demo's own size (256 px images, regions of 64 px);
 - ``pairs``: segment both objects of a point-symmetric twin pair when their textures
   agree; no object is special on its own;
 - ``sum``: classify by the sum of two far keys' textures modulo 4;
 - ``key_large``: the key task on 512 px images, 16 x 16 regions, trained in exact mode
   (the regions of an image never on the autograd tape at once) with a global context.
 
-The first three run on 128 px images of 4 x 4 regions of 32 px (a quarter of the demo's
-pixels, so that three seeds of everything fit in an hour of a 2-core CPU). Each run
-trains on the task's seed-0 scenes, keeps the checkpoint with the best
+``key``, ``pairs`` and ``sum`` run on 128 px images of 4 x 4 regions of 32 px (a quarter
+of the demo's pixels, so that three seeds of everything fit in an hour of a 2-core CPU).
+Each run trains on the task's seed-0 scenes, keeps the checkpoint with the best
 validation score (seed-1 scenes), and is scored on held-out seed-1000 scenes. The
 baselines' ceilings (the best scores any crop-only or downsample predictor can reach)
 are computed from the scenes (`SyntheticTask.ceilings`). Runs are resumable: a row
@@ -59,6 +60,7 @@ TEST_SEED = 1000
 SMALL = ["data.size=128", "model.region=32"]  # 4 x 4 regions: a quarter of the demo's pixels
 TASKS: dict[str, list[str]] = {
     "key": [*SMALL],
+    "demo": [],  # the key task at the demo's own size: 256 px, 4 x 4 regions of 64 px
     "pairs": [*SMALL, "data.params={textures: 4, task: pairs}"],
     "sum": [
         *SMALL,
@@ -110,11 +112,13 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
         minutes = (time.monotonic() - start) / 60
         best = Path(tmp) / "run" / "checkpoints" / "best.safetensors"
         predictor = Predictor.from_checkpoint(str(best), device="cpu", amp="none")
+        logged = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
+    metric = METRIC.get(task, "foreground_iou")
+    validation = [[r["step"], round(r[metric], 4)] for r in map(json.loads, logged) if metric in r]
     # the training data set's task, on held-out scenes
     held_out = replace(config.data, seed=TEST_SEED, train_samples=test_images, val_samples=0)
     test = synthetic(config.model, held_out).train
     scores = evaluate(predictor, test)
-    metric = METRIC.get(task, "foreground_iou")
     return {
         "recipe": recipe,
         "task": task,
@@ -129,6 +133,7 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
         "threads": torch.get_num_threads(),
         "mode": config.train.mode,
         "test_images": test_images,
+        "validation": validation,  # [step, score] of each evaluation
     }
 
 
