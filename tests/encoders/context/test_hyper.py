@@ -46,7 +46,7 @@ def rms_norm(x, weight, eps=1e-6):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-def reference(encoder, tokens, positions, mask, heads, causal):
+def reference(encoder, tokens, positions, mask, heads, causal, final_norm=True):
     """Pre-norm blocks: RMSNorm, SDPA attention, gated GELU MLP; then a final RMSNorm."""
     x = tokens + sincos(positions, tokens.shape[-1]).to(tokens.dtype)
     attn_mask = mask[:, None, None, :]
@@ -61,17 +61,17 @@ def reference(encoder, tokens, positions, mask, heads, causal):
         h = rms_norm(x, block.norm2.weight)
         gate, up = (h @ block.mlp.fc_in.weight.T).chunk(2, dim=-1)
         x = x + (F.gelu(gate) * up) @ block.mlp.fc_out.weight.T
-    return rms_norm(x, encoder.norm.weight)
+    return rms_norm(x, encoder.norm.weight) if final_norm else x
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_exact_range_equals_plain_reference(causal):
-    encoder = tiny(causal=causal).double().eval()
+@pytest.mark.parametrize(("causal", "final_norm"), [(False, True), (True, True), (False, False)])
+def test_exact_range_equals_plain_reference(causal, final_norm):
+    encoder = tiny(causal=causal, final_norm=final_norm).double().eval()
     for p in encoder.parameters():  # norms away from 1, so their weights count
         torch.nn.init.normal_(p, 1.0 if p.dim() == 1 else 0.0, 0.3)
     tokens, positions, mask = batch(dtype=torch.float64)
     out, state = encoder(tokens, positions, mask)
-    ref = reference(encoder, tokens, positions, mask, heads=2, causal=causal)
+    ref = reference(encoder, tokens, positions, mask, heads=2, causal=causal, final_norm=final_norm)
     assert state is None and out.shape == tokens.shape
     torch.testing.assert_close(out[mask], ref[mask])
 

@@ -263,6 +263,9 @@ class HyperContext(ContextEncoder):
             recompute them in the backward, the MLP ``MLP_CHUNK`` tokens at a time
             (activation checkpointing): the same gradients for about a third more
             compute, for exact-mode training of long sequences (docs/performance.md).
+        final_norm: close the stack with an RMSNorm (LLaMA's; off in the release). Off,
+            weak far-context channels keep their scale, as in the ``demo`` recipe's
+            Transformer-XL (``final_norm: false``).
     """
 
     streamable = False
@@ -284,6 +287,7 @@ class HyperContext(ContextEncoder):
         seed: int = 0,
         release: bool = False,
         checkpoint: bool = False,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         if dim % 4 or dim % heads:
@@ -319,7 +323,7 @@ class HyperContext(ContextEncoder):
             )
             for rate in rates
         )
-        self.norm = nn.Identity() if release else RMSNorm(dim, eps=1e-6)
+        self.norm = RMSNorm(dim, eps=1e-6) if final_norm and not release else nn.Identity()
 
     def forward(
         self,
