@@ -81,6 +81,7 @@ TASKS: dict[str, list[str]] = {
     ],
 }
 METRIC = {"sum": "top1"}  # the rest: foreground IoU
+KEYED = ("key", "demo", "key_large")  # segment the objects textured like a key
 GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
 
 
@@ -119,6 +120,7 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
     held_out = replace(config.data, seed=TEST_SEED, train_samples=test_images, val_samples=0)
     test = synthetic(config.model, held_out).train
     scores = evaluate(predictor, test)
+    marked = marked_by_key(predictor, test) if task in KEYED else None
     return {
         "recipe": recipe,
         "task": task,
@@ -134,7 +136,28 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
         "mode": config.train.mode,
         "test_images": test_images,
         "validation": validation,  # [step, score] of each evaluation
+        "marked": marked,  # key tasks: see marked_by_key
     }
+
+
+def marked_by_key(predictor: Any, test: Any) -> list[list[float | None]]:
+    """Row k, column t: the fraction of the pixels of objects of texture t that the model
+    marks when the key's texture is k. The diagonal is recall; off it, the textures the
+    model takes for the key's (a model that tells only two pairs of textures apart marks
+    two columns a row, and sits near half the ceiling's IoU)."""
+    import numpy as np
+
+    k = test.textures
+    marked, count = np.zeros((k, k)), np.zeros((k, k))
+    for i in range(len(test)):
+        (key, *_), objects = test.texture_layout(i)
+        fg = predictor.predict(test[i]["image"]).mask > 0  # (H, W), the argmax as scored
+        for t in range(k):
+            on = objects == t
+            marked[key, t] += fg[on].sum()
+            count[key, t] += on.sum()
+    rows = np.where(count > 0, marked / np.maximum(count, 1), np.nan).round(3)
+    return [[None if np.isnan(v) else float(v) for v in row] for row in rows]
 
 
 def _in_child(*args: Any) -> dict:

@@ -88,6 +88,18 @@ def test_texture_map_agrees_with_pixels(seg):
         assert len({_signature(image, c) for c in comps}) <= 1
 
 
+def test_texture_layout_names_the_key_texture_and_the_objects_pixels(seg):
+    for i in range(4):
+        s = seg.sample(i)
+        image = s.image[0]
+        keys, objects = seg.texture_layout(i)
+        comps = _components(image, np.ones_like(image, dtype=bool))
+        (key,) = [c for c in comps if _is_key(image, c)]
+        assert keys == [int(s.texture[key][0]) - 1]
+        assert (objects[key] == -1).all()
+        np.testing.assert_array_equal(objects[~key], s.texture[~key] - 1)
+
+
 def test_downsampled_image_carries_no_trace_of_texture():
     """Area-downsampling by the region factor erases all six textures exactly: relabelling
     the textures changes the full image but not the downsampled one, nor the mask."""

@@ -393,6 +393,17 @@ class SyntheticTask(torch.utils.data.Dataset):
         drawn = _Drawn(scene, ids, texture_of, ids > len(scene.keys), tex, self.textures)
         return scene, ids, Sample(image, texture=texture, **self.spec.answer(drawn))
 
+    def texture_layout(self, index: int) -> tuple[list[int], np.ndarray]:
+        """What a sample is made of, for diagnosing a model's errors by texture.
+
+        Returns:
+            The keys' textures, and the (H, W) int64 texture of every object pixel, -1 on
+            the keys and the background.
+        """
+        scene, ids, sample = self._render(index)
+        on_objects = np.where(ids > len(scene.keys), sample.texture - 1, -1)
+        return [k.texture for k in scene.keys], on_objects
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} outside a task of {self.length} samples")
