@@ -135,6 +135,18 @@ def test_inconsistent_runs_fail_before_training(tmp_path, overrides, message):
         Trainer(tiny(tmp_path, *overrides))
 
 
+def test_auto_mode_trains_a_batch_norm_decoder_all_at_once_whatever_region_batch(tmp_path):
+    """Two 128 px images are 8 regions: over region_batch=4, auto picks exact for a
+    layer-norm decoder, but a batch-norm one trains only all at once, so auto picks direct
+    (it used to pick exact and fail at the first step)."""
+    small = ["train.batch_size=2", "train.region_batch=4", "train.steps=1", "train.eval_every=1"]
+    images = [torch.zeros(3, 128, 128)] * 2
+    assert Trainer(tiny(tmp_path / "layer", *small))._mode(images) == "exact"
+    trainer = Trainer(tiny(tmp_path / "batch", *small, "model.decoder_norm=batch"))
+    assert trainer._mode(images) == "direct"
+    assert trainer.fit()["step"] == 1
+
+
 def test_streaming_equals_exact_without_context(tmp_path):
     """With context "none" and no margin, regions never interact: the Transformer-XL-style
     streaming step is exact, so the two modes give the same step-1 gradient."""

@@ -328,14 +328,17 @@ class Trainer:
 
     def _mode(self, images: list[torch.Tensor]) -> str:
         """The mode of a micro-batch: "auto" is direct when its regions fit in
-        ``region_batch`` (and images share a size), else exact."""
+        ``region_batch`` (and images share a size), else exact; always direct for a head
+        that trains only all at once (a batch-norm decoder, a Dice loss)."""
         if self.mode != "auto":
             return self.mode
         if self.engine is None:
             return "direct"
         same = all(im.shape == images[0].shape for im in images)
         regions = sum(self.xt.plan(*im.shape[-2:]).num_regions for im in images)
-        return "direct" if same and regions <= self.config.train.region_batch else "exact"
+        whole_only = not getattr(self.xt.head, "decomposable", True)
+        fits = regions <= self.config.train.region_batch or whole_only
+        return "direct" if same and fits else "exact"
 
     def _direct_step(self, images: list[torch.Tensor], targets: list[Any]) -> float:
         """All regions of the micro-batch at once with full autograd; returns the loss."""
