@@ -214,8 +214,9 @@ class TrainConfig:
         min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
         clip: clip the global gradient norm to this, or None.
         mode: "auto" (direct when a batch's regions fit in ``region_batch``, else
-            exact; always direct for a batch-norm decoder or a Dice loss), "direct" (all regions at once, full autograd), "exact" (streamed,
-            exact gradients), "streaming" (Transformer-XL style, detached memory),
+            exact; always direct for a batch-norm decoder or a Dice loss), "direct" (all
+            regions at once, full autograd), "exact" (streamed, exact gradients),
+            "streaming" (Transformer-XL style, detached memory),
             "frozen" (cached features of a frozen backbone; needs model.frozen).
         region_batch: regions encoded at once by the streaming engine.
         amp: "auto" (bf16 on a GPU that has it, else float32), "none", "bf16", "fp16".

@@ -336,7 +336,7 @@ class Trainer:
             return "direct"
         same = all(im.shape == images[0].shape for im in images)
         regions = sum(self.xt.plan(*im.shape[-2:]).num_regions for im in images)
-        whole_only = not getattr(self.xt.head, "decomposable", True)
+        whole_only = self.xt.head.dense and not self.xt.head.decomposable
         fits = regions <= self.config.train.region_batch or whole_only
         return "direct" if same and fits else "exact"
 
