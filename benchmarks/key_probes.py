@@ -43,37 +43,30 @@ SETS = ("raw, key region", "context, key region", "context, far regions", "pixel
 PIXELS_A_SCENE = 200
 
 
-def region_tokens(model, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(regions, D) mean tokens of each region, before and after the context."""
-    from xtimage.tiling import extract_regions
-
-    layout = model.layout(*image.shape[-2:])
-    regions = extract_regions(image[None], layout.plan).flatten(0, 1)
-    _, tokens = model.encode(regions)
-    tokens = tokens.reshape(1, layout.num_tokens, model.dim)  # (1, N, D)
-    positions, valid = layout.positions().reshape(1, -1, 2), layout.valid().reshape(1, -1)
-    ctx, _ = model.contextualise(tokens, positions, valid)
-    t = layout.tokens_per_region
-    return (tokens[0].reshape(-1, t, model.dim).mean(1),
-            ctx[0, : layout.num_tokens].reshape(-1, t, model.dim).mean(1))  # fmt: skip
-
-
-def pixel_features(model, image: torch.Tensor) -> torch.Tensor:
-    """(C, H, W): the dense head's last-block features, stitched and resampled to the
-    image (the input of its output convolution)."""
+def forward_features(model, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward pass, read by hooks: each region's mean token before and after the
+    context, (regions, D) twice, and the dense head's last-block features (the input of
+    its output convolution), stitched and resampled to the image, (C, H, W)."""
     from xtimage.tiling import stitch_regions
 
     seen = {}
-    hook = model.head.out.register_forward_hook(lambda m, i, o: seen.update(x=i[0]))
+    hooks = [
+        model.tokenizer.register_forward_hook(lambda m, i, o: seen.update(raw=o)),  # (k, T, D)
+        model.context.register_forward_hook(lambda m, i, o: seen.update(ctx=o[0])),  # (1, N, D)
+        model.head.out.register_forward_hook(lambda m, i, o: seen.update(pixels=i[0])),
+    ]
     try:
         model(image[None])
     finally:
-        hook.remove()
-    x = seen["x"]  # (regions, C, h, w)
-    plan = model.layout(*image.shape[-2:]).plan
-    full = stitch_regions(x[None], plan)  # (1, C, H / s, W / s)
+        for hook in hooks:
+            hook.remove()
+    layout = model.layout(*image.shape[-2:])
+    t, d = layout.tokens_per_region, model.dim
+    raw = seen["raw"].reshape(-1, t, d).mean(1)
+    ctx = seen["ctx"][0, : layout.num_tokens].reshape(-1, t, d).mean(1)
+    full = stitch_regions(seen["pixels"][None], layout.plan)  # (1, C, H / s, W / s)
     size = image.shape[-2:]
-    return F.interpolate(full, size=size, mode="bilinear", align_corners=False)[0]
+    return raw, ctx, F.interpolate(full, size=size, mode="bilinear", align_corners=False)[0]
 
 
 def probe(x: torch.Tensor, y: torch.Tensor, fit: int, classes: int) -> tuple[float, np.ndarray]:
@@ -126,14 +119,13 @@ def main() -> None:
             (key, *_), objects = data.texture_layout(i)
             ys, xs = np.nonzero((sample["texture"].numpy() > 0) & (objects == -1))  # the keys
             cell = int(ys.mean()) // r * columns + int(xs.mean()) // r
-            raw, ctx = region_tokens(model, sample["image"])
+            raw, ctx, pixels = forward_features(model, sample["image"])
             far = [j for j in range(len(raw)) if j != cell]
             for name, rows in zip(SETS, (raw[[cell]], ctx[[cell]], ctx[far]), strict=False):
                 features[name].append(rows)
                 labels[name] += [key] * len(rows)
             ys, xs = np.nonzero(objects >= 0)
             pick = rng.choice(len(ys), size=min(PIXELS_A_SCENE, len(ys)), replace=False)
-            pixels = pixel_features(model, sample["image"])  # (C, H, W)
             features[SETS[3]].append(pixels[:, ys[pick], xs[pick]].T)
             labels[SETS[3]] += objects[ys[pick], xs[pick]].tolist()
     fit_images = int(0.7 * args.images)
