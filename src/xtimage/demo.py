@@ -250,15 +250,15 @@ def _write_report(settings, training, results, picture, seconds) -> dict[str, An
     )  # fmt: skip
     figures = [
         Figure("predictions.png", "A held-out image, its ground truth and each model's mask "
-               "(white: the objects to find). xT's remaining errors: it also marks the "
-               "outlines of some objects of other textures, the thin hollow shapes in its "
-               "mask (why is not measured; see docs/demo.md)."),
+               "(white: the objects to find). xT's remaining errors: a few thin slivers, "
+               "mostly along the edges of objects of other textures."),
         Figure("zoom.png", f"The {zoom} x {zoom} px red box: the 1-px textures at full "
                "resolution (middle), and the same area after shrinking the image to one "
                "region (right), all the downsample model has to go on."),
     ]
     source = "trained from scratch in this run" if settings.from_scratch else (
-        "shipped weights (xtimage/assets/demo), trained by the project with xt train demo")
+        "shipped weights (xtimage/assets/demo), trained by the project with "
+        "xt demo --from-scratch")
     table = [["model", "foreground IoU", "mIoU", "ceiling", "parameters", "lr",
               "train steps", "train min", "eval peak MB", "s / image"]]
     models: dict[str, dict[str, Any]] = {}
