@@ -1,6 +1,6 @@
 """Does far context pay? xT against crop-only and downsample, one recipe, several seeds.
 
-Every run goes through the public `Trainer` with the ``demo`` preset and one of three
+Every run goes through the public `Trainer` with the ``demo`` preset and one of four
 recipes (``--recipe``); only the task (and the head it needs) and ``model.baseline``
 change between runs of a recipe:
 
@@ -12,6 +12,8 @@ change between runs of a recipe:
   every mode;
 - ``batch``: the demo preset until session 10: the batch-norm decoder at width 64, tokens
   from the deepest map only, 600 steps of 4 scenes; all at once only.
+- ``film_scale``: the ``film`` head with everything else of ``demo`` (width 32, 1,200
+  steps of 8 scenes).
 
 Tasks (`xtimage.data.synthetic`, docs/synthetic.md), each built so that both baselines
 provably lack what it needs:
@@ -61,6 +63,8 @@ RECIPES: dict[str, list[str]] = {
     "film": [*SESSION_10, "model.token_maps=5", "model.decoder_norm=layer",
              "model.decoder_fusion=film"],  # fmt: skip
     "batch": [*SESSION_10, "model.token_maps=1"],
+    # the film head at the demo's scale; direct mode gives exact mode's gradients, faster
+    "film_scale": ["model.decoder_norm=layer", "model.decoder_fusion=film", "train.mode=direct"],
 }
 ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")
