@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tiny import TINY_MODEL
+from xtimage.checkpoint import read_checkpoint
 from xtimage.config import load_config
-from xtimage.errors import ConfigError
+from xtimage.errors import ConfigError, InputError
 from xtimage.train import Trainer, lr_at
 
 TINY = [
@@ -119,6 +120,25 @@ def test_run_folder_files_and_refusal_to_overwrite(tmp_path):
     Trainer(config, overwrite=True)  # allowed when asked; nothing of the old run is left
     assert not list((tmp_path / "checkpoints").iterdir())
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_init_starts_a_fresh_run_from_the_best_weights_at_another_size(tmp_path):
+    """train.init: the weights of a run's best checkpoint, fine-tuned on larger images
+    with a fresh schedule; weights of another width are refused naming the option."""
+    small = ["train.steps=2", "train.batch_size=2", "data.train_samples=2"]
+    Trainer(tiny(tmp_path / "small", *small, "train.eval_every=1")).fit()
+    start = read_checkpoint(tmp_path / "small" / "checkpoints" / "best.safetensors")
+    large = Trainer(tiny(tmp_path / "large", *small, "data.size=256", "train.mode=exact",
+                         "model.context_kwargs={depth: 1, heads: 2, segment_len: 16}",
+                         f"train.init={tmp_path / 'small'}"))  # fmt: skip
+    assert large.step == 0 and not large.optimizer.state  # a fresh schedule and optimizer
+    for name, value in large.model.state_dict().items():
+        assert torch.equal(value, start.weights[name]), name
+    large.fit()  # trains at 256 px (4 x 4 regions) in exact mode from there
+    assert not torch.equal(large.model.state_dict()["head.out.weight"],
+                           start.weights["head.out.weight"])  # fmt: skip
+    with pytest.raises(InputError, match="train.init takes weights of the same architecture"):
+        Trainer(tiny(tmp_path / "wide", "model.dim=48", f"train.init={tmp_path / 'small'}"))
 
 
 @pytest.mark.parametrize(

@@ -153,13 +153,14 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a checkpoint's JSON")
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+def read_checkpoint(path: str | Path, best: bool = False) -> Checkpoint:
     """Read a checkpoint (never unpickles anything).
 
     Args:
-        path: a checkpoint file, or a run folder (its ``checkpoints/last.safetensors``).
+        path: a checkpoint file, or a run folder (its ``checkpoints/last.safetensors``, or
+            with ``best`` its best checkpoint where it has one).
     """
-    path = resolve_checkpoint(path)
+    path = resolve_checkpoint(path, best)
     try:
         with safe_open(str(path), "pt") as f:
             header = f.metadata() or {}
@@ -234,11 +235,15 @@ def discard_failed_run(run_dir: Path) -> None:
             folder.rmdir()
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file from a file or a run folder (``checkpoints/last`` in it)."""
+def resolve_checkpoint(path: str | Path, best: bool = False) -> Path:
+    """A checkpoint file from a file or a run folder (``checkpoints/last`` in it, or with
+    ``best`` its best checkpoint where it has one)."""
     path = Path(path)
     if path.is_dir():
-        for name in ("checkpoints/last.safetensors", "last.safetensors"):
+        names = ["checkpoints/last.safetensors", "last.safetensors"]
+        if best:
+            names.insert(0, "checkpoints/best.safetensors")
+        for name in names:
             if (path / name).is_file():
                 return path / name
         raise InputError(f"{path}: no checkpoints/last.safetensors in this run folder")
@@ -263,8 +268,18 @@ def load_model(
     return model.to(device).eval(), ckpt
 
 
-def load_weights(model: nn.Module, ckpt: Checkpoint) -> None:
-    """Load a checkpoint's weights; a mismatch names the tensors that differ."""
+def load_weights(
+    model: nn.Module,
+    ckpt: Checkpoint,
+    built_by: str = "the model its config builds",
+    fix: str = "the config in the file does not describe these weights (edited, or from "
+    "another architecture)",
+) -> None:
+    """Load a checkpoint's weights; a mismatch names the tensors that differ.
+
+    Args:
+        built_by: the model the weights must fit, and ``fix`` what to do: for the message.
+    """
     own = model.state_dict()
     shapes = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
@@ -273,16 +288,14 @@ def load_weights(model: nn.Module, ckpt: Checkpoint) -> None:
     ]
     if shapes:
         raise InputError(
-            f"{ckpt.path}: {len(shapes)} weight tensor(s) do not fit the model its config "
-            f"builds (checkpoint vs model: {'; '.join(shapes[:3])}); the config in the file "
-            f"does not describe these weights (edited, or from another architecture)"
+            f"{ckpt.path}: {len(shapes)} weight tensor(s) do not fit {built_by} (checkpoint "
+            f"vs model: {'; '.join(shapes[:3])}); {fix}"
         )
     result = model.load_state_dict(ckpt.weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise InputError(
-            f"{ckpt.path}: weights do not fit the model its config builds (missing "
-            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); was it "
-            f"written by another xtimage version?"
+            f"{ckpt.path}: weights do not fit {built_by} (missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}); {fix}"
         )
 
 

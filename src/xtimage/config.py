@@ -232,6 +232,11 @@ class TrainConfig:
         device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1"...
         out: run folder: config, metrics.jsonl, checkpoints/.
         max_minutes: stop (after a checkpoint) when this much time has passed, or None.
+        init: start a fresh run from these weights: a checkpoint, or a run folder (its
+            best checkpoint). The optimizer, schedule and step count start anew
+            (fine-tuning, e.g. on larger images than the weights were trained on); the
+            model section may differ where the weights' shapes do not (image size,
+            ``context_kwargs.segment_len``...). A resumed run ignores it.
         progress: show a progress bar.
         metric: evaluation metric that picks the best checkpoint; None: the task's own.
     """
@@ -260,6 +265,7 @@ class TrainConfig:
     device: str = "auto"
     out: str = "runs/xt"
     max_minutes: float | None = None
+    init: str | None = None
     progress: bool = True
     metric: str | None = None
 

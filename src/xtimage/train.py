@@ -224,6 +224,12 @@ class Trainer:
             self.step, self.epoch, self.position = ckpt.step, ckpt.epoch, ckpt.position
             self.best, self.metrics = ckpt.state.get("best"), ckpt.metrics
             log.info("resumed %s at step %d (epoch %d)", ckpt.path, self.step, self.epoch)
+        elif t.init is not None:
+            start = read_checkpoint(t.init, best=True)
+            load_weights(self.model, start, "the model of this run's config",
+                         "train.init takes weights of the same architecture (the same "
+                         "backbone, widths, depths and heads)")  # fmt: skip
+            log.info("started from the weights of %s (step %d)", start.path, start.step)
         self.total_steps = t.steps or t.epochs * self.steps_per_epoch
         self.fresh = ckpt is None
         if self.world.main:
