@@ -24,7 +24,11 @@ provably lack what it needs:
   agree; no object is special on its own;
 - ``sum``: classify by the sum of two far keys' textures modulo 4;
 - ``key_large``: the key task on 512 px images, 16 x 16 regions, trained in exact mode
-  (the regions of an image never on the autograd tape at once) with a global context.
+  (the regions of an image never on the autograd tape at once) with a global context;
+- ``demo_large``: the demo task on 1024 px images, 16 x 16 regions of 64 px, one
+  segment of Transformer-XL over all 1,024 tokens, fine-tuned in exact mode
+  (``train.init``) from the same recipe, model and seed's run on ``demo``: the way a
+  large-image model is trained when its scenes are too costly to learn from scratch.
 
 ``key``, ``pairs`` and ``sum`` run on 128 px images of 4 x 4 regions of 32 px (a quarter
 of the demo's pixels, so that three seeds of everything fit in an hour of a 2-core CPU).
@@ -32,7 +36,8 @@ Each run trains on the task's seed-0 scenes, keeps the checkpoint with the best
 validation score (seed-1 scenes), and is scored on held-out seed-1000 scenes. The
 baselines' ceilings (the best scores any crop-only or downsample predictor can reach)
 are computed from the scenes (`SyntheticTask.ceilings`). Runs are resumable: a row
-already in the results is not run again unless ``--force``.
+already in the results is not run again unless ``--force``, and a finished run folder
+(``runs/context_pays/RECIPE/TASK-MODEL-sSEED-STEPS``) is scored without training again.
 
     python benchmarks/context_pays.py                       # everything (hours on a CPU)
     python benchmarks/context_pays.py --tasks key pairs --seeds 0 1 2
@@ -46,8 +51,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -91,9 +94,22 @@ TASKS: dict[str, list[str]] = {
         "train.batch_size=1",
         "train.region_batch=64",
     ],
+    "demo_large": [
+        "data.size=1024",
+        "data.val_samples=8",
+        "model.context_kwargs.segment_len=1024",  # every token sees every other
+        "model.context_kwargs.mem_len=0",
+        "train.mode=exact",
+        "train.batch_size=2",
+        "train.steps=150",
+        "train.warmup=15",
+        "train.lr=5e-4",
+    ],
 }
+INIT = {"demo_large": "demo"}  # fine-tuned from the run on this task (same recipe, model, seed)
+RUNS = Path("runs/context_pays")
 METRIC = {"sum": "top1"}  # the rest: foreground IoU
-KEYED = ("key", "demo", "key_large")  # segment the objects textured like a key
+KEYED = ("key", "demo", "key_large", "demo_large")  # segment the objects textured like a key
 GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
 
 
@@ -103,13 +119,39 @@ def overrides(recipe: str, task: str, model: str, seed: int, steps: int | None,
     extra = [f"train.steps={steps}", f"train.eval_every={max(steps // 4, 1)}"] if steps else []
     if model == "downsample" and task == "key_large":
         extra += ["train.mode=direct", "train.batch_size=4"]  # one region per image
+    if model == "downsample" and task == "demo_large":
+        extra += ["train.mode=direct"]  # one region per image
+    if task in INIT:
+        extra += [f"train.init={run_folder(recipe, INIT[task], model, seed, None)}"]
     return [*RECIPES[recipe], *TASKS[task], f"model.baseline={model}", f"train.seed={seed}", *extra,
             f"train.out={out}"]  # fmt: skip
 
 
+def run_folder(recipe: str, task: str, model: str, seed: int, steps: int | None) -> Path:
+    """Where a run trains and stays (so that a later task can start from it)."""
+    steps = steps or load_config(PRESET, [*RECIPES[recipe], *TASKS[task]]).train.steps
+    return RUNS / recipe / f"{task}-{model}-s{seed}-{steps}"
+
+
+def finished(config: Any) -> bool:
+    """Whether ``train.out`` holds this config's run, trained to its last step."""
+    from xtimage.checkpoint import read_checkpoint
+
+    run = Path(config.train.out)
+    if not (run / "checkpoints" / "last.safetensors").exists():
+        return False
+    same = ("progress", "out")  # what does not change the trained weights
+    saved = load_config(run / "config.yaml")
+    if replace(saved.train, **{k: getattr(config.train, k) for k in same}) != config.train:
+        return False
+    done = read_checkpoint(run).step == config.train.steps
+    return done and (saved.model, saved.data) == (config.model, config.data)
+
+
 def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
             test_images: int) -> dict:  # fmt: skip
-    """Train and score one (task, model, seed); runs in its own process."""
+    """Train (unless done before) and score one (task, model, seed); runs in its own
+    process."""
     import torch
 
     from xtimage.data.synthetic import synthetic
@@ -117,17 +159,16 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
     from xtimage.predict import Predictor
     from xtimage.train import Trainer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        config = load_config(PRESET, overrides(recipe, task, model, seed, steps,
-                                              Path(tmp) / "run"))  # fmt: skip
-        start = time.monotonic()
-        result = Trainer(config, overwrite=True).fit()
-        minutes = (time.monotonic() - start) / 60
-        best = Path(tmp) / "run" / "checkpoints" / "best.safetensors"
-        predictor = Predictor.from_checkpoint(str(best), device="cpu", amp="none")
-        logged = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
+    run = run_folder(recipe, task, model, seed, steps)
+    config = load_config(PRESET, overrides(recipe, task, model, seed, steps, run))
+    if not finished(config):
+        Trainer(config, overwrite=True).fit()
+    predictor = Predictor.from_checkpoint(str(run / "checkpoints" / "best.safetensors"),
+                                          device="cpu", amp="none")  # fmt: skip
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    minutes = max(r.get("time_s", 0) for r in logged) / 60  # training, as the run logged it
     metric = METRIC.get(task, "foreground_iou")
-    validation = [[r["step"], round(r[metric], 4)] for r in map(json.loads, logged) if metric in r]
+    validation = [[r["step"], round(r[metric], 4)] for r in logged if metric in r]
     # the training data set's task, on held-out scenes
     held_out = replace(config.data, seed=TEST_SEED, train_samples=test_images, val_samples=0)
     test = synthetic(config.model, held_out).train
@@ -139,7 +180,7 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
         "model": model,
         "seed": seed,
         "steps": config.train.steps,
-        "trained_steps": result["step"],
+        "init": INIT.get(task),  # the task whose run it started from
         "metric": metric,
         "score": float(scores[metric]),
         "ceilings": test.ceilings(200),
@@ -213,15 +254,15 @@ def main() -> None:
     key = (*GROUP, "model")
     done = {tuple(r[k] for k in key) for r in json.loads(path.read_text())} \
         if path.exists() and not args.force else set()  # fmt: skip
-    recipe_steps = load_config(PRESET, RECIPES[args.recipe]).train.steps
     for task in args.tasks:
-        if task == "key_large" and args.recipe in ALL_AT_ONCE:
-            print(f"skipping key_large: the {args.recipe} recipe trains only all at once, "
-                  "key_large needs exact mode")  # fmt: skip
+        if task in ("key_large", "demo_large") and args.recipe in ALL_AT_ONCE:
+            print(f"skipping {task}: the {args.recipe} recipe trains only all at once, "
+                  "it needs exact mode")  # fmt: skip
             continue
+        task_steps = load_config(PRESET, [*RECIPES[args.recipe], *TASKS[task]]).train.steps
         for seed in args.seeds:
             for model in args.models:
-                if (args.recipe, task, args.steps or recipe_steps, seed, model) in done:
+                if (args.recipe, task, args.steps or task_steps, seed, model) in done:
                     continue
                 run = (args.recipe, task, model, seed, args.steps, args.test_images)
                 row = {**_in_child(*run), **machine()}
