@@ -28,8 +28,9 @@ provably lack what it needs:
   (the regions of an image never on the autograd tape at once) with a global context;
 - ``demo_large``: the demo task on 1024 px images, 16 x 16 regions of 64 px, one
   segment of Transformer-XL over all 1,024 tokens, fine-tuned in exact mode
-  (``train.init``) from the same recipe, model and seed's run on ``demo``: the way a
-  large-image model is trained when its scenes are too costly to learn from scratch.
+  (``train.init``) from the same recipe, model and seed's run on ``demo``, the backbone's
+  batch norms frozen (``model.frozen_norm``): the way a large-image model is trained when
+  its scenes are too costly to learn from scratch.
 
 ``key``, ``pairs`` and ``sum`` run on 128 px images of 4 x 4 regions of 32 px (a quarter
 of the demo's pixels, so that three seeds of everything fit in an hour of a 2-core CPU).
@@ -115,6 +116,7 @@ TASKS: dict[str, list[str]] = {
         "data.val_samples=8",
         "model.context_kwargs.segment_len=1024",  # every token sees every other
         "model.context_kwargs.mem_len=0",
+        "model.frozen_norm=true",  # the backbone's batch norms keep the demo run's statistics
         "train.mode=exact",
         "train.batch_size=2",
         "train.steps=150",

@@ -37,6 +37,7 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
         subregion=config.subregion,
         pretrained=config.pretrained if load_pretrained else None,
         frozen=config.frozen,
+        frozen_norm=config.frozen_norm,
         pixel_mean=config.pixel_mean,
         pixel_std=config.pixel_std,
         **config.backbone_kwargs,

@@ -47,6 +47,10 @@ class ModelConfig:
         backbone_kwargs: extra ``timm.create_model`` arguments (``depths``, ``dims``...).
         pretrained: local weights file of the backbone, or None.
         frozen: keep the backbone fixed (eval mode, no gradients); train context + head.
+        frozen_norm: keep the backbone's batch norms in eval mode while training (running
+            statistics as loaded, scale and shift trained): for fine-tuning a BatchNorm
+            backbone in exact or streaming mode, whose chunks of regions otherwise set
+            the statistics (docs/training.md).
         in_chans: image channels.
         pixel_mean: per-channel mean the region encoder subtracts from [0, 1] pixels (the
             backbone's pretraining statistics, e.g. ImageNet's), or None.
@@ -95,6 +99,7 @@ class ModelConfig:
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     frozen: bool = False
+    frozen_norm: bool = False
     in_chans: int = 3
     pixel_mean: list[float] | None = None
     pixel_std: list[float] | None = None

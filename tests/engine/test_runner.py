@@ -237,6 +237,34 @@ def test_exact_dense_gradients_equal_all_at_once(margin, film, region_batch):
     _assert_same_grads(_grads(model), expected)
 
 
+@pytest.mark.parametrize("frozen_norm", [True, False])
+def test_frozen_batch_norm_makes_exact_gradients_of_a_batch_norm_backbone_exact(frozen_norm):
+    """A MobileNet region encoder in training mode: with its batch norms frozen, chunks of
+    3 regions give the per-image gradients and leave the running statistics as they were;
+    without, each chunk normalises by its own statistics (the check that can fail)."""
+    encoder = RegionEncoder("mobilenetv3_small_050", region=64, frozen_norm=frozen_norm)
+    head = DenseHead(encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8)
+    model = XT(encoder, GlobalAttention(16), head, region=64).to(torch.float64).train()
+    norms = [m for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    batch = images((130, 170), (60, 100))
+    targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
+    model.zero_grad()
+    _dense_reference_loss(model, batch, targets).backward()
+    expected = _grads(model)
+    model.zero_grad()
+    Engine(model, region_batch=3).exact_step(batch, targets)
+    got = _grads(model)
+    assert any(n.endswith("bn1.weight") for n in got)  # the norms' scale still trains
+    unchanged = all(torch.equal(m.running_mean, b) for m, b in zip(norms, before, strict=True))
+    assert unchanged == frozen_norm
+    if frozen_norm:
+        _assert_same_grads(got, expected)
+    else:
+        with pytest.raises(AssertionError):
+            _assert_same_grads(got, expected)
+
+
 @pytest.mark.parametrize("dense", [False, True])
 def test_a_batch_in_one_chunk_is_encoded_once_with_the_two_pass_gradients(dense):
     """Dropout on: the one-pass step draws the masks the two-pass step draws with the

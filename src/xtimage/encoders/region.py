@@ -167,6 +167,11 @@ class RegionEncoder(nn.Module):
         pretrained: a local timm checkpoint file; nothing is ever downloaded.
         frozen: keep the backbone in eval mode without gradients (train context and head
             only).
+        frozen_norm: keep its batch norms in eval mode while training: their running
+            statistics stay as loaded (pretrained, or a ``train.init`` run), their scale
+            and shift still train. Chunked training (exact, streaming) otherwise
+            normalises each chunk of regions by that chunk's statistics, not the batch's,
+            and the running statistics follow the last few chunks.
         out_indices: which of timm's feature maps to return (default all); stages after
             the deepest one asked for are dropped.
         pixel_mean: per-channel mean subtracted from every region (the backbone's
@@ -185,6 +190,7 @@ class RegionEncoder(nn.Module):
         subregion: int | None = None,
         pretrained: str | Path | None = None,
         frozen: bool = False,
+        frozen_norm: bool = False,
         out_indices: Sequence[int] | None = None,
         pixel_mean: Sequence[float] | None = None,
         pixel_std: Sequence[float] | None = None,
@@ -220,6 +226,7 @@ class RegionEncoder(nn.Module):
         self.subregion = subregion
         self.in_chans = in_chans
         self.frozen = frozen
+        self.frozen_norm = frozen_norm
         # The backbone's pixel statistics come from the config, not the weights: not saved.
         for key, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
             stat = None if values is None else torch.tensor(values, dtype=torch.float32)
@@ -333,13 +340,20 @@ class RegionEncoder(nn.Module):
             in_chans=self.in_chans,
             subregion=self.subregion,
             frozen=self.frozen,
+            frozen_norm=self.frozen_norm,
             out_indices=list(self.indices),
             **self.timm_kwargs,
         )
 
     def train(self, mode: bool = True) -> RegionEncoder:
-        """Set training mode; a frozen encoder stays in eval mode."""
-        return super().train(mode and not self.frozen)
+        """Set training mode; a frozen encoder stays in eval mode, and so do the batch
+        norms of one with ``frozen_norm``."""
+        super().train(mode and not self.frozen)
+        if mode and self.frozen_norm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, regions: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps of each region.
