@@ -135,20 +135,29 @@ def overrides(recipe: str, task: str, model: str, seed: int, steps: int | None,
               out: Path) -> list[str]:  # fmt: skip
     """The recipe's overrides for one run."""
     extra = [f"train.steps={steps}", f"train.eval_every={max(steps // 4, 1)}"] if steps else []
-    if model == "downsample" and task == "key_large":
-        extra += ["train.mode=direct", "train.batch_size=4"]  # one region per image
-    if model == "downsample" and task == "demo_large":
+    if model == "downsample" and needs_exact(task):
         extra += ["train.mode=direct"]  # one region per image
+    if model == "downsample" and task == "key_large":
+        extra += ["train.batch_size=4"]
     if task in INIT:
         extra += [f"train.init={run_folder(recipe, INIT[task], model, seed, None)}"]
     return [*RECIPES[recipe], *TASKS[task], f"model.baseline={model}", f"train.seed={seed}", *extra,
             f"train.out={out}"]  # fmt: skip
 
 
+def needs_exact(task: str) -> bool:
+    """Whether the task trains xT in exact mode (too large to train all at once)."""
+    return "train.mode=exact" in TASKS[task]
+
+
+def task_steps(recipe: str, task: str) -> int:
+    """The recipe's training steps for the task."""
+    return load_config(PRESET, [*RECIPES[recipe], *TASKS[task]]).train.steps
+
+
 def run_folder(recipe: str, task: str, model: str, seed: int, steps: int | None) -> Path:
     """Where a run trains and stays (so that a later task can start from it)."""
-    steps = steps or load_config(PRESET, [*RECIPES[recipe], *TASKS[task]]).train.steps
-    return RUNS / recipe / f"{task}-{model}-s{seed}-{steps}"
+    return RUNS / recipe / f"{task}-{model}-s{seed}-{steps or task_steps(recipe, task)}"
 
 
 def finished(config: Any) -> bool:
@@ -273,14 +282,14 @@ def main() -> None:
     done = {tuple(r[k] for k in key) for r in json.loads(path.read_text())} \
         if path.exists() and not args.force else set()  # fmt: skip
     for task in args.tasks:
-        if task in ("key_large", "demo_large") and args.recipe in ALL_AT_ONCE:
+        if needs_exact(task) and args.recipe in ALL_AT_ONCE:
             print(f"skipping {task}: the {args.recipe} recipe trains only all at once, "
                   "it needs exact mode")  # fmt: skip
             continue
-        task_steps = load_config(PRESET, [*RECIPES[args.recipe], *TASKS[task]]).train.steps
+        steps = args.steps or task_steps(args.recipe, task)
         for seed in args.seeds:
             for model in args.models:
-                if (args.recipe, task, args.steps or task_steps, seed, model) in done:
+                if (args.recipe, task, steps, seed, model) in done:
                     continue
                 run = (args.recipe, task, model, seed, args.steps, args.test_images)
                 row = {**_in_child(*run), **machine()}
