@@ -102,6 +102,16 @@ TASKS: dict[str, list[str]] = {
         "model.class_mlp_ratio=4",
         "data.params={textures: 4}",
     ],
+    # the texture of the candidate as bright as a far key (docs/synthetic.md): a
+    # multiplexer that a pooled linear classifier of per-region features cannot compute
+    "match": [
+        *SMALL,
+        "model.head=classification",
+        "model.num_classes=4",
+        "model.outputs=[]",
+        "model.class_pool=attention",
+        "data.params={textures: 4, task: match}",
+    ],
     "key_large": [
         "data.size=512",
         "model.region=32",
@@ -126,7 +136,7 @@ TASKS: dict[str, list[str]] = {
 }
 INIT = {"demo_large": "demo"}  # fine-tuned from the run on this task (same recipe, model, seed)
 RUNS = Path("runs/context_pays")
-METRIC = {"sum": "top1", "sum_mlp": "top1"}  # the rest: foreground IoU
+METRIC = {"sum": "top1", "sum_mlp": "top1", "match": "top1"}  # the rest: foreground IoU
 KEYED = ("key", "demo", "key_large", "demo_large")  # segment the objects textured like a key
 GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
 

@@ -292,7 +292,8 @@ class Trainer:
         if d.augment:
             from xtimage.data.sampling import Augment
 
-            augment = Augment(jitter=d.jitter)
+            turns = self.data.turns_keep_labels
+            augment = Augment(flip=turns, rot90=turns, jitter=d.jitter)
         return torch.utils.data.DataLoader(
             _Samples(self.data.train, augment, t.seed),
             batch_sampler=shares,

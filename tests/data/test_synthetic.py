@@ -253,3 +253,90 @@ def test_the_synthetic_builder_picks_a_task_that_fits_the_head():
     cfg = load_config("synthetic_cls", ["data.params={task: pairs}"])
     with pytest.raises(ConfigError, match="model.head=classification"):
         build_datasets(cfg)
+
+
+@pytest.fixture(scope="module")
+def match():
+    return SyntheticTask("match", size=128, region=32, textures=4, noise=0.0, seed=5)
+
+
+def test_match_label_is_the_texture_of_the_candidate_as_bright_as_the_key(match):
+    """Read off the pixels alone: the key is the largest shape; the candidates, one per
+    brightness level and each texture once, lie outside its region; the label is the
+    texture of the candidate whose mean brightness is the key's."""
+    assert match.num_classes == 4
+    for i in range(8):
+        s = match.sample(i)
+        image = s.image[0]
+        labels, n = ndimage.label(np.abs(image - BG) > 1e-6, structure=np.ones((3, 3)))
+        *candidates, key = sorted((labels == j for j in range(1, n + 1)), key=np.sum)
+        assert len(candidates) == 4
+        key_cell = tuple(np.argwhere(key)[0] // match.region)
+        for c in candidates:
+            assert key_cell not in {tuple(p) for p in np.argwhere(c) // match.region}
+        signatures = [_signature(image, c) for c in candidates]
+        assert len(set(signatures)) == 4  # each texture once
+        means = np.array([image[c].mean() for c in candidates])
+        assert np.diff(np.sort(means)).min() > 0.1  # one candidate per level
+        target = candidates[int(np.abs(means - image[key].mean()).argmin())]
+        assert np.abs(means - image[key].mean()).min() < 1e-3
+        assert s.label == int(s.texture[target][0]) - 1
+
+
+def test_match_hides_the_label_from_one_region_and_from_the_downsampled_image(match):
+    """Relabelling the textures while keeping the key's: the label changes, the key's
+    region and the area-downsampled image do not (the key's region holds no candidate,
+    and every texture averages to its shape's level)."""
+    f = match.height // match.region
+    r = match.region
+    changed = 0
+    for i in range(6):
+        s = match.sample(i)
+        key_texture = match.texture_layout(i)[0][0]
+        permutation = np.roll(np.delete(np.arange(4), key_texture), 1)
+        permutation = np.insert(permutation, key_texture, key_texture)  # fixes the key's
+        t = match.sample(i, permutation=permutation)
+        assert t.label == permutation[s.label]
+        changed += t.label != s.label
+        row, col = match._scene(i).key_cells[0] // f, match._scene(i).key_cells[0] % f
+        window = np.s_[:, row * r : (row + 1) * r, col * r : (col + 1) * r]
+        np.testing.assert_array_equal(s.image[window], t.image[window])
+        down = [torch.nn.functional.avg_pool2d(torch.from_numpy(x.image), f) for x in (s, t)]
+        torch.testing.assert_close(down[0], down[1], rtol=0, atol=1e-6)
+    assert changed >= 4  # the label moved wherever the target is not key-textured
+    c = match.ceilings(80)
+    labels = np.array([match.sample(i).label for i in range(80)])
+    assert c["crop"] == c["downsample"] == np.bincount(labels).max() / 80 < 0.4
+
+
+def test_match_refuses_an_image_too_small_for_its_candidates():
+    task = SyntheticTask("match", size=(32, 64), region=32, textures=6)
+    with pytest.raises(ConfigError, match="could not place 6 candidates"):
+        task.sample(0)
+
+
+def test_a_turn_changes_a_texture_label_so_training_does_not_turn_them(tmp_path):
+    """A 90-degree turn makes stripes across into stripes down: the texture of the match
+    task's target changes while its label would not. Its data sets say so, and the
+    trainer then augments by jitter alone (segmentation keeps its turns)."""
+    from xtimage.config import load_config
+    from xtimage.data.registry import build_datasets
+    from xtimage.train import Trainer
+
+    task = SyntheticTask("match", size=128, region=32, textures=4, noise=0.0)
+    i = next(i for i in range(20) if task.sample(i).label == 0)  # stripes across
+    s = task.sample(i)
+    target = s.texture == 1
+    turned = np.rot90(s.image[0]).copy()
+    assert _signature(s.image[0], target) != _signature(turned, np.rot90(target))
+
+    def augment(preset, *extra):
+        cfg = load_config(preset, ["model.region=32", "data.size=64", f"train.out={tmp_path}",
+                                   "train.workers=0", *extra])  # fmt: skip
+        return Trainer(cfg, overwrite=True)._loader([[0]], 0).dataset.augment
+
+    cls = augment("synthetic_cls", "data.params={task: match, textures: 2}", "model.num_classes=2")
+    assert not build_datasets(load_config("synthetic_cls")).turns_keep_labels
+    assert (cls.flip, cls.rot90, cls.jitter > 0) == (False, False, True)
+    seg = augment("synthetic_seg")
+    assert (seg.flip, seg.rot90) == (True, True)

@@ -25,11 +25,16 @@ if TYPE_CHECKING:
 @dataclass
 class Datasets:
     """A run's samples: ``train`` (map-style, optionally with ``plan(epoch)`` giving the
-    keys of an epoch in order), ``val`` (map-style, whole images), and class names."""
+    keys of an epoch in order), ``val`` (map-style, whole images), and class names.
+
+    ``turns_keep_labels`` is False where a flip or a 90-degree turn can change an answer
+    (a label that names a stripe's direction): training then augments by jitter alone.
+    """
 
     train: Any
     val: Any
     classes: list[str] | None = None
+    turns_keep_labels: bool = True
 
 
 DATASETS: Registry[Datasets] = Registry("data set kind (data.kind)")

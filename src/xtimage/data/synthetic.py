@@ -54,6 +54,9 @@ class _Kind:
         head: the head family that answers it (``model.head``).
         keys: key shapes drawn, each in its own region.
         twins: objects are placed in point-symmetric twins.
+        levels: the objects are one candidate per brightness level, textured with a
+            permutation of the textures, outside the key's region; the key takes one
+            candidate's level.
         classes: the number of classes, given the number of textures.
         answer: the ground truth, from `_Drawn`.
         units: what the blind predictors are scored on, as (hit, candidate, in_key)
@@ -66,6 +69,7 @@ class _Kind:
     head: str
     keys: int
     twins: bool
+    levels: bool
     classes: Callable[[int], int]
     answer: Callable[[_Drawn], dict[str, Any]]
     units: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None
@@ -108,6 +112,13 @@ def _pairs_answer(d: _Drawn) -> dict[str, Any]:
 def _label_answer(d: _Drawn) -> dict[str, Any]:
     """The sum of the two keys' textures, modulo the number of textures."""
     return {"label": int(d.key_textures.sum() % d.textures)}
+
+
+def _match_answer(d: _Drawn) -> dict[str, Any]:
+    """The texture of the candidate as bright as the key."""
+    (key,), objects = d.scene.keys, d.scene.objects
+    target = next(i for i, o in enumerate(objects) if o.mean == key.mean)
+    return {"label": int(d.texture_of[2 + target])}  # as drawn: after the background, key
 
 
 def _box_answer(d: _Drawn) -> dict[str, Any]:
@@ -166,11 +177,16 @@ def _f1(counts: np.ndarray) -> np.ndarray:
 
 
 KINDS: dict[str, _Kind] = {
-    "segmentation": _Kind("segmentation", 1, False, lambda t: 2, _mask_answer, _pixel_units, _iou),
-    "pairs": _Kind("segmentation", 0, True, lambda t: 2, _pairs_answer, _pairs_units, _iou),
-    "classification": _Kind("classification", 2, False, lambda t: t, _label_answer, None, None),
-    "detection": _Kind("detection", 1, False, lambda t: 1, _box_answer, _object_units, _f1),
-}
+    "segmentation": _Kind("segmentation", 1, False, False, lambda t: 2, _mask_answer,
+                          _pixel_units, _iou),
+    "pairs": _Kind("segmentation", 0, True, False, lambda t: 2, _pairs_answer, _pairs_units,
+                   _iou),
+    "classification": _Kind("classification", 2, False, False, lambda t: t, _label_answer,
+                            None, None),
+    "match": _Kind("classification", 1, False, True, lambda t: t, _match_answer, None, None),
+    "detection": _Kind("detection", 1, False, False, lambda t: 1, _box_answer, _object_units,
+                       _f1),
+}  # fmt: skip
 
 # Period-2 textures on the absolute pixel grid: the fraction of full contrast per pixel.
 _PATTERNS = (
@@ -186,6 +202,12 @@ BACKGROUND = 0.1
 OBJECT_MEAN = 0.45
 KEY_MEAN = 0.75  # keys are brighter than objects: easy to find even when downsampled
 CONTRAST = 0.25  # textures swing by -/+ CONTRAST around their mean
+LEVELS = (0.3, 0.65)  # the match task's brightness levels span this (no texture clips)
+
+
+def _levels(textures: int) -> np.ndarray:
+    """The match task's brightness levels, one per texture."""
+    return np.linspace(*LEVELS, textures)
 
 
 @dataclass(frozen=True)
@@ -218,6 +240,7 @@ class _Shape:
     left: int
     cells: np.ndarray  # (h, w) bool
     texture: int
+    mean: float  # the brightness its texture swings around
 
 
 @dataclass(frozen=True)
@@ -310,6 +333,9 @@ class SyntheticTask(torch.utils.data.Dataset):
         half_h, half_w = self.height // 2, self.width // 2  # the 2-px grid
         taken = np.zeros((half_h, half_w), dtype=bool)
         cells = rng.permutation(self.grid[0] * self.grid[1])
+        levels = _levels(self.textures)
+        match = self.spec.levels
+        key_mean = float(levels[rng.integers(self.textures)]) if match else KEY_MEAN
         keys, key_cells = [], []
         for cell in cells[: self.spec.keys]:
             cells_hw = _disk(0.3 * self.region / 2)  # radius 0.3 region, in 2-px cells
@@ -318,13 +344,20 @@ class SyntheticTask(torch.utils.data.Dataset):
             span = self.region // 2 - n
             top = row * self.region // 2 + int(rng.integers(0, span + 1))
             left = col * self.region // 2 + int(rng.integers(0, span + 1))
-            keys.append(_Shape(top, left, cells_hw, int(rng.integers(self.textures))))
+            texture = int(rng.integers(self.textures))
+            keys.append(_Shape(top, left, cells_hw, texture, key_mean))
             key_cells.append(int(cell))
             taken[top : top + n, left : left + n] |= cells_hw
+        if match:  # the key's region is kept clear of candidates
+            r = self.region // 2
+            row, col = divmod(key_cells[0], self.grid[1])
+            taken[row * r : (row + 1) * r, col * r : (col + 1) * r] = True
+            order = rng.permutation(self.textures)  # candidate i: level i, texture order[i]
+        wanted = self.textures if match else self.objects - self.spec.twins
         objects = []
         lo, hi = (r * self.region / 2 for r in self.radius)
-        for _ in range(20 * self.objects):
-            if len(objects) >= self.objects - self.spec.twins:
+        for _ in range(20 * max(self.objects, wanted)):
+            if len(objects) >= wanted:
                 break
             if rng.random() < 0.5:
                 cells_hw = _disk(rng.uniform(lo, hi))
@@ -335,15 +368,24 @@ class SyntheticTask(torch.utils.data.Dataset):
             if h + 2 > half_h or w + 2 > half_w:
                 continue
             top, left = int(rng.integers(1, half_h - h)), int(rng.integers(1, half_w - w))
-            texture = int(rng.integers(self.textures))
-            shapes = [_Shape(top, left, cells_hw, texture)]
+            if match:
+                texture, mean = int(order[len(objects)]), float(levels[len(objects)])
+            else:
+                texture, mean = int(rng.integers(self.textures)), OBJECT_MEAN
+            shapes = [_Shape(top, left, cells_hw, texture, mean)]
             if self.spec.twins:  # the point-symmetric twin, its texture drawn on its own
                 twin = cells_hw[::-1, ::-1]
                 texture = int(rng.integers(self.textures))
-                shapes.append(_Shape(half_h - top - h, half_w - left - w, twin, texture))
+                shapes.append(_Shape(half_h - top - h, half_w - left - w, twin, texture, mean))
             if not _place(taken, shapes):
                 continue
             objects += shapes
+        if match and len(objects) < wanted:
+            raise ConfigError(
+                f"the match task could not place {wanted} candidates outside the key's "
+                f"region in a {self.height} x {self.width} image (sample {index}); use a "
+                "larger size or a smaller region"
+            )
         return _Scene(keys, key_cells, objects)
 
     def _draw(self, scene: _Scene) -> np.ndarray:
@@ -383,7 +425,7 @@ class SyntheticTask(torch.utils.data.Dataset):
         bright = np.zeros((self.height, self.width))
         for t in range(self.textures):
             bright = np.where(tex == t, _PATTERNS[t](y, x), bright)
-        mean = np.where(ids > len(scene.keys), OBJECT_MEAN, KEY_MEAN)
+        mean = np.array([BACKGROUND] + [s.mean for s in shapes])[ids]
         value = np.where(tex >= 0, mean + CONTRAST * (2 * bright - 1), BACKGROUND)
         rng = np.random.default_rng([self.seed, index, 1])
         value = value + self.noise * rng.standard_normal(value.shape)
@@ -515,4 +557,5 @@ def synthetic(model: ModelConfig, data: DataConfig) -> Datasets:
             f"the synthetic {model.head} task has {train.num_classes} classes but "
             f"model.num_classes={model.num_classes}; set model.num_classes={train.num_classes}"
         )
-    return Datasets(train, val)
+    # a turn swaps stripes across and down: a label naming a texture would change
+    return Datasets(train, val, turns_keep_labels=train.spec.head != "classification")
