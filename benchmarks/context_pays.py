@@ -1,6 +1,6 @@
 """Does far context pay? xT against crop-only and downsample, one recipe, several seeds.
 
-Every run goes through the public `Trainer` with the ``demo`` preset and one of four
+Every run goes through the public `Trainer` with the ``demo`` preset and one of five
 recipes (``--recipe``); only the task (and the head it needs) and ``model.baseline``
 change between runs of a recipe:
 
@@ -13,7 +13,9 @@ change between runs of a recipe:
 - ``batch``: the demo preset until session 10: the batch-norm decoder at width 64, tokens
   from the deepest map only, 600 steps of 4 scenes; all at once only.
 - ``film_scale``: the ``film`` head with everything else of ``demo`` (width 32, 1,200
-  steps of 8 scenes).
+  steps of 8 scenes);
+- ``film_max``: ``film_scale`` with tokens that read each shallower map's maximum over
+  the token's cell, not its mean (``model.token_reduce=max``).
 
 Tasks (`xtimage.data.synthetic`, docs/synthetic.md), each built so that both baselines
 provably lack what it needs:
@@ -74,7 +76,10 @@ RECIPES: dict[str, list[str]] = {
     "batch": [*SESSION_10, "model.token_maps=1"],
     # the film head at the demo's scale; direct mode gives exact mode's gradients, faster
     "film_scale": ["model.decoder_norm=layer", "model.decoder_fusion=film", "train.mode=direct"],
-}
+    # the same, the shallower maps reduced to the token grid by their maxima, not means
+    "film_max": ["model.decoder_norm=layer", "model.decoder_fusion=film", "train.mode=direct",
+                 "model.token_reduce=max"],
+}  # fmt: skip
 ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")
 TEST_SEED = 1000

@@ -59,6 +59,7 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
         pool=config.pool,
         token_norm=config.token_norm,
         token_maps=config.token_maps,
+        token_reduce=config.token_reduce,
         release=config.release,
         release_chunk=config.release_chunk,
     )

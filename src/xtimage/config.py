@@ -65,6 +65,8 @@ class ModelConfig:
         token_norm: LayerNorm the projected tokens (see `RegionTokenizer`).
         token_maps: how many of the region encoder's maps, deepest first, each token
             reads (1: the deepest only, as in xT; more: fine detail as local statistics).
+        token_reduce: those statistics, "mean" or "max" of each shallower map over a
+            token's cell (max keeps a small object's detail at full strength).
         context: context encoder name (``none``, ``xl``, ``hyper``, ``mamba``, ``windowed``).
         context_kwargs: its arguments besides ``dim`` (depth, heads, segment_len...).
         dim: token width of the context encoder.
@@ -110,6 +112,7 @@ class ModelConfig:
     pool: int | None = None
     token_norm: bool = True
     token_maps: int = 1
+    token_reduce: str = "mean"
     context: str = "xl"
     context_kwargs: dict[str, Any] = field(default_factory=dict)
     dim: int = 128

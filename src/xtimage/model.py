@@ -64,6 +64,7 @@ class XT(nn.Module):
         token_norm: LayerNorm the projected tokens.
         token_maps: how many of the region encoder's maps, deepest first, each token
             reads (1: the deepest only, as in xT; see `RegionTokenizer`).
+        token_reduce: how the shallower maps are reduced to the token grid, "mean" or "max".
         release: the xT release's conventions (see the module docstring).
         release_chunk: the release's window length of its in-context-patches path (with
             a CLS head; see the module docstring), or None.
@@ -80,6 +81,7 @@ class XT(nn.Module):
         pool: int | None = None,
         token_norm: bool = True,
         token_maps: int = 1,
+        token_reduce: str = "mean",
         release: bool = False,
         release_chunk: int | None = None,
     ) -> None:
@@ -93,7 +95,7 @@ class XT(nn.Module):
             )
         self.token_strides = [i.stride for i in infos[-token_maps:]]
         channels = [i.channels for i in infos[-token_maps:]]
-        self.tokenizer = RegionTokenizer(channels, context.dim, pool, token_norm)
+        self.tokenizer = RegionTokenizer(channels, context.dim, pool, token_norm, token_reduce)
         self.context = context
         self.head = head
         self.region = region

@@ -105,6 +105,24 @@ def test_tokens_of_several_maps_concatenate_their_block_means():
     assert RegionTokenizer([2, 4], 5).proj.in_features == 6
 
 
+def test_max_reduced_shallow_maps_keep_a_small_detail_at_full_strength():
+    """reduce="max": each shallower map's cell maxima, by plain loops; a detail covering
+    one cell of a 16 x 16 block keeps its value where the mean divides it by 256."""
+    shallow = torch.randn(3, 2, 16, 16, dtype=torch.float64)
+    shallow[0, 0, 5, 7] = 50.0  # a small strong response
+    deep = torch.randn(3, 4, 1, 1, dtype=torch.float64)
+    cells = {
+        r: RegionTokenizer([2, 4], 6, reduce=r).cells([shallow, deep]) for r in ("mean", "max")
+    }
+    expected = shallow.flatten(2).amax(-1)  # (3, 2)
+    torch.testing.assert_close(cells["max"][:, 0, :2], expected, rtol=0, atol=0)
+    torch.testing.assert_close(cells["max"][:, 0, 2:], deep.flatten(1), rtol=0, atol=0)
+    assert cells["max"][0, 0, 0] == 50.0
+    assert cells["mean"][0, 0, 0] < 50.0 / 256 + 1
+    with pytest.raises(ConfigError, match="'median'"):
+        RegionTokenizer([2, 4], 6, reduce="median")
+
+
 def test_tokens_reading_shallow_maps_crop_each_maps_margin():
     """With a margin, every map a token reads is cropped to the region's core: the
     tokens equal those of the core maps cut by hand."""

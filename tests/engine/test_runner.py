@@ -57,9 +57,10 @@ def tiny_xt(
     dropout: float = 0.0,
     dtype=torch.float64,
     film: bool = False,
+    reduce: str = "mean",
 ) -> XT:
     """``film``: the context-conditioned decoder (FiLM in every block, no norm) over
-    tokens that read the three deepest maps."""
+    tokens that read the three deepest maps, reduced to the token grid by ``reduce``."""
     region = 64 + 2 * margin
     encoder = RegionEncoder(
         "convnext_atto",
@@ -77,7 +78,8 @@ def tiny_xt(
     else:
         head = ClassificationHead(16, 5, pool="attention")
     maps = 3 if film else 1
-    return XT(encoder, context, head, region=region, margin=margin, token_maps=maps).to(dtype)
+    return XT(encoder, context, head, region=region, margin=margin, token_maps=maps,
+              token_reduce=reduce).to(dtype)  # fmt: skip
 
 
 def images(*sizes):
@@ -221,10 +223,10 @@ def _dense_reference_loss(model, batch, targets):
 
 
 @pytest.mark.parametrize("region_batch", [3, 100])  # two passes; the batch in one chunk
-@pytest.mark.parametrize("film", [False, True])
+@pytest.mark.parametrize(("film", "reduce"), [(False, "mean"), (True, "mean"), (True, "max")])
 @pytest.mark.parametrize("margin", [0, 32])
-def test_exact_dense_gradients_equal_all_at_once(margin, film, region_batch):
-    model = tiny_xt(GlobalAttention, dense=True, margin=margin, film=film)
+def test_exact_dense_gradients_equal_all_at_once(margin, film, reduce, region_batch):
+    model = tiny_xt(GlobalAttention, dense=True, margin=margin, film=film, reduce=reduce)
     batch = images((130, 170), (60, 100))
     targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
     model.zero_grad()

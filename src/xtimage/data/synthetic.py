@@ -20,6 +20,11 @@ independently and uniformly.
 - ``classification``: two keys in different regions; the label is
   ``(texture(key 1) + texture(key 2)) mod textures``. No one region carries any
   information about the label, so per-region predictions fused afterwards are at chance.
+- ``match`` (a classification task, ``data.params: {task: match}``): one key and one
+  candidate per brightness level, textured with a permutation of the textures and kept
+  out of the key's region; the label is the texture of the candidate as bright as the
+  key. A region alone, and the downsampled image, are blind to it; a model with context
+  reads one texture at a place chosen by comparing two brightnesses.
 - ``detection``: boxes and centre points of the objects whose texture equals the key's.
 - ``pairs`` (a segmentation task, ``data.params: {task: pairs}``): no keys; objects come
   in twins placed point-symmetrically about the image centre, each twin's texture drawn
@@ -266,7 +271,7 @@ class SyntheticTask(torch.utils.data.Dataset):
     ``sample(index)`` depends only on ``(seed, index)``.
 
     Args:
-        kind: "segmentation", "pairs", "classification" or "detection".
+        kind: "segmentation", "pairs", "classification", "match" or "detection".
         size: image side, or (height, width), in pixels.
         region: region side of the xT model the task is designed for; keys lie inside
             one cell of this grid and object sizes scale with it.
