@@ -215,7 +215,13 @@ def test_any_size_and_getitem():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"kind": "panoptic"}, {"textures": 7}, {"region": 63}, {"size": 100, "region": 128}],
+    [
+        {"kind": "panoptic"},
+        {"textures": 7},
+        {"region": 63},
+        {"size": 100, "region": 128},
+        {"kind": "match", "objects": 5},
+    ],
 )
 def test_bad_config_raises(kwargs):
     with pytest.raises(ConfigError):

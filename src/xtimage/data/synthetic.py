@@ -312,6 +312,11 @@ class SyntheticTask(torch.utils.data.Dataset):
             raise ConfigError(f"textures must be 2 to {len(_PATTERNS)}, got {textures}")
         if not 0 < radius[0] <= radius[1] < 0.5:
             raise ConfigError(f"radius must be 0 < min <= max < 0.5 (of region), got {radius}")
+        if KINDS[kind].levels and objects is not None:
+            raise ConfigError(
+                f"the match task draws one candidate per texture ({textures}); objects "
+                f"({objects}) does not apply: leave it out"
+            )
         self.grid = (height // region, width // region)  # complete region cells
         keys = KINDS[kind].keys
         if self.grid[0] * self.grid[1] < keys:
