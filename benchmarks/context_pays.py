@@ -107,8 +107,8 @@ TASKS: dict[str, list[str]] = {
         "model.class_mlp_ratio=4",
         "data.params={textures: 4}",
     ],
-    # the texture of the candidate as bright as a far key (docs/synthetic.md): a
-    # multiplexer that a pooled linear classifier of per-region features cannot compute
+    # the texture of the candidate as bright as a far key (docs/synthetic.md): one region,
+    # or the downsampled image, is blind to it; a pooled linear crop classifier is not
     "match": [
         *SMALL,
         "model.head=classification",
