@@ -304,7 +304,7 @@ def test_match_hides_the_label_from_one_region_and_from_the_downsampled_image(ma
         t = match.sample(i, permutation=permutation)
         assert t.label == permutation[s.label]
         changed += t.label != s.label
-        row, col = match._scene(i).key_cells[0] // f, match._scene(i).key_cells[0] % f
+        row, col = divmod(match._scene(i).key_cells[0], match.grid[1])
         window = np.s_[:, row * r : (row + 1) * r, col * r : (col + 1) * r]
         np.testing.assert_array_equal(s.image[window], t.image[window])
         down = [torch.nn.functional.avg_pool2d(torch.from_numpy(x.image), f) for x in (s, t)]

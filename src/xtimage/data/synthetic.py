@@ -123,7 +123,7 @@ def _match_answer(d: _Drawn) -> dict[str, Any]:
     """The texture of the candidate as bright as the key."""
     (key,), objects = d.scene.keys, d.scene.objects
     target = next(i for i, o in enumerate(objects) if o.mean == key.mean)
-    return {"label": int(d.texture_of[2 + target])}  # as drawn: after the background, key
+    return {"label": int(d.texture_of[1 + len(d.scene.keys) + target])}  # as drawn
 
 
 def _box_answer(d: _Drawn) -> dict[str, Any]:

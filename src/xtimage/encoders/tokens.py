@@ -80,8 +80,8 @@ class RegionTokenizer(nn.Module):
         """Pooled, flattened cells before the projection: (N, C, s, s) -> (N, g * g, C).
 
         Several maps (shallow to deep): each reduced to the deepest map's grid (mean or
-        max), then concatenated along channels. Parameter-free, so a frozen backbone's cells can be
-        cached on disk.
+        max), then concatenated along channels. Parameter-free, so a frozen backbone's
+        cells can be cached on disk.
         """
         if isinstance(maps, torch.Tensor):
             maps = [maps]
