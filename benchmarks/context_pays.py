@@ -26,6 +26,8 @@ provably lack what it needs:
   agree; no object is special on its own;
 - ``sum``: classify by the sum of two far keys' textures modulo 4 (attention pooling and
   a linear classifier); ``sum_mlp`` the same with mean pooling and an MLP;
+- ``match``: classify by the texture of the candidate as bright as a far key;
+- ``present``: is the key's texture among the objects' (classification, two classes);
 - ``key_large``: the key task on 512 px images, 16 x 16 regions, trained in exact mode
   (the regions of an image never on the autograd tape at once) with a global context;
 - ``demo_large``: the demo task on 1024 px images, 16 x 16 regions of 64 px, one
@@ -117,6 +119,16 @@ TASKS: dict[str, list[str]] = {
         "model.class_pool=attention",
         "data.params={textures: 4, task: match}",
     ],
+    # is the key's texture among the objects' (half of the textures, drawn per scene)?
+    # every region alone and the downsampled image see a yes half the time
+    "present": [
+        *SMALL,
+        "model.head=classification",
+        "model.num_classes=2",
+        "model.outputs=[]",
+        "model.class_pool=attention",
+        "data.params={textures: 4, task: present}",
+    ],
     "key_large": [
         "data.size=512",
         "model.region=32",
@@ -141,7 +153,8 @@ TASKS: dict[str, list[str]] = {
 }
 INIT = {"demo_large": "demo"}  # fine-tuned from the run on this task (same recipe, model, seed)
 RUNS = Path("runs/context_pays")
-METRIC = {"sum": "top1", "sum_mlp": "top1", "match": "top1"}  # the rest: foreground IoU
+# the rest: foreground IoU
+METRIC = {"sum": "top1", "sum_mlp": "top1", "match": "top1", "present": "top1"}
 KEYED = ("key", "demo", "key_large", "demo_large")  # segment the objects textured like a key
 GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
 

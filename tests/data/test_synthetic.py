@@ -317,8 +317,59 @@ def test_match_hides_the_label_from_one_region_and_from_the_downsampled_image(ma
 
 def test_match_refuses_an_image_too_small_for_its_candidates():
     task = SyntheticTask("match", size=(32, 64), region=32, textures=6)
-    with pytest.raises(ConfigError, match="could not place 6 candidates"):
+    with pytest.raises(ConfigError, match="needs 6 objects outside the key.s region"):
         task.sample(0)
+
+
+@pytest.fixture(scope="module")
+def present():
+    return SyntheticTask("present", size=128, region=32, textures=4, noise=0.0, seed=2)
+
+
+def test_present_label_is_whether_an_object_wears_the_keys_texture(present):
+    """Read off the pixels alone: the key (the brightest shape) has no object in its
+    region, the objects wear exactly two of the four textures, and the label is 1 when
+    one of them is the key's."""
+    assert present.num_classes == 2
+    labels = []
+    for i in range(12):
+        s = present.sample(i)
+        image = s.image[0]
+        shapes, n = ndimage.label(np.abs(image - BG) > 1e-6, structure=np.ones((3, 3)))
+        parts = [shapes == j for j in range(1, n + 1)]
+        key = max(parts, key=lambda p: image[p].mean())
+        objects = [p for p in parts if p is not key]
+        key_cell = tuple(np.argwhere(key)[0] // present.region)
+        for o in objects:
+            assert key_cell not in {tuple(p) for p in np.argwhere(o) // present.region}
+        worn = {_signature(image, o) for o in objects}
+        assert len(worn) == 2
+        assert s.label == int(_signature(image, key) in worn)
+        labels.append(s.label)
+    assert 0 < sum(labels) < len(labels)
+
+
+def test_present_label_survives_relabelling_and_turns_unlike_the_downsampled_image(present):
+    """The label depends on which textures are equal, not on their names: relabelling
+    them keeps it, and the area-downsampled image, which no texture reaches. A turn
+    turns the key and the objects alike, so the label stands and training may turn these
+    scenes. Both baselines guess the commonest label."""
+    f = present.height // present.region
+    for i in range(6):
+        s = present.sample(i)
+        t = present.sample(i, permutation=np.array([1, 2, 3, 0]))
+        assert t.label == s.label
+        assert not np.array_equal(t.image, s.image)
+        down = [torch.nn.functional.avg_pool2d(torch.from_numpy(x.image), f) for x in (s, t)]
+        torch.testing.assert_close(down[0], down[1], rtol=0, atol=1e-6)
+        turned = np.rot90(s.image[0])
+        (key_texture,), objects = present.texture_layout(i)  # objects: -1 off them
+        key = (s.texture == 1 + key_texture) & (objects < 0)
+        worn = {_signature(turned, np.rot90(objects == o)) for o in set(objects[objects >= 0])}
+        assert (_signature(turned, np.rot90(key)) in worn) == bool(s.label)
+    c = present.ceilings(80)
+    labels = np.array([present.sample(i).label for i in range(80)])
+    assert c["crop"] == c["downsample"] == np.bincount(labels).max() / 80 < 0.65
 
 
 def test_a_turn_changes_a_texture_label_so_training_does_not_turn_them(tmp_path):
@@ -343,6 +394,8 @@ def test_a_turn_changes_a_texture_label_so_training_does_not_turn_them(tmp_path)
 
     cls = augment("synthetic_cls", "data.params={task: match, textures: 2}", "model.num_classes=2")
     assert not build_datasets(load_config("synthetic_cls")).turns_keep_labels
+    present = load_config("synthetic_cls", ["data.params={task: present}", "model.num_classes=2"])
+    assert build_datasets(present).turns_keep_labels  # its label names no texture
     assert (cls.flip, cls.rot90, cls.jitter > 0) == (False, False, True)
     seg = augment("synthetic_seg")
     assert (seg.flip, seg.rot90) == (True, True)

@@ -25,6 +25,10 @@ independently and uniformly.
   out of the key's region; the label is the texture of the candidate as bright as the
   key. A region alone, and the downsampled image, are blind to it; a model with context
   reads one texture at a place chosen by comparing two brightnesses.
+- ``present`` (a classification task, ``data.params: {task: present}``): the objects
+  are textured with half of the textures, chosen afresh for each scene, and kept out of
+  the key's region; the label is 1 if the key's texture is among them. Every region
+  alone, and the downsampled image, see a yes exactly half the time.
 - ``detection``: boxes and centre points of the objects whose texture equals the key's.
 - ``pairs`` (a segmentation task, ``data.params: {task: pairs}``): no keys; objects come
   in twins placed point-symmetrically about the image centre, each twin's texture drawn
@@ -57,11 +61,6 @@ class _Kind:
 
     Attributes:
         head: the head family that answers it (``model.head``).
-        keys: key shapes drawn, each in its own region.
-        twins: objects are placed in point-symmetric twins.
-        levels: the objects are one candidate per brightness level, textured with a
-            permutation of the textures, outside the key's region; the key takes one
-            candidate's level.
         classes: the number of classes, given the number of textures.
         answer: the ground truth, from `_Drawn`.
         units: what the blind predictors are scored on, as (hit, candidate, in_key)
@@ -69,16 +68,28 @@ class _Kind:
             region; None when the answer is one label.
         score: the pooled score of their counts (..., [tp, pred, truth]); None for a label
             (the ceiling is then the commonest label's frequency).
+        keys: key shapes drawn, each in its own region.
+        twins: objects are placed in point-symmetric twins.
+        levels: the objects are one candidate per brightness level, textured with a
+            permutation of the textures; the key takes one candidate's level.
+        clear: the key's region is kept free of objects.
+        palette: the objects' textures are drawn from ``textures // 2`` of them, chosen
+            afresh for each scene and each used at least once (else from all).
+        turnable: a flip or a 90-degree turn keeps the answer (a label that names a
+            texture does not: a turn makes stripes across into stripes down).
     """
 
     head: str
-    keys: int
-    twins: bool
-    levels: bool
     classes: Callable[[int], int]
     answer: Callable[[_Drawn], dict[str, Any]]
-    units: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None
-    score: Callable[[np.ndarray], np.ndarray] | None
+    units: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+    score: Callable[[np.ndarray], np.ndarray] | None = None
+    keys: int = 1
+    twins: bool = False
+    levels: bool = False
+    clear: bool = False
+    palette: bool = False
+    turnable: bool = True
 
 
 @dataclass(frozen=True)
@@ -124,6 +135,12 @@ def _match_answer(d: _Drawn) -> dict[str, Any]:
     (key,), objects = d.scene.keys, d.scene.objects
     target = next(i for i, o in enumerate(objects) if o.mean == key.mean)
     return {"label": int(d.texture_of[1 + len(d.scene.keys) + target])}  # as drawn
+
+
+def _present_answer(d: _Drawn) -> dict[str, Any]:
+    """1 if some object has the key's texture, else 0."""
+    objects = d.texture_of[1 + len(d.scene.keys) :]
+    return {"label": int(d.key_textures[0] in objects)}
 
 
 def _box_answer(d: _Drawn) -> dict[str, Any]:
@@ -182,15 +199,15 @@ def _f1(counts: np.ndarray) -> np.ndarray:
 
 
 KINDS: dict[str, _Kind] = {
-    "segmentation": _Kind("segmentation", 1, False, False, lambda t: 2, _mask_answer,
-                          _pixel_units, _iou),
-    "pairs": _Kind("segmentation", 0, True, False, lambda t: 2, _pairs_answer, _pairs_units,
-                   _iou),
-    "classification": _Kind("classification", 2, False, False, lambda t: t, _label_answer,
-                            None, None),
-    "match": _Kind("classification", 1, False, True, lambda t: t, _match_answer, None, None),
-    "detection": _Kind("detection", 1, False, False, lambda t: 1, _box_answer, _object_units,
-                       _f1),
+    "segmentation": _Kind("segmentation", lambda t: 2, _mask_answer, _pixel_units, _iou),
+    "pairs": _Kind("segmentation", lambda t: 2, _pairs_answer, _pairs_units, _iou, keys=0,
+                   twins=True),
+    "classification": _Kind("classification", lambda t: t, _label_answer, keys=2,
+                            turnable=False),
+    "match": _Kind("classification", lambda t: t, _match_answer, levels=True, clear=True,
+                   turnable=False),
+    "present": _Kind("classification", lambda t: 2, _present_answer, clear=True, palette=True),
+    "detection": _Kind("detection", lambda t: 1, _box_answer, _object_units, _f1),
 }  # fmt: skip
 
 # Period-2 textures on the absolute pixel grid: the fraction of full contrast per pixel.
@@ -271,7 +288,8 @@ class SyntheticTask(torch.utils.data.Dataset):
     ``sample(index)`` depends only on ``(seed, index)``.
 
     Args:
-        kind: "segmentation", "pairs", "classification", "match" or "detection".
+        kind: "segmentation", "pairs", "classification", "match", "present"
+            or "detection".
         size: image side, or (height, width), in pixels.
         region: region side of the xT model the task is designed for; keys lie inside
             one cell of this grid and object sizes scale with it.
@@ -358,11 +376,14 @@ class SyntheticTask(torch.utils.data.Dataset):
             keys.append(_Shape(top, left, cells_hw, texture, key_mean))
             key_cells.append(int(cell))
             taken[top : top + n, left : left + n] |= cells_hw
-        if match:  # the key's region is kept clear of candidates
+        if self.spec.clear:  # the key's region is kept free of objects
             r = self.region // 2
             row, col = divmod(key_cells[0], self.grid[1])
             taken[row * r : (row + 1) * r, col * r : (col + 1) * r] = True
-            order = rng.permutation(self.textures)  # candidate i: level i, texture order[i]
+        if match or self.spec.palette:
+            # match: candidate i has level i and texture order[i]; present: the objects
+            # take the first textures // 2 of the order (each once), then any of them
+            order = rng.permutation(self.textures)
         wanted = self.textures if match else self.objects - self.spec.twins
         objects = []
         lo, hi = (r * self.region / 2 for r in self.radius)
@@ -380,6 +401,10 @@ class SyntheticTask(torch.utils.data.Dataset):
             top, left = int(rng.integers(1, half_h - h)), int(rng.integers(1, half_w - w))
             if match:
                 texture, mean = int(order[len(objects)]), float(levels[len(objects)])
+            elif self.spec.palette:
+                n = self.textures // 2
+                i = len(objects) if len(objects) < n else int(rng.integers(n))
+                texture, mean = int(order[i]), OBJECT_MEAN
             else:
                 texture, mean = int(rng.integers(self.textures)), OBJECT_MEAN
             shapes = [_Shape(top, left, cells_hw, texture, mean)]
@@ -390,11 +415,12 @@ class SyntheticTask(torch.utils.data.Dataset):
             if not _place(taken, shapes):
                 continue
             objects += shapes
-        if match and len(objects) < wanted:
+        least = wanted if match else self.textures // 2 if self.spec.palette else 0
+        if len(objects) < least:  # else the label would be wrong (match) or leak (present)
             raise ConfigError(
-                f"the match task could not place {wanted} candidates outside the key's "
-                f"region in a {self.height} x {self.width} image (sample {index}); use a "
-                "larger size or a smaller region"
+                f"the {self.kind} task needs {least} objects outside the key's region but "
+                f"could place {len(objects)} in a {self.height} x {self.width} image (sample "
+                f"{index}); use a larger size or a smaller region"
             )
         return _Scene(keys, key_cells, objects)
 
@@ -567,5 +593,4 @@ def synthetic(model: ModelConfig, data: DataConfig) -> Datasets:
             f"the synthetic {model.head} task has {train.num_classes} classes but "
             f"model.num_classes={model.num_classes}; set model.num_classes={train.num_classes}"
         )
-    # a turn swaps stripes across and down: a label naming a texture would change
-    return Datasets(train, val, turns_keep_labels=train.spec.head != "classification")
+    return Datasets(train, val, turns_keep_labels=train.spec.turnable)
