@@ -28,6 +28,7 @@ provably lack what it needs:
   a linear classifier); ``sum_mlp`` the same with mean pooling and an MLP;
 - ``match``: classify by the texture of the candidate as bright as a far key;
 - ``present``: is the key's texture among the objects' (classification, two classes);
+  ``present2`` the same with two textures: the objects all wear one; does the key?
 - ``key_large``: the key task on 512 px images, 16 x 16 regions, trained in exact mode
   (the regions of an image never on the autograd tape at once) with a global context;
 - ``demo_large``: the demo task on 1024 px images, 16 x 16 regions of 64 px, one
@@ -129,6 +130,16 @@ TASKS: dict[str, list[str]] = {
         "model.class_pool=attention",
         "data.params={textures: 4, task: present}",
     ],
+    # the same with two textures: all objects wear one, and the question is whether the
+    # key wears it too (an exclusive or of two far places)
+    "present2": [
+        *SMALL,
+        "model.head=classification",
+        "model.num_classes=2",
+        "model.outputs=[]",
+        "model.class_pool=attention",
+        "data.params={textures: 2, task: present}",
+    ],
     "key_large": [
         "data.size=512",
         "model.region=32",
@@ -154,7 +165,7 @@ TASKS: dict[str, list[str]] = {
 INIT = {"demo_large": "demo"}  # fine-tuned from the run on this task (same recipe, model, seed)
 RUNS = Path("runs/context_pays")
 # the rest: foreground IoU
-METRIC = {"sum": "top1", "sum_mlp": "top1", "match": "top1", "present": "top1"}
+METRIC = dict.fromkeys(("sum", "sum_mlp", "match", "present", "present2"), "top1")
 KEYED = ("key", "demo", "key_large", "demo_large")  # segment the objects textured like a key
 GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
 
