@@ -1,0 +1,136 @@
+"""Probe (not in the package): partner paths beside the context encoder on ``pairs``.
+
+Registers three context encoders and trains one through `context_pays.run_one` with the
+``film_max`` recipe plus overrides; rows go to the results file and stdout:
+
+    python benchmarks/pairs_partners.py NAME pairs SEED STEPS model.context=xl_sym
+
+- ``mirror_oracle``: each token plus a projection of its point mirror's (no XL).
+- ``xl_sym``: XL's output plus projections of the raw tokens at the row, column and
+  point mirrors (fixed relations XL's mixing cannot bury).
+- ``xl_pos``: XL plus an attention whose weights depend on the two image-normalised
+  positions only (a mirror is a sign pattern of its bilinear form, a shift a rotation).
+
+All three read the grid's extent from the call's positions: whole images only.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import torch
+from torch import nn
+
+from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder
+from xtimage.encoders.context.transformer_xl import TransformerXL
+
+
+def relation_index(positions, relation):
+    """(B, N) index of the token at the related position (whole image in one call)."""
+    B, N, _ = positions.shape
+    R = int(positions[..., 0].max()) + 1
+    C = int(positions[..., 1].max()) + 1
+    grid = torch.zeros(B, R, C, dtype=torch.long, device=positions.device)
+    b = torch.arange(B, device=positions.device)[:, None].expand(B, N)
+    r, c = positions[..., 0], positions[..., 1]
+    grid[b, r, c] = torch.arange(N, device=positions.device).expand(B, N)
+    rr = R - 1 - r if relation in ("point", "row") else r
+    cc = C - 1 - c if relation in ("point", "col") else c
+    return grid[b, rr, cc]
+
+
+def gather(x, idx):
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
+
+
+@CONTEXT_ENCODERS.register("mirror_oracle")
+class MirrorOracle(ContextEncoder):
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, tokens, positions, mask=None, state=None):
+        return tokens + self.proj(gather(tokens, relation_index(positions, "point"))), None
+
+
+@CONTEXT_ENCODERS.register("xl_sym")
+class XLSym(ContextEncoder):
+    """XL beside fixed symmetric partners (row, column and point mirrors) of the raw tokens."""
+
+    def __init__(self, dim, relations=("row", "col", "point"), **kw):
+        super().__init__()
+        self.dim = dim
+        self.xl = TransformerXL(dim, **kw)
+        self.relations = tuple(relations)
+        self.proj = nn.ModuleList(nn.Linear(dim, dim) for _ in self.relations)
+
+    def forward(self, tokens, positions, mask=None, state=None):
+        out, _ = self.xl(tokens, positions, mask)
+        for rel, proj in zip(self.relations, self.proj, strict=True):
+            out = out + proj(gather(tokens, relation_index(positions, rel)))
+        return out, None
+
+
+if __name__ == "__main__":
+    import context_pays as cp
+
+    name, task, seed, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    extra = sys.argv[5:]
+    cp.RECIPES[name] = [*cp.RECIPES["film_max"], *extra]
+    row = cp.run_one(name, task, "xt", seed, steps, 48)
+    row.pop("marked", None)
+    print("RESULT", json.dumps(row))
+    with open(Path(__file__).parent / "results" / "pairs_partners.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def axis_features(coord, extent, freqs):
+    """(B, N) integer coordinate on an axis of `extent` cells -> (B, N, 2F) cos/sin of pi k u."""
+    u = (coord.double() + 0.5) / extent
+    k = torch.arange(1, freqs + 1, dtype=torch.float64, device=coord.device)
+    ang = torch.pi * u[..., None] * k
+    return torch.cat([ang.cos(), ang.sin()], -1).to(torch.get_default_dtype())
+
+
+class PositionMixer(nn.Module):
+    """Attention whose weights depend on the two positions only (normalised to the image):
+    logit_h(p, q) = f_r(p)^T A_h f_r(q) + f_c(p)^T B_h f_c(q); A, B zero at init (uniform)."""
+
+    def __init__(self, dim, heads=4, freqs=4, init_std=0.0):
+        super().__init__()
+        self.heads, self.freqs = heads, freqs
+        self.A = nn.Parameter(torch.randn(heads, 2 * freqs, 2 * freqs) * init_std)
+        self.B = nn.Parameter(torch.randn(heads, 2 * freqs, 2 * freqs) * init_std)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+
+    def forward(self, tokens, positions):
+        B, N, D = tokens.shape
+        R = positions[..., 0].max() + 1
+        C = positions[..., 1].max() + 1
+        fr = axis_features(positions[..., 0], R, self.freqs)  # (B, N, 2F)
+        fc = axis_features(positions[..., 1], C, self.freqs)
+        logits = torch.einsum("bpi,hij,bqj->bhpq", fr, self.A, fr) + torch.einsum(
+            "bpi,hij,bqj->bhpq", fc, self.B, fc
+        )
+        attn = logits.softmax(-1)  # (B, H, N, N)
+        v = self.v(tokens).view(B, N, self.heads, D // self.heads).transpose(1, 2)
+        out = (attn @ v).transpose(1, 2).reshape(B, N, D)
+        return self.o(out)
+
+
+@CONTEXT_ENCODERS.register("xl_pos")
+class XLPos(ContextEncoder):
+    """XL beside a position-only mixer of the raw tokens."""
+
+    def __init__(self, dim, pos_heads=4, pos_freqs=4, pos_init=0.0, use_xl=True, **kw):
+        super().__init__()
+        self.dim = dim
+        self.xl = TransformerXL(dim, **kw) if use_xl else None
+        self.mix = PositionMixer(dim, pos_heads, pos_freqs, pos_init)
+
+    def forward(self, tokens, positions, mask=None, state=None):
+        out = self.xl(tokens, positions, mask)[0] if self.xl is not None else tokens
+        return out + self.mix(tokens, positions), None
