@@ -73,19 +73,6 @@ class XLSym(ContextEncoder):
         return out, None
 
 
-if __name__ == "__main__":
-    import context_pays as cp
-
-    name, task, seed, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    extra = sys.argv[5:]
-    cp.RECIPES[name] = [*cp.RECIPES["film_max"], *extra]
-    row = cp.run_one(name, task, "xt", seed, steps, 48)
-    row.pop("marked", None)
-    print("RESULT", json.dumps(row))
-    with open(Path(__file__).parent / "results" / "pairs_partners.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def axis_features(coord, extent, freqs):
     """(B, N) integer coordinate on an axis of `extent` cells -> (B, N, 2F) cos/sin of pi k u."""
     u = (coord.double() + 0.5) / extent
@@ -134,3 +121,16 @@ class XLPos(ContextEncoder):
     def forward(self, tokens, positions, mask=None, state=None):
         out = self.xl(tokens, positions, mask)[0] if self.xl is not None else tokens
         return out + self.mix(tokens, positions), None
+
+
+if __name__ == "__main__":
+    import context_pays as cp
+
+    name, task, seed, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    extra = sys.argv[5:]
+    cp.RECIPES[name] = [*cp.RECIPES["film_max"], *extra]
+    row = cp.run_one(name, task, "xt", seed, steps, 48)
+    row.pop("marked", None)
+    print("RESULT", json.dumps(row))
+    with open(Path(__file__).parent / "results" / "pairs_partners.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
