@@ -1,7 +1,8 @@
 """Probe (not in the package): partner paths beside the context encoder on ``pairs``.
 
 Registers three context encoders and trains one through `context_pays.run_one` with the
-``film_max`` recipe plus overrides; rows go to the results file and stdout:
+``film_max`` recipe plus overrides; each row (with its overrides) goes to
+``results/pairs_partners.json`` and stdout:
 
     python benchmarks/pairs_partners.py NAME pairs SEED STEPS model.context=xl_sym
 
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch
 from torch import nn
 
+from common import save_rows  # noqa: E402
 from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder
 from xtimage.encoders.context.transformer_xl import TransformerXL
 
@@ -41,11 +43,14 @@ def relation_index(positions, relation):
 
 
 def gather(x, idx):
+    """(B, N, D) tokens at the (B, N) indices ``idx``."""
     return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
 
 
 @CONTEXT_ENCODERS.register("mirror_oracle")
 class MirrorOracle(ContextEncoder):
+    """Each token plus a projection of its point mirror's: the partner handed over."""
+
     def __init__(self, dim):
         super().__init__()
         self.dim = dim
@@ -112,14 +117,14 @@ class PositionMixer(nn.Module):
 class XLPos(ContextEncoder):
     """XL beside a position-only mixer of the raw tokens."""
 
-    def __init__(self, dim, pos_heads=4, pos_freqs=4, pos_init=0.0, use_xl=True, **kw):
+    def __init__(self, dim, pos_heads=4, pos_freqs=4, pos_init=0.0, **kw):
         super().__init__()
         self.dim = dim
-        self.xl = TransformerXL(dim, **kw) if use_xl else None
+        self.xl = TransformerXL(dim, **kw)
         self.mix = PositionMixer(dim, pos_heads, pos_freqs, pos_init)
 
     def forward(self, tokens, positions, mask=None, state=None):
-        out = self.xl(tokens, positions, mask)[0] if self.xl is not None else tokens
+        out, _ = self.xl(tokens, positions, mask)
         return out + self.mix(tokens, positions), None
 
 
@@ -129,8 +134,7 @@ if __name__ == "__main__":
     name, task, seed, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     extra = sys.argv[5:]
     cp.RECIPES[name] = [*cp.RECIPES["film_max"], *extra]
-    row = cp.run_one(name, task, "xt", seed, steps, 48)
+    row = {**cp.run_one(name, task, "xt", seed, steps, 48), "overrides": extra}
     row.pop("marked", None)
     print("RESULT", json.dumps(row))
-    with open(Path(__file__).parent / "results" / "pairs_partners.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    save_rows("pairs_partners", [row], key=cp.GROUP)
