@@ -1,6 +1,6 @@
 """Does far context pay? xT against crop-only and downsample, one recipe, several seeds.
 
-Every run goes through the public `Trainer` with the ``demo`` preset and one of five
+Every run goes through the public `Trainer` with the ``demo`` preset and one of six
 recipes (``--recipe``); only the task (and the head it needs) and ``model.baseline``
 change between runs of a recipe:
 
@@ -15,7 +15,10 @@ change between runs of a recipe:
 - ``film_scale``: the ``film`` head with everything else of ``demo`` (width 32, 1,200
   steps of 8 scenes);
 - ``film_max``: ``film_scale`` with tokens that read each shallower map's maximum over
-  the token's cell, not its mean (``model.token_reduce=max``).
+  the token's cell, not its mean (``model.token_reduce=max``);
+- ``film_max_partners``: ``film_max`` with each token also reading the tokens at its
+  left-right, top-bottom and point mirrors (``model.partners``,
+  `xtimage.encoders.context.partners`; the crop baseline has no context, so none).
 
 Tasks (`xtimage.data.synthetic`, docs/synthetic.md), each built so that both baselines
 provably lack what it needs:
@@ -82,6 +85,10 @@ RECIPES: dict[str, list[str]] = {
     # the same, the shallower maps reduced to the token grid by their maxima, not means
     "film_max": ["model.decoder_norm=layer", "model.decoder_fusion=film", "train.mode=direct",
                  "model.token_reduce=max"],
+    # the same, each token also reading its left-right, top-bottom and point mirrors
+    "film_max_partners": ["model.decoder_norm=layer", "model.decoder_fusion=film",
+                          "train.mode=direct", "model.token_reduce=max",
+                          "model.partners=[hflip, vflip, rot180]"],
 }  # fmt: skip
 ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")

@@ -50,6 +50,7 @@ def test_overrides_are_typed_and_reach_inside_mappings():
         ("train.lr", "is not key=value"),
         ("model.head=boxes", "model.head='boxes' is not allowed"),
         ("model.classes=[a, b, c]", "model.classes has 3 names for model.num_classes=2"),
+        ("model.partners=[mirror]", "model.partners: unknown relation ['mirror']; choose from"),
     ],
 )
 def test_bad_overrides_name_the_key_and_what_is_allowed(override, message):
@@ -110,6 +111,23 @@ def test_small_presets_build_the_model_they_describe(preset):
     assert model.region == config.model.region and model.dim == config.model.dim
     head = {"classification": ClassificationHead, "segmentation": DenseHead}
     assert isinstance(model.head, head.get(config.model.head, DenseHead))
+
+
+def test_partners_wrap_the_context_encoder_of_xt_but_not_of_the_crop_baseline():
+    from xtimage.build import build_model, unwrap
+    from xtimage.encoders.context.partners import SymmetricPartners
+
+    partners = ["model.partners=[hflip, rot180]", "model.context_kwargs={depth: 1, heads: 2}"]
+    model = unwrap(build_model(load_config(None, partners).model, load_pretrained=False))
+    assert isinstance(model.context, SymmetricPartners)
+    assert model.context.relations == ["hflip", "rot180"] and not model.context.streamable
+    crop = load_config(None, [*partners, "model.baseline=crop"]).model
+    assert not isinstance(unwrap(build_model(crop, load_pretrained=False)).context,
+                          SymmetricPartners)  # fmt: skip
+    with pytest.raises(ConfigError, match="class_pool=cls"):
+        load_config(None, [*partners, "model.head=classification", "model.class_pool=cls"])
+    with pytest.raises(ConfigError, match="set data.window=null"):
+        load_config(None, [*partners, "data.window=512"])
 
 
 def test_changing_the_data_kind_drops_the_preset_s_data_params():

@@ -27,6 +27,7 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
     """
     from xtimage.baselines import Downsampled
     from xtimage.encoders.context import create_context_encoder
+    from xtimage.encoders.context.partners import SymmetricPartners
     from xtimage.encoders.region import RegionEncoder
 
     config.check()
@@ -49,6 +50,8 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
         if config.release and config.context in ("hyper", "mamba"):
             kwargs.setdefault("release", True)  # the authors' blocks (xtimage.convert)
         context = create_context_encoder(config.context, dim=config.dim, **kwargs)
+        if config.partners:
+            context = SymmetricPartners(context, config.partners)
     head = get_task(config).build_head(encoder.feature_info[:-1], config.dim)
     model = XT(
         encoder,

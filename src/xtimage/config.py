@@ -69,6 +69,10 @@ class ModelConfig:
             token's cell (max keeps a small object's detail at full strength).
         context: context encoder name (``none``, ``xl``, ``hyper``, ``mamba``, ``windowed``).
         context_kwargs: its arguments besides ``dim`` (depth, heads, segment_len...).
+        partners: symmetries of the token grid (``hflip``, ``vflip``, ``rot180``,
+            ``transpose``...) whose partner token each token also reads, beside the
+            context encoder (`xtimage.encoders.context.partners`); for answers that
+            compare mirrored places. Not streamable; empty: none.
         dim: token width of the context encoder.
         head: task family: "classification", "segmentation", "detection" (a centre
             heatmap whose peaks are the points) or "xview3" (centre, vessel, fishing and
@@ -115,6 +119,7 @@ class ModelConfig:
     token_reduce: str = "mean"
     context: str = "xl"
     context_kwargs: dict[str, Any] = field(default_factory=dict)
+    partners: list[str] = field(default_factory=list)
     dim: int = 128
     head: str = "segmentation"
     num_classes: int = 2
@@ -136,6 +141,15 @@ class ModelConfig:
         _choice("model.head", self.head, HEADS)
         _choice("model.baseline", self.baseline, BASELINES)
         _choice("model.class_pool", self.class_pool, ("mean", "attention", "cls"))
+        if self.partners:
+            from xtimage.encoders.context.partners import check_relations
+
+            check_relations(self.partners)
+            if self.release or (self.head == "classification" and self.class_pool == "cls"):
+                raise ConfigError(
+                    "model.partners works on the image's tokens alone: not with "
+                    "model.class_pool=cls or model.release; use class_pool mean or attention"
+                )
         _positive("model.num_classes", self.num_classes)
         if self.classes is not None and len(self.classes) != self.num_classes:
             raise ConfigError(
@@ -305,6 +319,11 @@ class RunConfig:
         self.model.check()
         self.data.check()
         self.train.check()
+        if self.model.partners and self.data.window is not None:
+            raise ConfigError(
+                "model.partners mirrors each image about its centre, but data.window trains "
+                "on random windows whose mirror is another place: set data.window=null"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

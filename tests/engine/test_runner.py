@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xtimage.encoders.context.base import ContextEncoder
+from xtimage.encoders.context.partners import SymmetricPartners
 from xtimage.encoders.region import RegionEncoder
 from xtimage.engine import Engine
 from xtimage.errors import ConfigError
@@ -48,6 +49,11 @@ class RunningMean(ContextEncoder):
         ccount = count + torch.cumsum(m, 1)  # (B, N)
         mean = csum / ccount.clamp_min(1)[..., None]
         return tokens + self.proj(mean), (csum[:, -1], ccount[:, -1])
+
+
+def global_with_partners(dim: int) -> SymmetricPartners:
+    """`GlobalAttention` beside the left-right and point mirrors' tokens."""
+    return SymmetricPartners(GlobalAttention(dim), ["hflip", "rot180"])
 
 
 def tiny_xt(
@@ -192,9 +198,10 @@ def _assert_same_grads(a, b):
         torch.testing.assert_close(a[name], b[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("context_cls", [GlobalAttention, global_with_partners])
 @pytest.mark.parametrize("region_batch", [5, 100])  # two passes; the batch in one chunk
-def test_exact_classification_gradients_equal_all_at_once(region_batch):
-    model = tiny_xt(GlobalAttention, dense=False)
+def test_exact_classification_gradients_equal_all_at_once(region_batch, context_cls):
+    model = tiny_xt(context_cls, dense=False)
     batch = images((150, 200), (70, 90))
     labels = torch.tensor([1, 3])
     model.zero_grad()
@@ -233,6 +240,23 @@ def test_exact_dense_gradients_equal_all_at_once(margin, film, reduce, region_ba
     ref = _dense_reference_loss(model, batch, targets)
     ref.backward()
     expected = _grads(model)
+    model.zero_grad()
+    loss = Engine(model, region_batch=region_batch).exact_step(batch, targets)
+    assert abs(loss - ref.item()) < 1e-9
+    _assert_same_grads(_grads(model), expected)
+
+
+@pytest.mark.parametrize("region_batch", [3, 100])
+def test_exact_dense_gradients_with_symmetric_partners_equal_all_at_once(region_batch):
+    """Images of two sizes padded into one batch: each token's mirror is its own image's."""
+    model = tiny_xt(global_with_partners, dense=True, margin=32, film=True, reduce="max")
+    batch = images((130, 170), (60, 100))
+    targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
+    model.zero_grad()
+    ref = _dense_reference_loss(model, batch, targets)
+    ref.backward()
+    expected = _grads(model)
+    assert all(p.grad.abs().sum() > 0 for p in model.context.proj.parameters())
     model.zero_grad()
     loss = Engine(model, region_batch=region_batch).exact_step(batch, targets)
     assert abs(loss - ref.item()) < 1e-9

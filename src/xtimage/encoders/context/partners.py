@@ -1,0 +1,146 @@
+"""Symmetric partners: each token also reads the tokens at its mirror images in the grid.
+
+A context encoder mixes every token with many others; a task whose answer compares two
+places related by a fixed geometry (a left and a right lung, a scene and its point
+mirror) needs one particular partner, and gradient descent rarely finds it when the
+answer depends on the pair only (an exclusive or gives no first-order signal for either
+place alone; docs/context_pays.md, "pairs"). `SymmetricPartners` hands the partner over:
+
+    out = inner(tokens) + sum over relations r of  W_r tokens[partner_r(position)]
+
+Relations are symmetries of the image's token grid on coordinates normalised to the
+bounding box of the image's real tokens (so any height and width, and a crop of kept
+regions, mirrors about its own centre): ``hflip`` (left-right), ``vflip`` (top-bottom),
+``rot180`` (point mirror), and, exact on square grids and the nearest cell otherwise,
+``transpose``, ``antitranspose``, ``rot90`` and ``rot270``. A token whose partner is not
+among the real tokens (a skipped region) gets nothing from that relation.
+
+It needs the whole image's tokens in one call, so it is not streamable: direct and exact
+training and all-at-once inference, not streaming mode. Train on whole images: a random
+window's mirror is not the image's (the config refuses ``data.window`` with partners).
+Augmenting with quarter turns swaps ``hflip`` and ``vflip``: name both, or neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from xtimage.encoders.context.base import ContextEncoder, State
+from xtimage.errors import ConfigError
+
+Coords = tuple[torch.Tensor, torch.Tensor]
+
+# (y, x) in [0, 1]^2, the token's place in the box -> its partner's place
+RELATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], Coords]] = {
+    "hflip": lambda y, x: (y, 1 - x),
+    "vflip": lambda y, x: (1 - y, x),
+    "rot180": lambda y, x: (1 - y, 1 - x),
+    "transpose": lambda y, x: (x, y),
+    "antitranspose": lambda y, x: (1 - x, 1 - y),
+    "rot90": lambda y, x: (x, 1 - y),
+    "rot270": lambda y, x: (1 - x, y),
+}
+
+
+def check_relations(relations: Sequence[str], where: str = "model.partners") -> None:
+    """Refuse unknown relation names, naming the valid ones."""
+    unknown = [r for r in relations if r not in RELATIONS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown relation {unknown}; choose from {list(RELATIONS)}")
+    if len(set(relations)) != len(relations):
+        raise ConfigError(f"{where}: {list(relations)} names a relation twice")
+
+
+def partner_index(
+    positions: torch.Tensor, mask: torch.Tensor | None, relation: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each token's partner sits in the sequence.
+
+    Args:
+        positions: (B, N, 2) int64 (row, col) on the token grid.
+        mask: (B, N) bool, True for real tokens, or None (all real).
+        relation: a name in `RELATIONS`.
+
+    Returns:
+        index (B, N) int64 into N (0 where there is no partner) and found (B, N) bool.
+    """
+    B, N, _ = positions.shape
+    device = positions.device
+    valid = torch.ones(B, N, dtype=torch.bool, device=device) if mask is None else mask
+    if not valid.any():
+        return torch.zeros(B, N, dtype=torch.long, device=device), valid
+    rows, cols = positions.unbind(-1)  # (B, N) each
+    far = torch.iinfo(torch.long).max
+
+    def box(coord: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low = coord.masked_fill(~valid, far).amin(1, keepdim=True)  # (B, 1)
+        span = (coord.masked_fill(~valid, -1).amax(1, keepdim=True) - low).clamp_min(0)
+        return low, span
+
+    (r0, rspan), (c0, cspan) = box(rows), box(cols)
+    y = (rows - r0).double() / rspan.clamp_min(1)  # (B, N) in [0, 1] for real tokens
+    x = (cols - c0).double() / cspan.clamp_min(1)
+    ty, tx = RELATIONS[relation](y, x)
+    prow = r0 + torch.round(ty * rspan).long()  # (B, N)
+    pcol = c0 + torch.round(tx * cspan).long()
+    # a dense (B, H, W) grid of sequence indices, -1 where no real token sits
+    height = int(rows[valid].max()) + 1
+    width = int(cols[valid].max()) + 1
+    grid = torch.full((B, height, width), -1, dtype=torch.long, device=device)
+    batch = torch.arange(B, device=device)[:, None].expand(B, N)
+    order = torch.arange(N, device=device)[None].expand(B, N)
+    grid[batch[valid], rows[valid], cols[valid]] = order[valid]
+    inside = valid & (prow >= 0) & (prow < height) & (pcol >= 0) & (pcol < width)
+    index = grid[batch, prow.clamp(0, height - 1), pcol.clamp(0, width - 1)]
+    found = inside & (index >= 0)
+    return index.clamp_min(0), found
+
+
+class SymmetricPartners(ContextEncoder):
+    """A context encoder plus, per relation, a projection of each token's partner.
+
+    The partners are read from the tokens the context encoder receives (region tokens
+    with their 2-D position code), not from its output: its mixing cannot bury them.
+    """
+
+    streamable = False
+
+    def __init__(self, inner: ContextEncoder, relations: Sequence[str]) -> None:
+        super().__init__()
+        check_relations(relations)
+        if not relations:
+            raise ConfigError("model.partners is empty; leave it out for no partners")
+        self.inner = inner
+        self.dim = inner.dim
+        self.relations = list(relations)
+        self.proj = nn.ModuleList(nn.Linear(inner.dim, inner.dim) for _ in self.relations)
+
+    @property
+    def recomputable(self) -> bool:  # type: ignore[override]
+        return self.inner.recomputable
+
+    @property
+    def checkpoint(self) -> bool:  # type: ignore[override]
+        return self.inner.checkpoint
+
+    @checkpoint.setter
+    def checkpoint(self, value: bool) -> None:
+        self.inner.checkpoint = value
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        state: State = None,
+    ) -> tuple[torch.Tensor, State]:
+        out, _ = self.inner(tokens, positions, mask, state)  # (B, N, D)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None]  # (B, 1)
+        for relation, proj in zip(self.relations, self.proj, strict=True):
+            index, found = partner_index(positions, mask, relation)  # (B, N) each
+            partner = proj(tokens[rows, index])  # (B, N, D)
+            out = out + partner * found[..., None].to(partner.dtype)
+        return out, None

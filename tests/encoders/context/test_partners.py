@@ -1,0 +1,136 @@
+"""Symmetric partners: the partner lookup against a per-token loop, and the encoder's sum."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from xtimage.encoders.context.base import IdentityContext
+from xtimage.encoders.context.partners import RELATIONS, SymmetricPartners, partner_index
+from xtimage.errors import ConfigError
+
+
+def reference_partner(cells: dict, relation: str, r: int, c: int):
+    """The partner's sequence index by the relation's plain arithmetic, or None."""
+    rows = [p[0] for p in cells]
+    cols = [p[1] for p in cells]
+    r0, r1, c0, c1 = min(rows), max(rows), min(cols), max(cols)
+    flip_r, flip_c = r0 + r1 - r, c0 + c1 - c
+    if relation in ("hflip", "vflip", "rot180"):
+        target = {
+            "hflip": (r, flip_c),
+            "vflip": (flip_r, c),
+            "rot180": (flip_r, flip_c),
+        }[relation]
+    else:  # the other axis, rescaled to this one's span; round half to even, as torch
+        y = (r - r0) / max(r1 - r0, 1)
+        x = (c - c0) / max(c1 - c0, 1)
+        ty, tx = {
+            "transpose": (x, y),
+            "antitranspose": (1 - x, 1 - y),
+            "rot90": (x, 1 - y),
+            "rot270": (1 - x, y),
+        }[relation]
+        target = (r0 + round(ty * (r1 - r0)), c0 + round(tx * (c1 - c0)))
+    return cells.get(target)
+
+
+@st.composite
+def token_grids(draw):
+    """A batch of images' token positions (shuffled, some dropped, padded) and masks."""
+    batch = draw(st.integers(1, 3))
+    sequences = []
+    for _ in range(batch):
+        h, w = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+        r_off, c_off = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+        cells = [(r_off + r, c_off + c) for r in range(h) for c in range(w)]
+        keep = draw(st.lists(st.booleans(), min_size=len(cells), max_size=len(cells)))
+        cells = [p for p, k in zip(cells, keep, strict=True) if k or not any(keep)]
+        order = draw(st.permutations(range(len(cells))))
+        sequences.append([cells[i] for i in order])
+    n = max(map(len, sequences)) + draw(st.integers(0, 2))
+    positions = torch.zeros(batch, n, 2, dtype=torch.long)
+    mask = torch.zeros(batch, n, dtype=torch.bool)
+    for b, cells in enumerate(sequences):
+        positions[b, : len(cells)] = torch.tensor(cells)
+        mask[b, : len(cells)] = True
+    positions[~mask] = draw(st.integers(0, 9))  # padding sits anywhere, even on a real cell
+    return positions, mask
+
+
+@given(token_grids(), st.sampled_from(sorted(RELATIONS)))
+def test_partner_index_matches_the_relation_token_by_token(grid, relation):
+    positions, mask = grid
+    index, found = partner_index(positions, mask, relation)
+    for b in range(positions.shape[0]):
+        cells = {
+            tuple(positions[b, i].tolist()): i for i in range(positions.shape[1]) if mask[b, i]
+        }
+        for i in range(positions.shape[1]):
+            if not mask[b, i]:
+                assert not found[b, i]
+                continue
+            expected = reference_partner(cells, relation, *positions[b, i].tolist())
+            assert bool(found[b, i]) == (expected is not None)
+            if expected is not None:
+                assert int(index[b, i]) == expected
+
+
+def test_flips_and_the_point_mirror_are_involutions_on_full_grids():
+    rows, cols = torch.meshgrid(torch.arange(5), torch.arange(8), indexing="ij")
+    positions = torch.stack([rows.flatten(), cols.flatten()], -1)[None]  # (1, 40, 2)
+    for relation in ("hflip", "vflip", "rot180"):
+        index, found = partner_index(positions, None, relation)
+        assert found.all()
+        assert torch.equal(index[0, index[0]], torch.arange(40))
+    index, _ = partner_index(positions, None, "rot180")
+    assert torch.equal(positions[0, index[0]], torch.tensor([4, 7]) - positions[0])
+
+
+def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_without_one():
+    torch.manual_seed(0)
+    dim = 6
+    encoder = SymmetricPartners(IdentityContext(dim), ["hflip", "rot90"]).double()
+    tokens = torch.randn(1, 4, dim, dtype=torch.float64)
+    # a 2 x 2 grid with its top-right cell skipped (padding in its place)
+    positions = torch.tensor([[[0, 0], [1, 0], [1, 1], [0, 0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    out, state = encoder(tokens, positions, mask)
+    hflip, rot90 = encoder.proj
+    # hflip: (0,0)->(0,1) skipped, (1,0)<->(1,1); rot90 (y, x)->(x, 1-y):
+    # (0,0)->(0,1) skipped, (1,0)->(0,0), (1,1)->(1,0)
+    expected = tokens.clone()
+    expected[0, 1] += hflip(tokens[0, 2]) + rot90(tokens[0, 0])
+    expected[0, 2] += hflip(tokens[0, 1]) + rot90(tokens[0, 1])
+    torch.testing.assert_close(out[0, :3], expected[0, :3], rtol=0, atol=1e-12)
+    assert state is None and not encoder.streamable
+
+
+def test_symmetric_partners_forward_the_inner_encoders_checkpoint_switch():
+    class Recomputable(IdentityContext):
+        recomputable = True
+
+    encoder = SymmetricPartners(Recomputable(4), ["vflip"])
+    assert encoder.recomputable and not encoder.checkpoint
+    encoder.checkpoint = True
+    assert encoder.inner.checkpoint is True
+
+
+@pytest.mark.parametrize(
+    ("relations", "match"),
+    [(["mirror"], "unknown relation"), (["hflip", "hflip"], "twice"), ([], "empty")],
+)
+def test_bad_relations_are_refused(relations, match):
+    with pytest.raises(ConfigError, match=match):
+        SymmetricPartners(IdentityContext(4), relations)
+
+
+def test_partner_gradients_reach_the_partner_token():
+    encoder = SymmetricPartners(IdentityContext(3), ["hflip"]).double()
+    nn.init.eye_(encoder.proj[0].weight)
+    tokens = torch.zeros(1, 3, 3, dtype=torch.float64, requires_grad=True)
+    positions = torch.tensor([[[0, 0], [0, 1], [0, 2]]])
+    out, _ = encoder(tokens, positions)
+    out[0, 0].sum().backward()  # token 0's partner under hflip is token 2
+    assert torch.equal(tokens.grad[0, :, 0], torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
