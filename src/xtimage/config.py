@@ -69,7 +69,7 @@ class ModelConfig:
             token's cell (max keeps a small object's detail at full strength).
         context: context encoder name (``none``, ``xl``, ``hyper``, ``mamba``, ``windowed``).
         context_kwargs: its arguments besides ``dim`` (depth, heads, segment_len...).
-        partners: symmetries of the token grid (``hflip``, ``vflip``, ``rot180``,
+        partners: relations of the token grid (``hflip``, ``vflip``, ``rot180``, ``hshift``,
             ``transpose``...) whose partner token each token also reads, beside the
             context encoder (`xtimage.encoders.context.partners`); for answers that
             compare mirrored places. Not streamable; empty: none.

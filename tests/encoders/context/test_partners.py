@@ -17,22 +17,28 @@ def reference_partner(cells: dict, relation: str, r: int, c: int):
     cols = [p[1] for p in cells]
     r0, r1, c0, c1 = min(rows), max(rows), min(cols), max(cols)
     flip_r, flip_c = r0 + r1 - r, c0 + c1 - c
-    if relation in ("hflip", "vflip", "rot180"):
+    rows_n, cols_n = r1 - r0 + 1, c1 - c0 + 1
+    if relation in ("hflip", "vflip", "rot180", "hshift", "vshift"):
         target = {
             "hflip": (r, flip_c),
             "vflip": (flip_r, c),
             "rot180": (flip_r, flip_c),
+            "hshift": (r, c0 + (c - c0 + cols_n // 2) % cols_n),
+            "vshift": (r0 + (r - r0 + rows_n // 2) % rows_n, c),
         }[relation]
-    else:  # the other axis, rescaled to this one's span; round half to even, as torch
-        y = (r - r0) / max(r1 - r0, 1)
-        x = (c - c0) / max(c1 - c0, 1)
-        ty, tx = {
-            "transpose": (x, y),
-            "antitranspose": (1 - x, 1 - y),
-            "rot90": (x, 1 - y),
-            "rot270": (1 - x, y),
+    else:  # the other axis's offset (mirrored first where named), rescaled to this one's
+        def rescale(d, src, dst):  # round half to even, as torch
+            return round(d * (dst - 1) / max(src - 1, 1))
+
+        dr, dc = r - r0, c - c0
+        mr, mc = rows_n - 1 - dr, cols_n - 1 - dc
+        tr, tc = {
+            "transpose": (rescale(dc, cols_n, rows_n), rescale(dr, rows_n, cols_n)),
+            "antitranspose": (rescale(mc, cols_n, rows_n), rescale(mr, rows_n, cols_n)),
+            "rot90": (rescale(dc, cols_n, rows_n), rescale(mr, rows_n, cols_n)),
+            "rot270": (rescale(mc, cols_n, rows_n), rescale(dr, rows_n, cols_n)),
         }[relation]
-        target = (r0 + round(ty * (r1 - r0)), c0 + round(tx * (c1 - c0)))
+        target = (r0 + tr, c0 + tc)
     return cells.get(target)
 
 
@@ -77,15 +83,33 @@ def test_partner_index_matches_the_relation_token_by_token(grid, relation):
                 assert int(index[b, i]) == expected
 
 
-def test_flips_and_the_point_mirror_are_involutions_on_full_grids():
-    rows, cols = torch.meshgrid(torch.arange(5), torch.arange(8), indexing="ij")
-    positions = torch.stack([rows.flatten(), cols.flatten()], -1)[None]  # (1, 40, 2)
-    for relation in ("hflip", "vflip", "rot180"):
+def _full_grid(rows: int, cols: int) -> torch.Tensor:
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([r.flatten(), c.flatten()], -1)[None]  # (1, rows * cols, 2)
+
+
+def test_the_relations_compose_as_the_symmetries_of_a_square():
+    positions = _full_grid(6, 6)
+    perm = {}
+    for relation in RELATIONS:
         index, found = partner_index(positions, None, relation)
         assert found.all()
-        assert torch.equal(index[0, index[0]], torch.arange(40))
+        perm[relation] = index[0]  # token i reads token perm[i]
+    identity = torch.arange(36)
+    for involution in ("hflip", "vflip", "rot180", "transpose", "antitranspose", "hshift"):
+        assert torch.equal(perm[involution][perm[involution]], identity), involution
+    assert torch.equal(perm["rot90"][perm["rot90"]], perm["rot180"])
+    assert torch.equal(perm["rot90"][perm["rot270"]], identity)
+    assert torch.equal(perm["hflip"][perm["vflip"]], perm["rot180"])
+    assert torch.equal(positions[0, perm["rot180"]], torch.tensor([5, 5]) - positions[0])
+
+
+def test_flips_and_shifts_are_exact_on_grids_of_any_shape():
+    positions = _full_grid(5, 8)
     index, _ = partner_index(positions, None, "rot180")
     assert torch.equal(positions[0, index[0]], torch.tensor([4, 7]) - positions[0])
+    index, _ = partner_index(positions, None, "hshift")
+    assert torch.equal(positions[0, index[0], 1], (positions[0, :, 1] + 4) % 8)
 
 
 def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_without_one():

@@ -8,17 +8,17 @@ place alone; docs/context_pays.md, "pairs"). `SymmetricPartners` hands the partn
 
     out = inner(tokens) + sum over relations r of  W_r tokens[partner_r(position)]
 
-Relations are symmetries of the image's token grid on coordinates normalised to the
-bounding box of the image's real tokens (so any height and width, and a crop of kept
-regions, mirrors about its own centre): ``hflip`` (left-right), ``vflip`` (top-bottom),
-``rot180`` (point mirror), and, exact on square grids and the nearest cell otherwise,
-``transpose``, ``antitranspose``, ``rot90`` and ``rot270``. A token whose partner is not
-among the real tokens (a skipped region) gets nothing from that relation.
+Relations map cells of the bounding box of the image's real tokens (any height and width;
+a set of kept regions maps within its own box): ``hflip`` (left-right mirror), ``vflip``
+(top-bottom), ``rot180`` (point mirror); ``transpose``, ``antitranspose``, ``rot90`` and
+``rot270`` (exact on square grids, the nearest cell otherwise); ``hshift`` and ``vshift``
+(half the box across or down, wrapping: two images side by side or stacked). A token
+whose partner is not among the real tokens (a skipped region) gets nothing from it.
 
 It needs the whole image's tokens in one call, so it is not streamable: direct and exact
 training and all-at-once inference, not streaming mode. Train on whole images: a random
 window's mirror is not the image's (the config refuses ``data.window`` with partners).
-Augmenting with quarter turns swaps ``hflip`` and ``vflip``: name both, or neither.
+Augmenting with quarter turns swaps ``hflip`` and ``vflip`` (and the shifts): name both.
 """
 
 from __future__ import annotations
@@ -31,17 +31,26 @@ from torch import nn
 from xtimage.encoders.context.base import ContextEncoder, State
 from xtimage.errors import ConfigError
 
-Coords = tuple[torch.Tensor, torch.Tensor]
+Offsets = tuple[torch.Tensor, torch.Tensor]
 
-# (y, x) in [0, 1]^2, the token's place in the box -> its partner's place
-RELATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], Coords]] = {
-    "hflip": lambda y, x: (y, 1 - x),
-    "vflip": lambda y, x: (1 - y, x),
-    "rot180": lambda y, x: (1 - y, 1 - x),
-    "transpose": lambda y, x: (x, y),
-    "antitranspose": lambda y, x: (1 - x, 1 - y),
-    "rot90": lambda y, x: (x, 1 - y),
-    "rot270": lambda y, x: (1 - x, y),
+
+def _rescale(d: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Offset ``d`` on an axis of ``src`` cells -> the nearest on one of ``dst`` cells."""
+    return torch.round(d.double() * (dst - 1) / (src - 1).clamp_min(1)).long()
+
+
+# (row, col) offsets in a box of R x C cells (B, N), (B, N), (B, 1), (B, 1) -> the partner's
+Relation = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], Offsets]
+RELATIONS: dict[str, Relation] = {
+    "hflip": lambda r, c, R, C: (r, C - 1 - c),
+    "vflip": lambda r, c, R, C: (R - 1 - r, c),
+    "rot180": lambda r, c, R, C: (R - 1 - r, C - 1 - c),
+    "transpose": lambda r, c, R, C: (_rescale(c, C, R), _rescale(r, R, C)),
+    "antitranspose": lambda r, c, R, C: (_rescale(C - 1 - c, C, R), _rescale(R - 1 - r, R, C)),
+    "rot90": lambda r, c, R, C: (_rescale(c, C, R), _rescale(R - 1 - r, R, C)),
+    "rot270": lambda r, c, R, C: (_rescale(C - 1 - c, C, R), _rescale(r, R, C)),
+    "hshift": lambda r, c, R, C: (r, (c + C // 2) % C),
+    "vshift": lambda r, c, R, C: ((r + R // 2) % R, c),
 }
 
 
@@ -77,15 +86,13 @@ def partner_index(
 
     def box(coord: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low = coord.masked_fill(~valid, far).amin(1, keepdim=True)  # (B, 1)
-        span = (coord.masked_fill(~valid, -1).amax(1, keepdim=True) - low).clamp_min(0)
-        return low, span
+        low = low.masked_fill(~valid.any(1, keepdim=True), 0)  # an image without tokens
+        cells = (coord.masked_fill(~valid, -1).amax(1, keepdim=True) - low + 1).clamp_min(1)
+        return low, cells
 
-    (r0, rspan), (c0, cspan) = box(rows), box(cols)
-    y = (rows - r0).double() / rspan.clamp_min(1)  # (B, N) in [0, 1] for real tokens
-    x = (cols - c0).double() / cspan.clamp_min(1)
-    ty, tx = RELATIONS[relation](y, x)
-    prow = r0 + torch.round(ty * rspan).long()  # (B, N)
-    pcol = c0 + torch.round(tx * cspan).long()
+    (r0, R), (c0, C) = box(rows), box(cols)  # (B, 1) each: first cell, cells
+    dr, dc = RELATIONS[relation](rows - r0, cols - c0, R, C)  # (B, N) each
+    prow, pcol = r0 + dr, c0 + dc
     # a dense (B, H, W) grid of sequence indices, -1 where no real token sits
     height = int(rows[valid].max()) + 1
     width = int(cols[valid].max()) + 1
