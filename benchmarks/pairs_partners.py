@@ -1,18 +1,19 @@
 """Probe (not in the package): partner paths beside the context encoder on ``pairs``.
 
-Registers three context encoders and trains one through `context_pays.run_one` with the
+Registers two context encoders and trains one through `context_pays.run_one` with the
 ``film_max`` recipe plus overrides; each row (with its overrides) goes to
 ``results/pairs_partners.json`` and stdout:
 
-    python benchmarks/pairs_partners.py NAME pairs SEED STEPS model.context=xl_sym
+    python benchmarks/pairs_partners.py NAME pairs SEED STEPS model.context=xl_pos
 
 - ``mirror_oracle``: each token plus a projection of its point mirror's (no XL).
-- ``xl_sym``: XL's output plus projections of the raw tokens at the row, column and
-  point mirrors (fixed relations XL's mixing cannot bury).
+- ``xl_sym`` (session 16's rows): XL's output plus projections of the raw tokens at the
+  row, column and point mirrors; now the package's ``model.partners=[vflip, hflip, rot180]``
+  (`xtimage.encoders.context.partners`), so the probe is gone.
 - ``xl_pos``: XL plus an attention whose weights depend on the two image-normalised
   positions only (a mirror is a sign pattern of its bilinear form, a shift a rotation).
 
-All three read the grid's extent from the call's positions: whole images only.
+Both read the grid's extent from the call's positions: whole images only.
 """
 
 import json
@@ -25,21 +26,8 @@ from torch import nn
 
 from common import save_rows  # noqa: E402
 from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder
+from xtimage.encoders.context.partners import partner_index
 from xtimage.encoders.context.transformer_xl import TransformerXL
-
-
-def relation_index(positions, relation):
-    """(B, N) index of the token at the related position (whole image in one call)."""
-    B, N, _ = positions.shape
-    R = int(positions[..., 0].max()) + 1
-    C = int(positions[..., 1].max()) + 1
-    grid = torch.zeros(B, R, C, dtype=torch.long, device=positions.device)
-    b = torch.arange(B, device=positions.device)[:, None].expand(B, N)
-    r, c = positions[..., 0], positions[..., 1]
-    grid[b, r, c] = torch.arange(N, device=positions.device).expand(B, N)
-    rr = R - 1 - r if relation in ("point", "row") else r
-    cc = C - 1 - c if relation in ("point", "col") else c
-    return grid[b, rr, cc]
 
 
 def gather(x, idx):
@@ -57,25 +45,8 @@ class MirrorOracle(ContextEncoder):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, tokens, positions, mask=None, state=None):
-        return tokens + self.proj(gather(tokens, relation_index(positions, "point"))), None
-
-
-@CONTEXT_ENCODERS.register("xl_sym")
-class XLSym(ContextEncoder):
-    """XL beside fixed symmetric partners (row, column and point mirrors) of the raw tokens."""
-
-    def __init__(self, dim, relations=("row", "col", "point"), **kw):
-        super().__init__()
-        self.dim = dim
-        self.xl = TransformerXL(dim, **kw)
-        self.relations = tuple(relations)
-        self.proj = nn.ModuleList(nn.Linear(dim, dim) for _ in self.relations)
-
-    def forward(self, tokens, positions, mask=None, state=None):
-        out, _ = self.xl(tokens, positions, mask)
-        for rel, proj in zip(self.relations, self.proj, strict=True):
-            out = out + proj(gather(tokens, relation_index(positions, rel)))
-        return out, None
+        index, _ = partner_index(positions, mask, "rot180")  # whole, unpadded images here
+        return tokens + self.proj(gather(tokens, index)), None
 
 
 def axis_features(coord, extent, freqs):
