@@ -94,15 +94,14 @@ def partner_index(
     dr, dc = RELATIONS[relation](rows - r0, cols - c0, R, C)  # (B, N) each
     prow, pcol = r0 + dr, c0 + dc
     # a dense (B, H, W) grid of sequence indices, -1 where no real token sits
-    height = int(rows[valid].max()) + 1
-    width = int(cols[valid].max()) + 1
+    height, width = int((r0 + R).max()), int((c0 + C).max())
     grid = torch.full((B, height, width), -1, dtype=torch.long, device=device)
     batch = torch.arange(B, device=device)[:, None].expand(B, N)
     order = torch.arange(N, device=device)[None].expand(B, N)
     grid[batch[valid], rows[valid], cols[valid]] = order[valid]
-    inside = valid & (prow >= 0) & (prow < height) & (pcol >= 0) & (pcol < width)
+    # a real token's partner lies in its box by construction; padding's may lie anywhere
     index = grid[batch, prow.clamp(0, height - 1), pcol.clamp(0, width - 1)]
-    found = inside & (index >= 0)
+    found = valid & (index >= 0)
     return index.clamp_min(0), found
 
 
