@@ -13,7 +13,7 @@ Registers two context encoders and trains one through `context_pays.run_one` wit
 - ``xl_pos``: XL plus an attention whose weights depend on the two image-normalised
   positions only (a mirror is a sign pattern of its bilinear form, a shift a rotation).
 
-Both read the grid's extent from the call's positions: whole images only.
+``xl_pos`` reads the grid's extent from the call's positions: whole images only.
 """
 
 import json
@@ -25,28 +25,15 @@ import torch
 from torch import nn
 
 from common import save_rows  # noqa: E402
-from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder
-from xtimage.encoders.context.partners import partner_index
+from xtimage.encoders.context.base import CONTEXT_ENCODERS, ContextEncoder, IdentityContext
+from xtimage.encoders.context.partners import SymmetricPartners
 from xtimage.encoders.context.transformer_xl import TransformerXL
 
 
-def gather(x, idx):
-    """(B, N, D) tokens at the (B, N) indices ``idx``."""
-    return x[torch.arange(x.shape[0], device=x.device)[:, None], idx]
-
-
 @CONTEXT_ENCODERS.register("mirror_oracle")
-class MirrorOracle(ContextEncoder):
-    """Each token plus a projection of its point mirror's: the partner handed over."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.dim = dim
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, tokens, positions, mask=None, state=None):
-        index, _ = partner_index(positions, mask, "rot180")  # whole, unpadded images here
-        return tokens + self.proj(gather(tokens, index)), None
+def mirror_oracle(dim):
+    """Each token plus a projection of its point mirror's, no XL: the partner handed over."""
+    return SymmetricPartners(IdentityContext(dim), ["rot180"])
 
 
 def axis_features(coord, extent, freqs):
