@@ -128,8 +128,6 @@ def test_partners_wrap_the_context_encoder_of_xt_but_not_of_the_crop_baseline():
         load_config(None, [*partners, "model.head=classification", "model.class_pool=cls"])
     with pytest.raises(ConfigError, match="set data.window=null"):
         load_config(None, [*partners, "data.window=512"])
-    with pytest.raises(ConfigError, match="set train.mode=exact"):
-        load_config(None, [*partners, "train.mode=streaming"])
 
 
 def test_changing_the_data_kind_drops_the_preset_s_data_params():

@@ -324,11 +324,6 @@ class RunConfig:
                 "model.partners mirrors each image about its centre, but data.window trains "
                 "on random windows whose mirror is another place: set data.window=null"
             )
-        if self.model.partners and self.train.mode == "streaming":
-            raise ConfigError(
-                "model.partners reads each token's partner from the whole image's tokens at "
-                "once, which streaming mode never holds: set train.mode=exact (or auto)"
-            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -362,9 +362,10 @@ def test_streaming_training_without_context_equals_exact(film):
     _assert_same_grads(_grads(model), expected)
 
 
-def test_streaming_training_needs_a_streamable_context():
-    model = tiny_xt(GlobalAttention, dense=False)
-    with pytest.raises(ConfigError, match="streamable"):
+@pytest.mark.parametrize("context_cls", [GlobalAttention, global_with_partners])
+def test_streaming_training_needs_a_streamable_context(context_cls):
+    model = tiny_xt(context_cls, dense=False)
+    with pytest.raises(ConfigError, match="streamable.*use exact mode"):
         Engine(model).streaming_step(images((64, 64)), torch.tensor([0]))
 
 
