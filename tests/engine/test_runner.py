@@ -52,8 +52,13 @@ class RunningMean(ContextEncoder):
 
 
 def global_with_partners(dim: int) -> SymmetricPartners:
-    """`GlobalAttention` beside the left-right and point mirrors' tokens."""
-    return SymmetricPartners(GlobalAttention(dim), ["hflip", "rot180"])
+    """`GlobalAttention` beside the left-right and point mirrors' tokens (projections
+    drawn at random: at their zero init no gradient would flow through a partner)."""
+    encoder = SymmetricPartners(GlobalAttention(dim), ["hflip", "rot180"])
+    for proj in encoder.proj:
+        nn.init.normal_(proj.weight, std=dim**-0.5)
+        nn.init.normal_(proj.bias)
+    return encoder
 
 
 def tiny_xt(

@@ -116,6 +116,9 @@ def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_withou
     torch.manual_seed(0)
     dim = 6
     encoder = SymmetricPartners(IdentityContext(dim), ["hflip", "rot90"]).double()
+    for proj in encoder.proj:
+        nn.init.normal_(proj.weight)
+        nn.init.normal_(proj.bias)
     tokens = torch.randn(1, 4, dim, dtype=torch.float64)
     # a 2 x 2 grid with its top-right cell skipped (padding in its place)
     positions = torch.tensor([[[0, 0], [1, 0], [1, 1], [0, 0]]])
@@ -129,6 +132,33 @@ def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_withou
     expected[0, 2] += hflip(tokens[0, 1]) + rot90(tokens[0, 1])
     torch.testing.assert_close(out[0, :3], expected[0, :3], rtol=0, atol=1e-12)
     assert state is None and not encoder.streamable
+
+
+def test_a_fresh_wrapper_computes_the_inner_encoder_and_draws_no_random_numbers():
+    """Zero-initialised projections: wrapping changes neither the output nor the seed's
+    other weights, and the projections still get gradients (they train from step one)."""
+
+    class Linear(IdentityContext):
+        def __init__(self, dim):
+            super().__init__(dim)
+            self.mix = nn.Linear(dim, dim)
+
+        def forward(self, tokens, positions, mask=None, state=None):
+            return self.mix(tokens), None
+
+    torch.manual_seed(0)
+    plain = Linear(5)
+    after_plain = torch.rand(1)
+    torch.manual_seed(0)
+    wrapped = SymmetricPartners(Linear(5), ["hflip", "rot180"])
+    assert torch.equal(torch.rand(1), after_plain)  # the wrapper drew nothing
+    tokens = torch.randn(2, 6, 5)
+    positions = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(3), indexing="ij"), -1)
+    positions = positions.reshape(1, 6, 2).expand(2, 6, 2)
+    out, _ = wrapped(tokens, positions)
+    assert torch.equal(out, plain(tokens, positions)[0])
+    out.square().sum().backward()
+    assert all(proj.weight.grad.abs().sum() > 0 for proj in wrapped.proj)
 
 
 def test_symmetric_partners_forward_the_inner_encoders_checkpoint_switch():

@@ -110,6 +110,7 @@ class SymmetricPartners(ContextEncoder):
 
     The partners are read from the tokens the context encoder receives (region tokens
     with their 2-D position code), not from its output: its mixing cannot bury them.
+    The projections start at zero, so a fresh wrapper computes what ``inner`` computes.
     """
 
     streamable = False
@@ -122,7 +123,15 @@ class SymmetricPartners(ContextEncoder):
         self.inner = inner
         self.dim = inner.dim
         self.relations = list(relations)
-        self.proj = nn.ModuleList(nn.Linear(inner.dim, inner.dim) for _ in self.relations)
+        # zero at init, drawing nothing from the global generator: a fresh wrapped model
+        # is the inner one exactly (same seed, same weights), and the partners enter as
+        # training finds them useful (a zero-initialised residual branch)
+        self.proj = nn.ModuleList(
+            nn.utils.skip_init(nn.Linear, inner.dim, inner.dim) for _ in self.relations
+        )
+        for proj in self.proj:
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
 
     @property
     def recomputable(self) -> bool:  # type: ignore[override]
