@@ -19,7 +19,7 @@ change between runs of a recipe:
 - ``film_max_partners``: ``film_max`` with each token also reading the tokens at its
   left-right, top-bottom and point mirrors (``model.partners``,
   `xtimage.encoders.context.partners`; the crop baseline has no context, so none).
-  Its partner projections start at zero since session 18; the rows of sessions 16-17,
+  Its partner projections start at zero since session 18; session 17's rows,
   whose projections PyTorch drew at random, are kept as ``film_max_partners_random``.
 
 Tasks (`xtimage.data.synthetic`, docs/synthetic.md), each built so that both baselines

@@ -53,7 +53,7 @@ class RunningMean(ContextEncoder):
 
 def global_with_partners(dim: int) -> SymmetricPartners:
     """`GlobalAttention` beside the left-right and point mirrors' tokens (projections
-    drawn at random: at their zero init no gradient would flow through a partner)."""
+    drawn at random: at zero the partner path passes no gradient back to the tokens)."""
     encoder = SymmetricPartners(GlobalAttention(dim), ["hflip", "rot180"])
     for proj in encoder.proj:
         nn.init.normal_(proj.weight, std=dim**-0.5)

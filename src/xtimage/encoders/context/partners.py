@@ -123,9 +123,8 @@ class SymmetricPartners(ContextEncoder):
         self.inner = inner
         self.dim = inner.dim
         self.relations = list(relations)
-        # zero at init, drawing nothing from the global generator: a fresh wrapped model
-        # is the inner one exactly (same seed, same weights), and the partners enter as
-        # training finds them useful (a zero-initialised residual branch)
+        # skip_init: the zeros draw nothing from the global generator, so a seed gives the
+        # other weights what it gives the unwrapped model (a zero-initialised residual branch)
         self.proj = nn.ModuleList(
             nn.utils.skip_init(nn.Linear, inner.dim, inner.dim) for _ in self.relations
         )
