@@ -53,6 +53,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, mode):
         "data.train_samples=6",
         "data.augment=true",
         "model.backbone_kwargs.drop_path_rate=0.2",
+        "train.lr_scale={head: 0.5}",  # a third parameter group resumes too
     ]
     whole = Trainer(tiny(tmp_path / "whole", *overrides))
     whole.fit()
@@ -100,6 +101,31 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient(tmp_path, head)
         atol = 1e-5 * float(expected.abs().max()) + 1e-9
         torch.testing.assert_close(parts[name], expected, rtol=1e-5, atol=atol, msg=name)
     assert any(not torch.allclose(whole[n], whole3[n]) for n in whole)  # other data, other grad
+
+
+def _after_one_sgd_step(tmp_path, *overrides):
+    trainer = Trainer(tiny(tmp_path, "train.optimizer=sgd", "train.clip=null", "train.steps=1",
+                           "train.batch_size=2", "data.train_samples=2", *overrides))  # fmt: skip
+    before = _weights(trainer)
+    trainer.fit()
+    return {n: (p.detach() - before[n], before[n]) for n, p in trainer.model.named_parameters()}
+
+
+def test_lr_scale_multiplies_the_step_of_the_parameters_it_names(tmp_path):
+    plain = _after_one_sgd_step(tmp_path / "a")
+    scaled = _after_one_sgd_step(tmp_path / "b", "train.lr_scale={head: 0.25, head.out: 3}")
+    for name, (delta, weight) in plain.items():  # the longest prefix wins: head.out 3, head 0.25
+        scale = 3.0 if name.startswith("head.out.") else 0.25 if name.startswith("head.") else 1
+        atol = 1e-6 * float(weight.abs().max()) + 1e-9  # a difference of float32 weights
+        torch.testing.assert_close(scaled[name][0], scale * delta, rtol=1e-3, atol=atol, msg=name)
+    assert all(plain[n][0].abs().max() > 0 for n in plain if n.startswith("head."))
+
+
+def test_lr_scale_refuses_a_prefix_that_names_nothing_and_a_bad_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.lr_scale: \['heads'\] names no trainable"):
+        Trainer(tiny(tmp_path / "a", "train.lr_scale={heads: 0.1}"))
+    with pytest.raises(ConfigError, match="train.lr_scale.head must be a number > 0"):
+        tiny(tmp_path / "b", "train.lr_scale={head: 0}").check()
 
 
 def test_run_folder_files_and_refusal_to_overwrite(tmp_path):

@@ -323,6 +323,8 @@ def restore_training(
         for key, value in group.items():  # JSON made tuples (AdamW's betas) lists
             if isinstance(current.get(key), tuple):
                 group[key] = tuple(value)
+        for key, value in current.items():  # keys newer than the checkpoint (lr_scale)
+            group.setdefault(key, value)
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     if scaler is not None and "scaler" in ckpt.state:
         scaler.load_state_dict(ckpt.state["scaler"])

@@ -230,6 +230,9 @@ class TrainConfig:
         accumulate: micro-batches per optimizer step.
         optimizer: "adamw" or "sgd".
         lr: peak learning rate.
+        lr_scale: learning-rate multipliers by parameter-name prefix (a module path), e.g.
+            ``{context.proj: 0.1}``: those parameters train at a tenth of the rate (the
+            longest matching prefix wins; a prefix that names nothing is refused).
         weight_decay: decoupled weight decay (not on norms and biases).
         momentum: SGD momentum.
         warmup: optimizer steps of linear warm-up before the cosine decay.
@@ -269,6 +272,7 @@ class TrainConfig:
     accumulate: int = 1
     optimizer: str = "adamw"
     lr: float = 1e-3
+    lr_scale: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup: int = 0
@@ -304,6 +308,9 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0 or (self.clip is not None and self.clip <= 0):
             raise ConfigError(f"train.lr ({self.lr}) and train.clip ({self.clip}) must be > 0")
+        for prefix, scale in self.lr_scale.items():
+            if isinstance(scale, bool) or not isinstance(scale, int | float) or scale <= 0:
+                raise ConfigError(f"train.lr_scale.{prefix} must be a number > 0, got {scale!r}")
 
 
 @dataclass

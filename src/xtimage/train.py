@@ -67,16 +67,35 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, lr_scale: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
     """Trainable parameters, with weight decay on matrices and kernels only (not on
-    norms, biases, embeddings of one dimension)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+    norms, biases, embeddings of one dimension), and each group's learning-rate
+    multiplier ``lr_scale``: the longest prefix of ``lr_scale`` that begins a
+    parameter's name (a module path, e.g. ``context.proj``) gives it, else 1."""
+    lr_scale = lr_scale or {}
+    prefixes = sorted(lr_scale, key=len, reverse=True)
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
+    used: set[str] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        prefix = next((q for q in prefixes if name == q or name.startswith(q + ".")), None)
+        scale = 1.0 if prefix is None else float(lr_scale[prefix])
+        if prefix is not None:
+            used.add(prefix)
+        groups.setdefault((scale, p.ndim >= 2), []).append(p)
+    unused = sorted(set(lr_scale) - used)
+    if unused:
+        raise ConfigError(
+            f"train.lr_scale: {unused} names no trainable parameter; name a module path "
+            f"such as {next(n for n, _ in model.named_modules() if n)!r}"
+        )
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (scale, decay), params in groups.items()
+        if params or scale == 1.0
     ]
 
 
@@ -208,7 +227,7 @@ class Trainer:
 
             self.cache = TokenCache(self.run_dir / "token_cache", self.xt)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = param_groups(self.model, t.weight_decay)
+        groups = param_groups(self.model, t.weight_decay, t.lr_scale)
         if t.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(groups, lr=t.lr)
         else:
@@ -378,7 +397,7 @@ class Trainer:
             self.step, lr=t.lr, warmup=t.warmup, total=self.total_steps, min_ratio=t.min_lr_ratio
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
