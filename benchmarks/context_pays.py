@@ -91,6 +91,11 @@ RECIPES: dict[str, list[str]] = {
     "film_max_partners": ["model.decoder_norm=layer", "model.decoder_fusion=film",
                           "train.mode=direct", "model.token_reduce=max",
                           "model.partners=[hflip, vflip, rot180]"],
+    # the same, the partner projections learning at a tenth of the rate
+    "film_max_partners_slow": ["model.decoder_norm=layer", "model.decoder_fusion=film",
+                               "train.mode=direct", "model.token_reduce=max",
+                               "model.partners=[hflip, vflip, rot180]",
+                               "train.lr_scale={context.proj: 0.1}"],
 }  # fmt: skip
 ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")
@@ -149,6 +154,16 @@ TASKS: dict[str, list[str]] = {
         "model.class_pool=attention",
         "data.params={textures: 2, task: present}",
     ],
+    # which quadrant's object wears the key's texture? (four objects in four textures): a
+    # pooled crop classifier, symmetric in the textures, is at chance as well
+    "locate": [
+        *SMALL,
+        "model.head=classification",
+        "model.num_classes=4",
+        "model.outputs=[]",
+        "model.class_pool=attention",
+        "data.params={textures: 4, task: locate}",
+    ],
     "key_large": [
         "data.size=512",
         "model.region=32",
@@ -174,7 +189,7 @@ TASKS: dict[str, list[str]] = {
 INIT = {"demo_large": "demo"}  # fine-tuned from the run on this task (same recipe, model, seed)
 RUNS = Path("runs/context_pays")
 # the rest: foreground IoU
-METRIC = dict.fromkeys(("sum", "sum_mlp", "match", "present", "present2"), "top1")
+METRIC = dict.fromkeys(("sum", "sum_mlp", "match", "present", "present2", "locate"), "top1")
 KEYED = ("key", "demo", "key_large", "demo_large")  # segment the objects textured like a key
 GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
 

@@ -373,6 +373,65 @@ def test_present_label_survives_relabelling_and_turns_unlike_the_downsampled_ima
     assert c["crop"] == c["downsample"] == np.bincount(labels).max() / 80 < 0.65
 
 
+@pytest.fixture(scope="module", params=[(128, 32, 4), (256, 64, 6)], ids=["4 of 4", "4 of 6"])
+def locate(request):
+    size, region, textures = request.param
+    return SyntheticTask("locate", size=size, region=region, textures=textures, noise=0.0,
+                         seed=5)  # fmt: skip
+
+
+def test_locate_label_is_the_quadrant_of_the_object_that_wears_the_keys_texture(locate):
+    """Read off the pixels alone: the key (the brightest shape) has no object in its
+    region; each quadrant holds one object, the four in four different textures; the
+    label is the quadrant (row-major) of the one the key's texture is on."""
+    assert locate.num_classes == 4
+    labels = []
+    for i in range(16):
+        s = locate.sample(i)
+        image = s.image[0]
+        shapes, n = ndimage.label(np.abs(image - BG) > 1e-6, structure=np.ones((3, 3)))
+        parts = [shapes == j for j in range(1, n + 1)]
+        key = max(parts, key=lambda p: image[p].mean())
+        objects = [p for p in parts if p is not key]
+        key_cell = tuple(np.argwhere(key)[0] // locate.region)
+        quadrant = {}
+        for o in objects:
+            cells = np.argwhere(o)
+            assert key_cell not in {tuple(p) for p in cells // locate.region}
+            halves = {tuple(p) for p in cells * 2 // [locate.height, locate.width]}
+            assert len(halves) == 1  # wholly inside one quadrant
+            (row, col), = halves
+            quadrant[2 * row + col] = _signature(image, o)
+        assert sorted(quadrant) == [0, 1, 2, 3] and len(set(quadrant.values())) == 4
+        assert quadrant[s.label] == _signature(image, key)
+        labels.append(s.label)
+    assert set(labels) == {0, 1, 2, 3}
+
+
+def test_locate_hides_the_label_from_one_region_and_the_downsampled_image(locate):
+    """Relabelling the textures keeps the label (it names a place, not a texture) and
+    the area-downsampled image, which no texture reaches; every texture is the key's
+    equally often, so the key's region alone says nothing of the place. Both baselines
+    guess the commonest label."""
+    f = locate.height // locate.region
+    for i in range(6):
+        s = locate.sample(i)
+        t = locate.sample(i, permutation=np.roll(np.arange(locate.textures), -1))
+        assert t.label == s.label and not np.array_equal(t.image, s.image)
+        down = [torch.nn.functional.avg_pool2d(torch.from_numpy(x.image), f) for x in (s, t)]
+        torch.testing.assert_close(down[0], down[1], rtol=0, atol=1e-6)
+    c = locate.ceilings(80)
+    labels = np.array([locate.sample(i).label for i in range(80)])
+    assert c["crop"] == c["downsample"] == np.bincount(labels).max() / 80 < 0.4
+    assert not locate.spec.turnable  # a turn moves the quadrants
+
+
+def test_locate_refuses_fewer_than_four_textures_and_an_objects_setting():
+    for kwargs in ({"textures": 3}, {"objects": 4}):
+        with pytest.raises(ConfigError, match="one object per quadrant"):
+            SyntheticTask("locate", size=128, region=32, **kwargs)
+
+
 def test_a_turn_changes_a_texture_label_so_training_does_not_turn_them(tmp_path):
     """A 90-degree turn makes stripes across into stripes down: the texture of the match
     task's target changes while its label would not. Its data sets say so, and the

@@ -29,6 +29,13 @@ independently and uniformly.
   are textured with half of the textures, chosen afresh for each scene, and kept out of
   the key's region; the label is 1 if the key's texture is among them. Every region
   alone, and the downsampled image, see a yes exactly half the time.
+- ``locate`` (a classification task, ``data.params: {task: locate}``): one object in
+  each quadrant of the image, the four wearing four different textures, none in the
+  key's region; the label is the quadrant (0 top left, 1 top right, 2 bottom left, 3
+  bottom right) of the object that wears the key's texture. A region alone, and the
+  downsampled image, are blind to it; so is a pooled linear crop classifier that is
+  symmetric in the textures (its logits are sums of per-region terms, and the layout
+  is balanced over every texture and quadrant).
 - ``detection``: boxes and centre points of the objects whose texture equals the key's.
 - ``pairs`` (a segmentation task, ``data.params: {task: pairs}``): no keys; objects come
   in twins placed point-symmetrically about the image centre, each twin's texture drawn
@@ -75,6 +82,8 @@ class _Kind:
         clear: the key's region is kept free of objects.
         palette: the objects' textures are drawn from ``textures // 2`` of them, chosen
             afresh for each scene and each used at least once (else from all).
+        quadrants: one object per quadrant of the image, four different textures, one
+            of them the key's.
         turnable: a flip or a 90-degree turn keeps the answer (a label that names a
             texture does not: a turn makes stripes across into stripes down).
     """
@@ -89,6 +98,7 @@ class _Kind:
     levels: bool = False
     clear: bool = False
     palette: bool = False
+    quadrants: bool = False
     turnable: bool = True
 
 
@@ -141,6 +151,13 @@ def _present_answer(d: _Drawn) -> dict[str, Any]:
     """1 if some object has the key's texture, else 0."""
     objects = d.texture_of[1 + len(d.scene.keys) :]
     return {"label": int(d.key_textures[0] in objects)}
+
+
+def _locate_answer(d: _Drawn) -> dict[str, Any]:
+    """The quadrant of the object that wears the key's texture (its texture is unique)."""
+    objects = d.texture_of[1 + len(d.scene.keys) :]
+    (target,) = np.flatnonzero(objects == d.key_textures[0])
+    return {"label": int(target)}  # objects are drawn in quadrant order
 
 
 def _box_answer(d: _Drawn) -> dict[str, Any]:
@@ -207,6 +224,8 @@ KINDS: dict[str, _Kind] = {
     "match": _Kind("classification", lambda t: t, _match_answer, levels=True, clear=True,
                    turnable=False),
     "present": _Kind("classification", lambda t: 2, _present_answer, clear=True, palette=True),
+    "locate": _Kind("classification", lambda t: QUADRANTS, _locate_answer, clear=True,
+                    quadrants=True, turnable=False),
     "detection": _Kind("detection", lambda t: 1, _box_answer, _object_units, _f1),
 }  # fmt: skip
 
@@ -220,6 +239,7 @@ _PATTERNS = (
     lambda y, x: (x % 2 == 1) * 1.0,
 )
 
+QUADRANTS = 4  # the locate task's classes
 BACKGROUND = 0.1
 OBJECT_MEAN = 0.45
 KEY_MEAN = 0.75  # keys are brighter than objects: easy to find even when downsampled
@@ -288,7 +308,7 @@ class SyntheticTask(torch.utils.data.Dataset):
     ``sample(index)`` depends only on ``(seed, index)``.
 
     Args:
-        kind: "segmentation", "pairs", "classification", "match", "present"
+        kind: "segmentation", "pairs", "classification", "match", "present", "locate"
             or "detection".
         size: image side, or (height, width), in pixels.
         region: region side of the xT model the task is designed for; keys lie inside
@@ -334,6 +354,11 @@ class SyntheticTask(torch.utils.data.Dataset):
             raise ConfigError(
                 f"the match task draws one candidate per texture ({textures}); objects "
                 f"({objects}) does not apply: leave it out"
+            )
+        if KINDS[kind].quadrants and (objects is not None or textures < QUADRANTS):
+            raise ConfigError(
+                f"the locate task draws one object per quadrant, each in its own texture: "
+                f"it needs textures >= {QUADRANTS} (got {textures}) and no objects setting"
             )
         self.grid = (height // region, width // region)  # complete region cells
         keys = KINDS[kind].keys
@@ -384,7 +409,12 @@ class SyntheticTask(torch.utils.data.Dataset):
             # match: candidate i has level i and texture order[i]; present: the objects
             # take the first textures // 2 of the order (each once), then any of them
             order = rng.permutation(self.textures)
-        wanted = self.textures if match else self.objects - self.spec.twins
+        quadrants = self.spec.quadrants
+        if quadrants:  # quadrant q's object wears order[q]; the key's texture is one of them
+            others = rng.permutation(np.delete(np.arange(self.textures), keys[0].texture))
+            order = np.insert(others[: QUADRANTS - 1], rng.integers(QUADRANTS), keys[0].texture)
+        wanted = self.objects - self.spec.twins
+        wanted = self.textures if match else QUADRANTS if quadrants else wanted
         objects = []
         lo, hi = (r * self.region / 2 for r in self.radius)
         for _ in range(20 * max(self.objects, wanted)):
@@ -398,9 +428,19 @@ class SyntheticTask(torch.utils.data.Dataset):
             h, w = cells_hw.shape
             if h + 2 > half_h or w + 2 > half_w:
                 continue
-            top, left = int(rng.integers(1, half_h - h)), int(rng.integers(1, half_w - w))
+            if quadrants:  # inside quadrant len(objects), a cell clear of its edges
+                row, col = divmod(len(objects), 2)
+                qh, qw = half_h // 2, half_w // 2
+                if h + 2 > qh or w + 2 > qw:
+                    continue
+                top = row * qh + int(rng.integers(1, qh - h))
+                left = col * qw + int(rng.integers(1, qw - w))
+            else:
+                top, left = int(rng.integers(1, half_h - h)), int(rng.integers(1, half_w - w))
             if match:
                 texture, mean = int(order[len(objects)]), float(levels[len(objects)])
+            elif quadrants:
+                texture, mean = int(order[len(objects)]), OBJECT_MEAN
             elif self.spec.palette:
                 n = self.textures // 2
                 i = len(objects) if len(objects) < n else int(rng.integers(n))
@@ -415,7 +455,7 @@ class SyntheticTask(torch.utils.data.Dataset):
             if not _place(taken, shapes):
                 continue
             objects += shapes
-        least = wanted if match else self.textures // 2 if self.spec.palette else 0
+        least = wanted if match or quadrants else self.textures // 2 if self.spec.palette else 0
         if len(objects) < least:  # else the label would be wrong (match) or leak (present)
             raise ConfigError(
                 f"the {self.kind} task needs {least} objects outside the key's region but "
