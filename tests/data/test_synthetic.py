@@ -430,6 +430,43 @@ def test_locate_hides_the_label_from_one_region_and_the_downsampled_image(locate
     assert not locate.spec.turnable  # a turn moves the quadrants
 
 
+def _additive_fits(layouts, subset):
+    """Whether some pooled linear classifier (logits = a sum of per-region terms, one-hot
+    features of what each region sees) is right, by a margin, on every layout in subset."""
+    from scipy.optimize import linprog
+
+    d = layouts[0][0].size
+    rows = []
+    for x, answer in (layouts[i] for i in subset):
+        for other in set(range(4)) - {answer}:  # logit[answer] - logit[other] >= 1
+            row = np.zeros(4 * (d + 1))
+            row[answer * d : (answer + 1) * d], row[other * d : (other + 1) * d] = -x, x
+            row[4 * d + answer], row[4 * d + other] = -1, 1
+            rows.append(row)
+    fit = linprog(np.zeros(4 * (d + 1)), A_ub=np.array(rows), b_ub=-np.ones(len(rows)),
+                  bounds=(None, None), method="highs")  # fmt: skip
+    return fit.status == 0
+
+
+def test_a_pooled_crop_classifier_locates_at_most_5_of_the_8_two_texture_layouts():
+    """docs/synthetic.md's bound: with two textures a scene is (the key's texture k, the
+    answer's quadrant a), the other quadrants wearing 1 - k. A region sees the key's
+    texture or one quadrant's (position and texture); no sum of per-region terms is right
+    on 6 of the 8 layouts, and one is right on 5."""
+    import itertools
+
+    layouts = []
+    for k, a in itertools.product(range(2), range(4)):
+        x = np.zeros(2 + 4 * 2)
+        x[k] = 1  # the key's region
+        for q in range(4):
+            x[2 + 2 * q + (k if q == a else 1 - k)] = 1  # quadrant q's region
+        layouts.append((x, a))
+    assert not any(_additive_fits(layouts, s) for s in itertools.combinations(range(8), 6))
+    assert any(_additive_fits(layouts, s) for s in itertools.combinations(range(8), 5))
+    assert _additive_fits(layouts, range(4))  # one key texture alone: all four placements
+
+
 def test_locate_refuses_an_objects_setting():
     with pytest.raises(ConfigError, match="one object per quadrant; objects"):
         SyntheticTask("locate", size=128, region=32, objects=4)
