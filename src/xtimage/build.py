@@ -51,7 +51,7 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
             kwargs.setdefault("release", True)  # the authors' blocks (xtimage.convert)
         context = create_context_encoder(config.context, dim=config.dim, **kwargs)
         if config.partners:
-            context = SymmetricPartners(context, config.partners)
+            context = SymmetricPartners(context, config.partners, config.partner_proj)
     head = get_task(config).build_head(encoder.feature_info[:-1], config.dim)
     model = XT(
         encoder,

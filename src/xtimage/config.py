@@ -73,6 +73,9 @@ class ModelConfig:
             ``transpose``...) whose partner token each token also reads, beside the
             context encoder (`xtimage.encoders.context.partners`); for answers that
             compare mirrored places. Not streamable; empty: none.
+        partner_proj: how a partner enters its token: "linear" (a D x D map) or
+            "channel" (a scale and a shift per channel; an unused partner then adds
+            far less noise while training, docs/context_pays.md).
         dim: token width of the context encoder.
         head: task family: "classification", "segmentation", "detection" (a centre
             heatmap whose peaks are the points) or "xview3" (centre, vessel, fishing and
@@ -120,6 +123,7 @@ class ModelConfig:
     context: str = "xl"
     context_kwargs: dict[str, Any] = field(default_factory=dict)
     partners: list[str] = field(default_factory=list)
+    partner_proj: str = "linear"
     dim: int = 128
     head: str = "segmentation"
     num_classes: int = 2
@@ -141,6 +145,7 @@ class ModelConfig:
         _choice("model.head", self.head, HEADS)
         _choice("model.baseline", self.baseline, BASELINES)
         _choice("model.class_pool", self.class_pool, ("mean", "attention", "cls"))
+        _choice("model.partner_proj", self.partner_proj, ("linear", "channel"))
         if self.partners:
             from xtimage.encoders.context.partners import check_relations
 

@@ -27,6 +27,7 @@ def reference_partner(cells: dict, relation: str, r: int, c: int):
             "vshift": (r0 + (r - r0 + rows_n // 2) % rows_n, c),
         }[relation]
     else:  # the other axis's offset (mirrored first where named), rescaled to this one's
+
         def rescale(d, src, dst):  # round half to even, as torch
             return round(d * (dst - 1) / max(src - 1, 1))
 
@@ -112,13 +113,20 @@ def test_flips_and_shifts_are_exact_on_grids_of_any_shape():
     assert torch.equal(positions[0, index[0], 1], (positions[0, :, 1] + 4) % 8)
 
 
-def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_without_one():
+@pytest.mark.parametrize("kind", ["linear", "channel"])
+def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_without_one(kind):
     torch.manual_seed(0)
     dim = 6
-    encoder = SymmetricPartners(IdentityContext(dim), ["hflip", "rot90"]).double()
+    encoder = SymmetricPartners(IdentityContext(dim), ["hflip", "rot90"], kind).double()
     for proj in encoder.proj:
         nn.init.normal_(proj.weight)
         nn.init.normal_(proj.bias)
+    if kind == "channel":  # a scale and a shift per channel, no mixing
+        x = torch.randn(3, dim, dtype=torch.float64)
+        torch.testing.assert_close(
+            encoder.proj[0](x), x * encoder.proj[0].weight + encoder.proj[0].bias
+        )
+        assert sum(p.numel() for p in encoder.parameters()) == 2 * 2 * dim
     tokens = torch.randn(1, 4, dim, dtype=torch.float64)
     # a 2 x 2 grid with its top-right cell skipped (padding in its place)
     positions = torch.tensor([[[0, 0], [1, 0], [1, 1], [0, 0]]])
@@ -134,7 +142,8 @@ def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_withou
     assert state is None and not encoder.streamable
 
 
-def test_a_fresh_wrapper_computes_the_inner_encoder_and_draws_no_random_numbers():
+@pytest.mark.parametrize("kind", ["linear", "channel"])
+def test_a_fresh_wrapper_computes_the_inner_encoder_and_draws_no_random_numbers(kind):
     """Zero-initialised projections: wrapping changes neither the output nor the seed's
     other weights, and the projections still get gradients (they train from step one)."""
 
@@ -150,7 +159,7 @@ def test_a_fresh_wrapper_computes_the_inner_encoder_and_draws_no_random_numbers(
     plain = Linear(5)
     after_plain = torch.rand(1)
     torch.manual_seed(0)
-    wrapped = SymmetricPartners(Linear(5), ["hflip", "rot180"])
+    wrapped = SymmetricPartners(Linear(5), ["hflip", "rot180"], kind)
     assert torch.equal(torch.rand(1), after_plain)  # the wrapper drew nothing
     tokens = torch.randn(2, 6, 5)
     positions = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(3), indexing="ij"), -1)
@@ -178,6 +187,8 @@ def test_symmetric_partners_forward_the_inner_encoders_checkpoint_switch():
 def test_bad_relations_are_refused(relations, match):
     with pytest.raises(ConfigError, match=match):
         SymmetricPartners(IdentityContext(4), relations)
+    with pytest.raises(ConfigError, match="partner_proj 'diagonal': use one of"):
+        SymmetricPartners(IdentityContext(4), ["hflip"], "diagonal")
 
 
 def test_partner_gradients_reach_the_partner_token():

@@ -8,6 +8,13 @@ place alone; docs/context_pays.md, "pairs"). `SymmetricPartners` hands the partn
 
     out = inner(tokens) + sum over relations r of  W_r tokens[partner_r(position)]
 
+``W_r`` is a linear map (``proj="linear"``, D x D) or a per-channel scale and shift
+(``proj="channel"``, 2 D numbers). Both start at zero. Under Adam a projection that the
+task does not use still drifts by about the learning rate each step, and a drifting
+D x D map adds noise of norm about sqrt(D) times its entries' size to every token; a
+per-channel one adds noise of its entries' size only, while a partner that the task
+does use grows in either at the same rate (docs/context_pays.md, session 19).
+
 Relations map cells of the bounding box of the image's real tokens (any height and width;
 a set of kept regions maps within its own box): ``hflip`` (left-right mirror), ``vflip``
 (top-bottom), ``rot180`` (point mirror); ``transpose``, ``antitranspose``, ``rot90`` and
@@ -105,32 +112,55 @@ def partner_index(
     return index.clamp_min(0), found
 
 
+class ChannelScale(nn.Module):
+    """``x * weight + bias`` per channel: (..., D) -> (..., D)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight + self.bias
+
+
+PROJECTIONS = ("linear", "channel")
+
+
 class SymmetricPartners(ContextEncoder):
     """A context encoder plus, per relation, a projection of each token's partner.
 
     The partners are read from the tokens the context encoder receives (region tokens
     with their 2-D position code), not from its output: its mixing cannot bury them.
     The projections start at zero, so a fresh wrapper computes what ``inner`` computes.
+    ``proj``: "linear" (D x D) or "channel" (a scale and a shift per channel).
     """
 
     streamable = False
 
-    def __init__(self, inner: ContextEncoder, relations: Sequence[str]) -> None:
+    def __init__(
+        self, inner: ContextEncoder, relations: Sequence[str], proj: str = "linear"
+    ) -> None:
         super().__init__()
         check_relations(relations)
         if not relations:
             raise ConfigError("model.partners is empty; leave it out for no partners")
+        if proj not in PROJECTIONS:
+            raise ConfigError(f"model.partner_proj '{proj}': use one of {list(PROJECTIONS)}")
         self.inner = inner
         self.dim = inner.dim
         self.relations = list(relations)
-        # skip_init: the zeros draw nothing from the global generator, so a seed gives the
-        # other weights what it gives the unwrapped model (a zero-initialised residual branch)
-        self.proj = nn.ModuleList(
-            nn.utils.skip_init(nn.Linear, inner.dim, inner.dim) for _ in self.relations
-        )
-        for proj in self.proj:
-            nn.init.zeros_(proj.weight)
-            nn.init.zeros_(proj.bias)
+        self.proj = nn.ModuleList(self._zero_projection(proj) for _ in self.relations)
+
+    def _zero_projection(self, proj: str) -> nn.Module:
+        """A projection that starts at zero and draws nothing from the global generator,
+        so a seed gives the other weights what it gives the unwrapped model."""
+        if proj == "channel":
+            return ChannelScale(self.dim)
+        linear = nn.utils.skip_init(nn.Linear, self.dim, self.dim)
+        nn.init.zeros_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        return linear
 
     @property
     def recomputable(self) -> bool:  # type: ignore[override]
