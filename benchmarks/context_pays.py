@@ -96,11 +96,11 @@ RECIPES: dict[str, list[str]] = {
                                "train.mode=direct", "model.token_reduce=max",
                                "model.partners=[hflip, vflip, rot180]",
                                "train.lr_scale={context.proj: 0.1}"],
-    # the same at the full rate, each partner entering its token channel by channel
-    "film_max_partners_channel": ["model.decoder_norm=layer", "model.decoder_fusion=film",
-                                  "train.mode=direct", "model.token_reduce=max",
-                                  "model.partners=[hflip, vflip, rot180]",
-                                  "model.partner_proj=channel"],
+    # the same at the full rate, each partner rotated at random once, then gated per channel
+    "film_max_partners_gate": ["model.decoder_norm=layer", "model.decoder_fusion=film",
+                               "train.mode=direct", "model.token_reduce=max",
+                               "model.partners=[hflip, vflip, rot180]",
+                               "model.partner_proj=gate"],
 }  # fmt: skip
 ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")

@@ -73,9 +73,9 @@ class ModelConfig:
             ``transpose``...) whose partner token each token also reads, beside the
             context encoder (`xtimage.encoders.context.partners`); for answers that
             compare mirrored places. Not streamable; empty: none.
-        partner_proj: how a partner enters its token: "linear" (a D x D map) or
-            "channel" (a scale and a shift per channel; an unused partner then adds
-            far less noise while training, docs/context_pays.md).
+        partner_proj: how a partner enters its token: "linear" (a learned D x D map)
+            or "gate" (a fixed random rotation, then a learned gate per channel: an
+            unused partner adds far less noise while training, docs/context_pays.md).
         dim: token width of the context encoder.
         head: task family: "classification", "segmentation", "detection" (a centre
             heatmap whose peaks are the points) or "xview3" (centre, vessel, fishing and
@@ -145,7 +145,7 @@ class ModelConfig:
         _choice("model.head", self.head, HEADS)
         _choice("model.baseline", self.baseline, BASELINES)
         _choice("model.class_pool", self.class_pool, ("mean", "attention", "cls"))
-        _choice("model.partner_proj", self.partner_proj, ("linear", "channel"))
+        _choice("model.partner_proj", self.partner_proj, ("linear", "gate"))
         if self.partners:
             from xtimage.encoders.context.partners import check_relations
 

@@ -113,7 +113,7 @@ def test_flips_and_shifts_are_exact_on_grids_of_any_shape():
     assert torch.equal(positions[0, index[0], 1], (positions[0, :, 1] + 4) % 8)
 
 
-@pytest.mark.parametrize("kind", ["linear", "channel"])
+@pytest.mark.parametrize("kind", ["linear", "gate"])
 def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_without_one(kind):
     torch.manual_seed(0)
     dim = 6
@@ -121,12 +121,15 @@ def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_withou
     for proj in encoder.proj:
         nn.init.normal_(proj.weight)
         nn.init.normal_(proj.bias)
-    if kind == "channel":  # a scale and a shift per channel, no mixing
+    if kind == "gate":  # a fixed orthogonal map, then a scale and a shift per channel
+        gate = encoder.proj[0]
+        rotation = gate.rotation
+        eye = torch.eye(dim, dtype=torch.float64)
+        torch.testing.assert_close(rotation @ rotation.T, eye, rtol=0, atol=1e-6)  # float32 draw
+        assert not torch.allclose(rotation, encoder.proj[1].rotation)  # one per relation
         x = torch.randn(3, dim, dtype=torch.float64)
-        torch.testing.assert_close(
-            encoder.proj[0](x), x * encoder.proj[0].weight + encoder.proj[0].bias
-        )
-        assert sum(p.numel() for p in encoder.parameters()) == 2 * 2 * dim
+        torch.testing.assert_close(gate(x), (rotation @ x.T).T * gate.weight + gate.bias)
+        assert sum(p.numel() for p in encoder.parameters()) == 2 * 2 * dim  # learned
     tokens = torch.randn(1, 4, dim, dtype=torch.float64)
     # a 2 x 2 grid with its top-right cell skipped (padding in its place)
     positions = torch.tensor([[[0, 0], [1, 0], [1, 1], [0, 0]]])
@@ -142,7 +145,7 @@ def test_symmetric_partners_adds_a_projection_of_each_partner_and_nothing_withou
     assert state is None and not encoder.streamable
 
 
-@pytest.mark.parametrize("kind", ["linear", "channel"])
+@pytest.mark.parametrize("kind", ["linear", "gate"])
 def test_a_fresh_wrapper_computes_the_inner_encoder_and_draws_no_random_numbers(kind):
     """Zero-initialised projections: wrapping changes neither the output nor the seed's
     other weights, and the projections still get gradients (they train from step one)."""

@@ -8,12 +8,14 @@ place alone; docs/context_pays.md, "pairs"). `SymmetricPartners` hands the partn
 
     out = inner(tokens) + sum over relations r of  W_r tokens[partner_r(position)]
 
-``W_r`` is a linear map (``proj="linear"``, D x D) or a per-channel scale and shift
-(``proj="channel"``, 2 D numbers). Both start at zero. Under Adam a projection that the
-task does not use still drifts by about the learning rate each step, and a drifting
-D x D map adds noise of norm about sqrt(D) times its entries' size to every token; a
-per-channel one adds noise of its entries' size only, while a partner that the task
-does use grows in either at the same rate (docs/context_pays.md, session 19).
+``W_r`` is a learned linear map (``proj="linear"``, D x D) or a learned per-channel gate
+after a fixed random rotation (``proj="gate"``, ``g_r * (R_r x) + b_r``, 2 D numbers).
+Both start at zero. Under Adam a projection that the task does not use still drifts by
+about the learning rate each step; a drifting D x D map adds noise of norm about
+sqrt(D) times its entries' size to every token, a gate of its entries' size only. The
+rotation, drawn once per relation, puts the partner's code in directions apart from the
+token's own, so that what follows can tell the two apart (a gate without it adds the
+partner onto the token's own channels, and `pairs` was not learnt so).
 
 Relations map cells of the bounding box of the image's real tokens (any height and width;
 a set of kept regions maps within its own box): ``hflip`` (left-right mirror), ``vflip``
@@ -112,19 +114,27 @@ def partner_index(
     return index.clamp_min(0), found
 
 
-class ChannelScale(nn.Module):
-    """``x * weight + bias`` per channel: (..., D) -> (..., D)."""
+class RotationGate(nn.Module):
+    """``(x @ rotation.T) * weight + bias``: a fixed orthogonal map, then a learned gate
+    and shift per channel, both zero at first; (..., D) -> (..., D).
 
-    def __init__(self, dim: int) -> None:
+    The rotation is drawn from its own generator seeded by ``seed`` (not the global
+    one) and saved with the weights.
+    """
+
+    def __init__(self, dim: int, seed: int) -> None:
         super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        q, r = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
+        self.register_buffer("rotation", q * torch.sign(torch.diagonal(r)))  # Haar
         self.weight = nn.Parameter(torch.zeros(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.weight + self.bias
+        return (x @ self.rotation.T) * self.weight + self.bias
 
 
-PROJECTIONS = ("linear", "channel")
+PROJECTIONS = ("linear", "gate")
 
 
 class SymmetricPartners(ContextEncoder):
@@ -133,7 +143,7 @@ class SymmetricPartners(ContextEncoder):
     The partners are read from the tokens the context encoder receives (region tokens
     with their 2-D position code), not from its output: its mixing cannot bury them.
     The projections start at zero, so a fresh wrapper computes what ``inner`` computes.
-    ``proj``: "linear" (D x D) or "channel" (a scale and a shift per channel).
+    ``proj``: "linear" (D x D) or "gate" (a fixed rotation, then a gate per channel).
     """
 
     streamable = False
@@ -150,13 +160,13 @@ class SymmetricPartners(ContextEncoder):
         self.inner = inner
         self.dim = inner.dim
         self.relations = list(relations)
-        self.proj = nn.ModuleList(self._zero_projection(proj) for _ in self.relations)
+        self.proj = nn.ModuleList(self._zero_projection(proj, i) for i in range(len(relations)))
 
-    def _zero_projection(self, proj: str) -> nn.Module:
+    def _zero_projection(self, proj: str, index: int) -> nn.Module:
         """A projection that starts at zero and draws nothing from the global generator,
         so a seed gives the other weights what it gives the unwrapped model."""
-        if proj == "channel":
-            return ChannelScale(self.dim)
+        if proj == "gate":
+            return RotationGate(self.dim, seed=index)
         linear = nn.utils.skip_init(nn.Linear, self.dim, self.dim)
         nn.init.zeros_(linear.weight)
         nn.init.zeros_(linear.bias)
