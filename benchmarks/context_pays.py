@@ -96,6 +96,11 @@ RECIPES: dict[str, list[str]] = {
                                "train.mode=direct", "model.token_reduce=max",
                                "model.partners=[hflip, vflip, rot180]",
                                "train.lr_scale={context.proj: 0.1}"],
+    # the same, the partner projections learning at three tenths of the rate
+    "film_max_partners_slow3": ["model.decoder_norm=layer", "model.decoder_fusion=film",
+                                "train.mode=direct", "model.token_reduce=max",
+                                "model.partners=[hflip, vflip, rot180]",
+                                "train.lr_scale={context.proj: 0.3}"],
     # the same at the full rate, each partner rotated at random once, then gated per channel
     "film_max_partners_gate": ["model.decoder_norm=layer", "model.decoder_fusion=film",
                                "train.mode=direct", "model.token_reduce=max",
