@@ -13,6 +13,7 @@ from xtimage.encoders.region import RegionEncoder
 from xtimage.engine import Engine
 from xtimage.errors import ConfigError
 from xtimage.heads import ClassificationHead, DenseHead, DenseOutput
+from xtimage.heads.running_norm import RunningNorm2d, commit_running_norms
 from xtimage.model import XT
 
 
@@ -69,9 +70,10 @@ def tiny_xt(
     dtype=torch.float64,
     film: bool = False,
     reduce: str = "mean",
+    norm: str = "none",
 ) -> XT:
-    """``film``: the context-conditioned decoder (FiLM in every block, no norm) over
-    tokens that read the three deepest maps, reduced to the token grid by ``reduce``."""
+    """``film``: the context-conditioned decoder (FiLM in every block, ``norm`` after each
+    block) over tokens that read the three deepest maps, reduced by ``reduce``."""
     region = 64 + 2 * margin
     encoder = RegionEncoder(
         "convnext_atto",
@@ -82,7 +84,7 @@ def tiny_xt(
     )
     context = context_cls(16)
     if dense:
-        options = {"fusion": "film", "norm": "none"} if film else {}
+        options = {"fusion": "film", "norm": norm} if film else {}
         head = DenseHead(
             encoder.feature_info[:-1], 16, [DenseOutput("mask", 3, "ce")], channels=8, **options
         )
@@ -135,9 +137,7 @@ def _xl(dim):
     return create_context_encoder("xl", dim=dim, depth=2, heads=2, segment_len=8, mem_len=12)
 
 
-@pytest.mark.parametrize(
-    ("context_cls", "film"), [(RunningMean, False), (_xl, False), (_xl, True)]
-)
+@pytest.mark.parametrize(("context_cls", "film"), [(RunningMean, False), (_xl, False), (_xl, True)])
 @pytest.mark.parametrize("margin", [0, 32])
 def test_dense_inference_with_a_streamable_context_streams_and_equals_all_at_once(
     context_cls, margin, film
@@ -249,6 +249,32 @@ def test_exact_dense_gradients_equal_all_at_once(margin, film, reduce, region_ba
     loss = Engine(model, region_batch=region_batch).exact_step(batch, targets)
     assert abs(loss - ref.item()) < 1e-9
     _assert_same_grads(_grads(model), expected)
+
+
+@pytest.mark.parametrize("region_batch", [3, 100])
+def test_exact_dense_step_with_running_norms_equals_all_at_once(region_batch):
+    """A running-norm decoder normalises by statistics fixed for the step: chunk by chunk
+    it gives the all-at-once gradients and gathers the same statistics."""
+    model = tiny_xt(GlobalAttention, dense=True, margin=32, film=True, reduce="max",
+                    norm="running")  # fmt: skip
+    norms = [m for m in model.modules() if isinstance(m, RunningNorm2d)]
+    batch = images((130, 170), (60, 100))
+    targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
+    _dense_reference_loss(model, batch, targets)  # a first step's statistics ...
+    commit_running_norms(model)  # ... so that the norms are not the identity
+    assert all(int(m.steps) == 1 and m.running_var.std() > 0 for m in norms) and len(norms) == 3
+    model.zero_grad()
+    ref = _dense_reference_loss(model, batch, targets)
+    ref.backward()
+    expected, gathered = _grads(model), [m._sums for m in norms]
+    for m in norms:
+        m._sums = None
+    model.zero_grad()
+    loss = Engine(model, region_batch=region_batch).exact_step(batch, targets)
+    assert abs(loss - ref.item()) < 1e-9
+    _assert_same_grads(_grads(model), expected)
+    for m, sums in zip(norms, gathered, strict=True):
+        torch.testing.assert_close(m._sums, sums, rtol=1e-10, atol=1e-8)
 
 
 @pytest.mark.parametrize("region_batch", [3, 100])
