@@ -106,11 +106,9 @@ RECIPES: dict[str, list[str]] = {
                                "train.mode=direct", "model.token_reduce=max",
                                "model.partners=[hflip, vflip, rot180]",
                                "model.partner_proj=gate"],
-    # the demo's recipe with its batch norms replaced by running norms (every mode)
-    "running": ["model.decoder_norm=running", "train.mode=direct"],
-    # film_max with running norms in place of layer norms
-    "film_max_running": ["model.decoder_norm=running", "model.decoder_fusion=film",
-                         "train.mode=direct", "model.token_reduce=max"],
+    # film_scale with each block normalised per channel over each region's pixels
+    "film_instance": ["model.decoder_norm=instance", "model.decoder_fusion=film",
+                      "train.mode=direct"],
 }  # fmt: skip
 ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")

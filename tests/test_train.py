@@ -10,7 +10,6 @@ from tiny import TINY_MODEL
 from xtimage.checkpoint import read_checkpoint
 from xtimage.config import load_config
 from xtimage.errors import ConfigError, InputError
-from xtimage.heads.running_norm import RunningNorm2d
 from xtimage.train import Trainer, lr_at
 
 TINY = [
@@ -192,21 +191,6 @@ def test_auto_mode_trains_a_batch_norm_decoder_all_at_once_whatever_region_batch
     trainer = Trainer(tiny(tmp_path / "batch", *small, "model.decoder_norm=batch"))
     assert trainer._mode(images) == "direct"
     assert trainer.fit()["step"] == 1
-
-
-def test_a_running_norm_decoder_trains_chunk_by_chunk_and_updates_after_each_step(tmp_path):
-    """decoder_norm=running couples no regions, so exact mode takes it; each optimizer
-    step folds its statistics in once, and they are saved with the weights."""
-    small = ["train.batch_size=2", "train.region_batch=3", "train.steps=2", "train.eval_every=2",
-             "model.decoder_norm=running", "train.mode=exact"]  # fmt: skip
-    trainer = Trainer(tiny(tmp_path, *small))
-    trainer.fit()
-    norms = [m for m in trainer.model.modules() if isinstance(m, RunningNorm2d)]
-    assert norms and all(int(m.steps) == 2 for m in norms)
-    saved = read_checkpoint(tmp_path / "checkpoints" / "last.safetensors").weights
-    for name, value in trainer.model.state_dict().items():
-        if name.endswith(("running_var", "running_mean")):
-            assert torch.equal(saved[name], value) and value.abs().sum() > 0, name
 
 
 def test_streaming_equals_exact_without_context(tmp_path):

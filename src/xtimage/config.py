@@ -89,7 +89,7 @@ class ModelConfig:
             LayerNorm, Linear with this hidden ratio), or None (a linear classifier).
         label_smoothing: classification loss smoothing.
         decoder_channels: width of the dense decoder.
-        decoder_norm: its normalisation, "layer", "batch" or "running" (see `DenseHead`).
+        decoder_norm: its normalisation, "layer", "batch" or "instance" (see `DenseHead`).
         decoder_depth: skip maps it uses, shallowest first (None: all).
         decoder_project_tokens: project tokens to the decoder width before it.
         decoder_fusion: how tokens meet the skip maps, "concat" or "film" (`DenseHead`).

@@ -51,7 +51,6 @@ from xtimage.data.registry import Datasets, build_datasets
 from xtimage.data.sampling import seeded_global_rng
 from xtimage.distributed import World, all_reduce_sum, init_distributed, reduce_gradients
 from xtimage.errors import ConfigError
-from xtimage.heads.running_norm import commit_running_norms
 from xtimage.io.atomic import output_dir, remove_stale_in
 from xtimage.model import XT
 from xtimage.runtime import autocast, resolve_amp, resolve_device, to_channels_last
@@ -401,7 +400,6 @@ class Trainer:
             group["lr"] = lr * group["lr_scale"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        commit_running_norms(self.model)
         self.step += 1
         return loss, norm
 

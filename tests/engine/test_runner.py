@@ -13,7 +13,6 @@ from xtimage.encoders.region import RegionEncoder
 from xtimage.engine import Engine
 from xtimage.errors import ConfigError
 from xtimage.heads import ClassificationHead, DenseHead, DenseOutput
-from xtimage.heads.running_norm import RunningNorm2d, commit_running_norms
 from xtimage.model import XT
 
 
@@ -252,29 +251,22 @@ def test_exact_dense_gradients_equal_all_at_once(margin, film, reduce, region_ba
 
 
 @pytest.mark.parametrize("region_batch", [3, 100])
-def test_exact_dense_step_with_running_norms_equals_all_at_once(region_batch):
-    """A running-norm decoder normalises by statistics fixed for the step: chunk by chunk
-    it gives the all-at-once gradients and gathers the same statistics."""
+def test_exact_dense_gradients_with_instance_norms_equal_all_at_once(region_batch):
+    """Each region normalised over its own pixels, gradients through the statistics
+    included: chunk by chunk gives the all-at-once gradients."""
     model = tiny_xt(GlobalAttention, dense=True, margin=32, film=True, reduce="max",
-                    norm="running")  # fmt: skip
-    norms = [m for m in model.modules() if isinstance(m, RunningNorm2d)]
+                    norm="instance")  # fmt: skip
+    assert sum(isinstance(m, nn.GroupNorm) for m in model.head.modules()) == 3
     batch = images((130, 170), (60, 100))
     targets = [{"mask": torch.randint(0, 3, x.shape[1:])} for x in batch]
-    _dense_reference_loss(model, batch, targets)  # a first step's statistics ...
-    commit_running_norms(model)  # ... so that the norms are not the identity
-    assert all(int(m.steps) == 1 and m.running_var.std() > 0 for m in norms) and len(norms) == 3
     model.zero_grad()
     ref = _dense_reference_loss(model, batch, targets)
     ref.backward()
-    expected, gathered = _grads(model), [m._sums for m in norms]
-    for m in norms:
-        m._sums = None
+    expected = _grads(model)
     model.zero_grad()
     loss = Engine(model, region_batch=region_batch).exact_step(batch, targets)
     assert abs(loss - ref.item()) < 1e-9
     _assert_same_grads(_grads(model), expected)
-    for m, sums in zip(norms, gathered, strict=True):
-        torch.testing.assert_close(m._sums, sums, rtol=1e-10, atol=1e-8)
 
 
 @pytest.mark.parametrize("region_batch", [3, 100])

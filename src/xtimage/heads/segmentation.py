@@ -6,9 +6,8 @@ region, so the engine can stream it chunk by chunk. Its normalisation is per pix
 default (LayerNorm over channels): a spatial norm (GroupNorm, or BatchNorm in training)
 would couple every pixel of a region and leave seams at region borders. BatchNorm is an
 option for models trained all at once (it helps a narrow model hear weak far context,
-docs/demo.md); in eval mode it is per pixel too. `RunningNorm2d` rescales as BatchNorm
-does, by the statistics of earlier steps, and so trains in every mode. Several outputs at
-once (masks, heatmaps, regression maps), each with its own loss.
+docs/demo.md); in eval mode it is per pixel too. Several outputs at once (masks,
+heatmaps, regression maps), each with its own loss.
 
 Dimension legend: k regions, D token width, w token cells a window side, c decoder
 width, R region side.
@@ -27,7 +26,6 @@ from torch import nn
 from xtimage.encoders.region import FeatureInfo
 from xtimage.errors import ConfigError
 from xtimage.heads.base import Head
-from xtimage.heads.running_norm import RunningNorm2d
 
 LOSSES = ("ce", "bce", "focal", "l1", "mse")
 
@@ -81,7 +79,7 @@ def focal_loss(
     return torch.where(target >= 1, positive, negative)
 
 
-NORMS = ("layer", "batch", "running", "none")
+NORMS = ("layer", "batch", "instance", "none")
 FUSIONS = ("concat", "film")
 
 
@@ -89,7 +87,7 @@ def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
     norms = {
         "layer": LayerNorm2d,
         "batch": nn.BatchNorm2d,
-        "running": RunningNorm2d,
+        "instance": lambda c: nn.GroupNorm(c, c),  # per channel over each region's pixels
         "none": lambda c: nn.Identity(),
     }
     return nn.Sequential(
@@ -110,9 +108,7 @@ class DenseHead(Head):
             whole-image gradients) or "batch" (per channel over the batch in training,
             U-Net's choice: it rescales a weak channel, such as far context early in
             training, to unit variance, but couples the regions of a batch, so it trains
-            only all at once; in eval mode it is per pixel and streams exactly) or
-            "running" (per channel by the statistics of earlier steps, `RunningNorm2d`:
-            batch norm's rescaling, per pixel, so it trains in every mode).
+            only all at once; in eval mode it is per pixel and streams exactly)).
         depth: use only the ``depth`` shallowest skip maps (None: all). The tokens then
             meet fine detail after fewer blocks.
         project_tokens: project the tokens to ``channels`` before the first block; off,
