@@ -109,6 +109,10 @@ RECIPES: dict[str, list[str]] = {
     # film_scale with each block normalised per channel over each region's pixels
     "film_instance": ["model.decoder_norm=instance", "model.decoder_fusion=film",
                       "train.mode=direct"],
+    # film_max_partners with instance norms
+    "film_max_partners_instance": ["model.decoder_norm=instance", "model.decoder_fusion=film",
+                                   "train.mode=direct", "model.token_reduce=max",
+                                   "model.partners=[hflip, vflip, rot180]"],
 }  # fmt: skip
 ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")
