@@ -3,10 +3,10 @@
 The deepest map of the region encoder is replaced by the contextualised tokens (the xT
 dense design); shallower maps enter as skip connections. The decoder runs region by
 region, so the engine can stream it chunk by chunk. Its normalisation is per pixel by
-default (LayerNorm over channels): a spatial norm (GroupNorm, or BatchNorm in training)
-would couple every pixel of a region and leave seams at region borders. BatchNorm is an
-option for models trained all at once (it helps a narrow model hear weak far context,
-docs/demo.md); in eval mode it is per pixel too. Several outputs at once (masks,
+default (LayerNorm over channels). BatchNorm is an option for models trained all at
+once (it helps a narrow model hear weak far context, docs/demo.md); in eval mode it is
+per pixel too. Instance norm (each region over its own pixels) couples only the pixels
+of a region, which the decoder sees together anyway. Several outputs at once (masks,
 heatmaps, regression maps), each with its own loss.
 
 Dimension legend: k regions, D token width, w token cells a window side, c decoder
@@ -105,10 +105,14 @@ class DenseHead(Head):
         outputs: the outputs to predict.
         channels: decoder width.
         norm: "layer" (per pixel over channels: chunk by chunk training gives the
-            whole-image gradients) or "batch" (per channel over the batch in training,
-            U-Net's choice: it rescales a weak channel, such as far context early in
-            training, to unit variance, but couples the regions of a batch, so it trains
-            only all at once; in eval mode it is per pixel and streams exactly)).
+            whole-image gradients), "batch" (per channel over the batch in training,
+            U-Net's choice: its gradient through the batch statistics is what lets the
+            demo recipe hear far context early (docs/context_pays.md, session 20), but it
+            couples the regions of a batch, so it trains only all at once; in eval mode
+            it is per pixel and streams exactly) or "instance" (per channel over each
+            region's own pixels, statistics' gradient included: exact chunk by chunk, as
+            the decoder runs region by region; it lifts the noise of a flat region to
+            unit variance).
         depth: use only the ``depth`` shallowest skip maps (None: all). The tokens then
             meet fine detail after fewer blocks.
         project_tokens: project the tokens to ``channels`` before the first block; off,
