@@ -1,7 +1,7 @@
 """Does far context pay? xT against crop-only and downsample, one recipe, several seeds.
 
-Every run goes through the public `Trainer` with the ``demo`` preset and one of six
-recipes (``--recipe``); only the task (and the head it needs) and ``model.baseline``
+Every run goes through the public `Trainer` with the ``demo`` preset and one of the
+recipes below (``--recipe``); only the task (and the head it needs) and ``model.baseline``
 change between runs of a recipe:
 
 - ``demo``: the demo preset as shipped (since session 11): a batch-norm decoder of width
@@ -21,6 +21,14 @@ change between runs of a recipe:
   `xtimage.encoders.context.partners`; the crop baseline has no context, so none).
   Its partner projections start at zero since session 18; session 17's rows,
   whose projections PyTorch drew at random, are kept as ``film_max_partners_random``.
+- ``film_max_partners_slow``: the partner projections learn at a tenth of the rate
+  (``train.lr_scale``; not the baselines', which have no partner to slow); with
+  ``--steps 4800`` it meets the target on every ``key`` and ``pairs`` seed run
+  (docs/context_pays.md, sessions 21-22); ``_slow3`` at three tenths;
+- ``film_max_partners_gate``: a per-channel gate on a fixed random rotation of each
+  partner in place of the D x D projection (``model.partner_proj=gate``);
+- ``film_instance`` and ``film_max_partners_instance``: the decoder normalised per
+  channel over each region's pixels (``model.decoder_norm=instance``).
 
 Tasks (`xtimage.data.synthetic`, docs/synthetic.md), each built so that both baselines
 provably lack what it needs:
@@ -34,6 +42,8 @@ provably lack what it needs:
 - ``match``: classify by the texture of the candidate as bright as a far key;
 - ``present``: is the key's texture among the objects' (classification, two classes);
   ``present2`` the same with two textures: the objects all wear one; does the key?
+- ``locate``: which quadrant's object wears the key's texture (classification, four
+  classes; no sum of per-region terms is right on more than 5 of its 8 layouts);
 - ``key_large``: the key task on 512 px images, 16 x 16 regions, trained in exact mode
   (the regions of an image never on the autograd tape at once) with a global context;
 - ``demo_large``: the demo task on 1024 px images, 16 x 16 regions of 64 px, one
@@ -221,8 +231,12 @@ def overrides(recipe: str, task: str, model: str, seed: int, steps: int | None,
         extra += ["train.batch_size=4"]
     if task in INIT:
         extra += [f"train.init={run_folder(recipe, INIT[task], model, seed, None)}"]
-    return [*RECIPES[recipe], *TASKS[task], f"model.baseline={model}", f"train.seed={seed}", *extra,
-            f"train.out={out}"]  # fmt: skip
+    recipe_overrides = RECIPES[recipe]
+    if model != "xt":
+        # no partner to slow: crop-only has no context, downsample's one token is its own mirror
+        recipe_overrides = [o for o in recipe_overrides if not o.startswith("train.lr_scale=")]
+    return [*recipe_overrides, *TASKS[task], f"model.baseline={model}", f"train.seed={seed}",
+            *extra, f"train.out={out}"]  # fmt: skip
 
 
 def needs_exact(task: str) -> bool:
