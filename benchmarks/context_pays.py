@@ -25,6 +25,8 @@ change between runs of a recipe:
   (``train.lr_scale``; not the baselines', which have no partner to slow); with
   ``--steps 4800`` it meets the target on every ``key`` and ``pairs`` seed run
   (docs/context_pays.md, sessions 21-22); ``_slow3`` at three tenths;
+- ``film_max_partners_late``: ``_slow`` with the partner projections held at zero for the
+  first 1,200 steps (``train.join_at``): until then the run is ``film_max``'s exactly;
 - ``film_max_partners_gate``: a per-channel gate on a fixed random rotation of each
   partner in place of the D x D projection (``model.partner_proj=gate``);
 - ``film_instance`` and ``film_max_partners_instance``: the decoder normalised per
@@ -106,7 +108,13 @@ RECIPES: dict[str, list[str]] = {
                                "train.mode=direct", "model.token_reduce=max",
                                "model.partners=[hflip, vflip, rot180]",
                                "train.lr_scale={context.proj: 0.1}"],
-    # the same, the partner projections learning at three tenths of the rate
+    # the same, the partner projections held at zero for the first 1,200 steps
+    "film_max_partners_late": ["model.decoder_norm=layer", "model.decoder_fusion=film",
+                               "train.mode=direct", "model.token_reduce=max",
+                               "model.partners=[hflip, vflip, rot180]",
+                               "train.lr_scale={context.proj: 0.1}",
+                               "train.join_at={context.proj: 1200}"],
+    # _slow with the partner projections learning at three tenths of the rate
     "film_max_partners_slow3": ["model.decoder_norm=layer", "model.decoder_fusion=film",
                                 "train.mode=direct", "model.token_reduce=max",
                                 "model.partners=[hflip, vflip, rot180]",
@@ -234,7 +242,9 @@ def overrides(recipe: str, task: str, model: str, seed: int, steps: int | None,
     recipe_overrides = RECIPES[recipe]
     if model != "xt":
         # no partner to slow: crop-only has no context, downsample's one token is its own mirror
-        recipe_overrides = [o for o in recipe_overrides if not o.startswith("train.lr_scale=")]
+        recipe_overrides = [
+            o for o in recipe_overrides if not o.startswith(("train.lr_scale=", "train.join_at="))
+        ]
     return [*recipe_overrides, *TASKS[task], f"model.baseline={model}", f"train.seed={seed}",
             *extra, f"train.out={out}"]  # fmt: skip
 

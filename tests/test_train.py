@@ -54,6 +54,7 @@ def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, mode):
         "data.augment=true",
         "model.backbone_kwargs.drop_path_rate=0.2",
         "train.lr_scale={head: 0.5}",  # a third parameter group resumes too
+        "train.join_at={head.out: 5}",  # held at the stop, joins after the resume
     ]
     whole = Trainer(tiny(tmp_path / "whole", *overrides))
     whole.fit()
@@ -126,6 +127,33 @@ def test_lr_scale_refuses_a_prefix_that_names_nothing_and_a_bad_value(tmp_path):
         Trainer(tiny(tmp_path / "a", "train.lr_scale={heads: 0.1}"))
     with pytest.raises(ConfigError, match="train.lr_scale.head must be a number > 0"):
         tiny(tmp_path / "b", "train.lr_scale={head: 0}").check()
+    with pytest.raises(ConfigError, match=r"train.join_at: \['heads'\] names no trainable"):
+        Trainer(tiny(tmp_path / "c", "train.join_at={heads: 3}"))
+    with pytest.raises(ConfigError, match="train.join_at.head must be a step >= 0"):
+        tiny(tmp_path / "d", "train.join_at={head: -1}").check()
+
+
+def test_partners_that_join_late_leave_the_run_as_without_them_until_they_join(tmp_path):
+    """Zero-initialised partner projections held by ``train.join_at`` for 3 steps: the
+    rest of the model takes exactly the steps of a model without partners (their
+    gradients are kept out of the clipped norm, and the clip is active), then they train."""
+    common = ["model.context_kwargs={depth: 1, heads: 2}", "train.clip=0.01"]
+    partners = ["model.partners=[hflip, rot180]", "train.join_at={context.proj: 3}"]
+    plain = Trainer(tiny(tmp_path / "plain", *common, "train.steps=5"))
+    plain.fit(until_step=3)
+    joined = Trainer(tiny(tmp_path / "joined", *common, *partners, "train.steps=5"))
+    start = _weights(joined)
+    joined.fit(until_step=3)
+    rows = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").open()]
+    assert min(r["grad_norm"] for r in rows if "grad_norm" in r) > 0.01  # the clip acts
+    held = {n: w for n, w in _weights(joined).items() if n.startswith("context.proj.")}
+    assert held and all(torch.equal(w, start[n]) and not w.any() for n, w in held.items())
+    assert not any(joined.optimizer.state.get(p) for p in joined.joining[0][1])
+    mirrored = {n.replace("context.inner.", "context.", 1): w for n, w in _weights(joined).items()}
+    for name, weight in _weights(plain).items():
+        torch.testing.assert_close(mirrored[name], weight, rtol=0, atol=1e-7, msg=name)
+    joined.fit()
+    assert all(_weights(joined)[n].any() for n in held)
 
 
 def test_run_folder_files_and_refusal_to_overwrite(tmp_path):

@@ -238,6 +238,11 @@ class TrainConfig:
         lr_scale: learning-rate multipliers by parameter-name prefix (a module path), e.g.
             ``{context.proj: 0.1}``: those parameters train at a tenth of the rate (the
             longest matching prefix wins; a prefix that names nothing is refused).
+        join_at: optimizer steps before which the parameters under each name prefix stay
+            as they are, e.g. ``{context.proj: 1200}``: until then they get no update, no
+            optimizer state and no share of the clipped gradient norm (zero-initialised
+            partner projections then leave the run exactly as without them), and from
+            that step on they train at their ``lr_scale``.
         weight_decay: decoupled weight decay (not on norms and biases).
         momentum: SGD momentum.
         warmup: optimizer steps of linear warm-up before the cosine decay.
@@ -278,6 +283,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     lr_scale: dict[str, float] = field(default_factory=dict)
+    join_at: dict[str, int] = field(default_factory=dict)
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup: int = 0
@@ -316,6 +322,9 @@ class TrainConfig:
         for prefix, scale in self.lr_scale.items():
             if isinstance(scale, bool) or not isinstance(scale, int | float) or scale <= 0:
                 raise ConfigError(f"train.lr_scale.{prefix} must be a number > 0, got {scale!r}")
+        for prefix, step in self.join_at.items():
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise ConfigError(f"train.join_at.{prefix} must be a step >= 0, got {step!r}")
 
 
 @dataclass

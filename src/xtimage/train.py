@@ -30,6 +30,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from xtimage.tasks import get_task
 
 log = logging.getLogger(__name__)
 
+
 def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0.0) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr`` over
     ``warmup`` steps, then a cosine down to ``lr * min_ratio`` at ``total``."""
@@ -65,6 +67,27 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0
         return lr * (step + 1) / warmup
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _by_prefix(
+    model: torch.nn.Module, prefixes: Iterable[str], key: str
+) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    """Trainable parameters under each name prefix (a module path), each parameter under
+    the longest prefix that begins its name; a prefix that names none is refused, in the
+    words of config key ``key``."""
+    ordered = sorted(prefixes, key=len, reverse=True)
+    found: dict[str, list[tuple[str, torch.nn.Parameter]]] = {q: [] for q in ordered}
+    for name, p in model.named_parameters():
+        prefix = next((q for q in ordered if name == q or name.startswith(q + ".")), None)
+        if p.requires_grad and prefix is not None:
+            found[prefix].append((name, p))
+    unused = sorted(q for q, params in found.items() if not params)
+    if unused:
+        raise ConfigError(
+            f"{key}: {unused} names no trainable parameter; name a module path "
+            f"such as {next(n for n, _ in model.named_modules() if n)!r}"
+        )
+    return found
 
 
 def param_groups(
@@ -75,28 +98,29 @@ def param_groups(
     multiplier ``lr_scale``: the longest prefix of ``lr_scale`` that begins a
     parameter's name (a module path, e.g. ``context.proj``) gives it, else 1."""
     lr_scale = lr_scale or {}
-    prefixes = sorted(lr_scale, key=len, reverse=True)
+    scale_of = {
+        id(p): float(lr_scale[prefix])
+        for prefix, params in _by_prefix(model, lr_scale, "train.lr_scale").items()
+        for _, p in params
+    }
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
-    used: set[str] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        prefix = next((q for q in prefixes if name == q or name.startswith(q + ".")), None)
-        scale = 1.0 if prefix is None else float(lr_scale[prefix])
-        if prefix is not None:
-            used.add(prefix)
-        groups.setdefault((scale, p.ndim >= 2), []).append(p)
-    unused = sorted(set(lr_scale) - used)
-    if unused:
-        raise ConfigError(
-            f"train.lr_scale: {unused} names no trainable parameter; name a module path "
-            f"such as {next(n for n, _ in model.named_modules() if n)!r}"
-        )
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((scale_of.get(id(p), 1.0), p.ndim >= 2), []).append(p)
     return [
         {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
         for (scale, decay), params in groups.items()
         if params or scale == 1.0
     ]
+
+
+def joining(
+    model: torch.nn.Module, join_at: dict[str, int]
+) -> list[tuple[int, list[torch.nn.Parameter]]]:
+    """``train.join_at`` as (step, parameters) pairs: the parameters under each prefix
+    that stay as they are before that optimizer step."""
+    found = _by_prefix(model, join_at, "train.join_at")
+    return [(join_at[prefix], [p for _, p in params]) for prefix, params in found.items()]
 
 
 def seed_everything(seed: int) -> None:
@@ -228,6 +252,7 @@ class Trainer:
             self.cache = TokenCache(self.run_dir / "token_cache", self.xt)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         groups = param_groups(self.model, t.weight_decay, t.lr_scale)
+        self.joining = joining(self.model, t.join_at)
         if t.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(groups, lr=t.lr)
         else:
@@ -390,6 +415,10 @@ class Trainer:
         """Reduce, unscale, clip, step; returns the global loss and gradient norm."""
         t = self.config.train
         loss, _ = reduce_gradients(self.params, weighted_loss, normaliser)
+        for at, params in self.joining:
+            if self.step < at:  # not yet joined: no update, no state, no share of the clip
+                for p in params:
+                    p.grad = None
         self.scaler.unscale_(self.optimizer)
         max_norm = t.clip if t.clip is not None else float("inf")
         norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
