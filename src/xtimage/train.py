@@ -71,16 +71,16 @@ def lr_at(step: int, *, lr: float, warmup: int, total: int, min_ratio: float = 0
 
 def _by_prefix(
     model: torch.nn.Module, prefixes: Iterable[str], key: str
-) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+) -> dict[str, list[torch.nn.Parameter]]:
     """Trainable parameters under each name prefix (a module path), each parameter under
     the longest prefix that begins its name; a prefix that names none is refused, in the
     words of config key ``key``."""
     ordered = sorted(prefixes, key=len, reverse=True)
-    found: dict[str, list[tuple[str, torch.nn.Parameter]]] = {q: [] for q in ordered}
+    found: dict[str, list[torch.nn.Parameter]] = {q: [] for q in ordered}
     for name, p in model.named_parameters():
         prefix = next((q for q in ordered if name == q or name.startswith(q + ".")), None)
         if p.requires_grad and prefix is not None:
-            found[prefix].append((name, p))
+            found[prefix].append(p)
     unused = sorted(q for q, params in found.items() if not params)
     if unused:
         raise ConfigError(
@@ -101,7 +101,7 @@ def param_groups(
     scale_of = {
         id(p): float(lr_scale[prefix])
         for prefix, params in _by_prefix(model, lr_scale, "train.lr_scale").items()
-        for _, p in params
+        for p in params
     }
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
     for p in model.parameters():
@@ -120,7 +120,7 @@ def joining(
     """``train.join_at`` as (step, parameters) pairs: the parameters under each prefix
     that stay as they are before that optimizer step."""
     found = _by_prefix(model, join_at, "train.join_at")
-    return [(join_at[prefix], [p for _, p in params]) for prefix, params in found.items()]
+    return [(join_at[prefix], params) for prefix, params in found.items()]
 
 
 def seed_everything(seed: int) -> None:
@@ -414,11 +414,11 @@ class Trainer:
     def _optimizer_step(self, weighted_loss: float, normaliser: float) -> tuple[float, float]:
         """Reduce, unscale, clip, step; returns the global loss and gradient norm."""
         t = self.config.train
-        loss, _ = reduce_gradients(self.params, weighted_loss, normaliser)
         for at, params in self.joining:
             if self.step < at:  # not yet joined: no update, no state, no share of the clip
                 for p in params:
-                    p.grad = None
+                    p.grad = None  # on every process: the reduction skips them too
+        loss, _ = reduce_gradients(self.params, weighted_loss, normaliser)
         self.scaler.unscale_(self.optimizer)
         max_norm = t.clip if t.clip is not None else float("inf")
         norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
