@@ -89,48 +89,32 @@ from xtimage.config import load_config  # noqa: E402  (no torch)
 
 PRESET = "demo"
 SESSION_10 = ["model.decoder_channels=64", "train.batch_size=4", "train.steps=600"]
+# the film head at the demo's scale; direct mode gives exact mode's gradients, faster
+FILM_SCALE = ["model.decoder_norm=layer", "model.decoder_fusion=film", "train.mode=direct"]
+# the same, the shallower maps reduced to the token grid by their maxima, not means
+FILM_MAX = [*FILM_SCALE, "model.token_reduce=max"]
+# the same, each token also reading its left-right, top-bottom and point mirrors
+PARTNERS = [*FILM_MAX, "model.partners=[hflip, vflip, rot180]"]
+SLOW = "train.lr_scale={context.proj: 0.1}"  # the partner projections at a tenth of the rate
 RECIPES: dict[str, list[str]] = {
     "demo": [],
     "film": [*SESSION_10, "model.token_maps=5", "model.decoder_norm=layer",
              "model.decoder_fusion=film"],  # fmt: skip
     "batch": [*SESSION_10, "model.token_maps=1"],
-    # the film head at the demo's scale; direct mode gives exact mode's gradients, faster
-    "film_scale": ["model.decoder_norm=layer", "model.decoder_fusion=film", "train.mode=direct"],
-    # the same, the shallower maps reduced to the token grid by their maxima, not means
-    "film_max": ["model.decoder_norm=layer", "model.decoder_fusion=film", "train.mode=direct",
-                 "model.token_reduce=max"],
-    # the same, each token also reading its left-right, top-bottom and point mirrors
-    "film_max_partners": ["model.decoder_norm=layer", "model.decoder_fusion=film",
-                          "train.mode=direct", "model.token_reduce=max",
-                          "model.partners=[hflip, vflip, rot180]"],
-    # the same, the partner projections learning at a tenth of the rate
-    "film_max_partners_slow": ["model.decoder_norm=layer", "model.decoder_fusion=film",
-                               "train.mode=direct", "model.token_reduce=max",
-                               "model.partners=[hflip, vflip, rot180]",
-                               "train.lr_scale={context.proj: 0.1}"],
+    "film_scale": FILM_SCALE,
+    "film_max": FILM_MAX,
+    "film_max_partners": PARTNERS,
+    "film_max_partners_slow": [*PARTNERS, SLOW],
     # the same, the partner projections held at zero for the first 1,200 steps
-    "film_max_partners_late": ["model.decoder_norm=layer", "model.decoder_fusion=film",
-                               "train.mode=direct", "model.token_reduce=max",
-                               "model.partners=[hflip, vflip, rot180]",
-                               "train.lr_scale={context.proj: 0.1}",
-                               "train.join_at={context.proj: 1200}"],
-    # _slow with the partner projections learning at three tenths of the rate
-    "film_max_partners_slow3": ["model.decoder_norm=layer", "model.decoder_fusion=film",
-                                "train.mode=direct", "model.token_reduce=max",
-                                "model.partners=[hflip, vflip, rot180]",
-                                "train.lr_scale={context.proj: 0.3}"],
-    # the same at the full rate, each partner rotated at random once, then gated per channel
-    "film_max_partners_gate": ["model.decoder_norm=layer", "model.decoder_fusion=film",
-                               "train.mode=direct", "model.token_reduce=max",
-                               "model.partners=[hflip, vflip, rot180]",
-                               "model.partner_proj=gate"],
+    "film_max_partners_late": [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}"],
+    # the partner projections learning at three tenths of the rate
+    "film_max_partners_slow3": [*PARTNERS, "train.lr_scale={context.proj: 0.3}"],
+    # at the full rate, each partner rotated at random once, then gated per channel
+    "film_max_partners_gate": [*PARTNERS, "model.partner_proj=gate"],
     # film_scale with each block normalised per channel over each region's pixels
-    "film_instance": ["model.decoder_norm=instance", "model.decoder_fusion=film",
-                      "train.mode=direct"],
+    "film_instance": ["model.decoder_norm=instance", *FILM_SCALE[1:]],
     # film_max_partners with instance norms
-    "film_max_partners_instance": ["model.decoder_norm=instance", "model.decoder_fusion=film",
-                                   "train.mode=direct", "model.token_reduce=max",
-                                   "model.partners=[hflip, vflip, rot180]"],
+    "film_max_partners_instance": ["model.decoder_norm=instance", *PARTNERS[1:]],
 }  # fmt: skip
 ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")
