@@ -90,6 +90,7 @@ from xtimage.config import load_config  # noqa: E402  (no torch)
 PRESET = "demo"
 SESSION_10 = ["model.decoder_channels=64", "train.batch_size=4", "train.steps=600"]
 # the film head at the demo's scale; direct mode gives exact mode's gradients, faster
+# (a later override of the same key wins: the instance-norm recipes below rely on it)
 FILM_SCALE = ["model.decoder_norm=layer", "model.decoder_fusion=film", "train.mode=direct"]
 # the same, the shallower maps reduced to the token grid by their maxima, not means
 FILM_MAX = [*FILM_SCALE, "model.token_reduce=max"]
@@ -112,9 +113,9 @@ RECIPES: dict[str, list[str]] = {
     # at the full rate, each partner rotated at random once, then gated per channel
     "film_max_partners_gate": [*PARTNERS, "model.partner_proj=gate"],
     # film_scale with each block normalised per channel over each region's pixels
-    "film_instance": ["model.decoder_norm=instance", *FILM_SCALE[1:]],
+    "film_instance": [*FILM_SCALE, "model.decoder_norm=instance"],
     # film_max_partners with instance norms
-    "film_max_partners_instance": ["model.decoder_norm=instance", *PARTNERS[1:]],
+    "film_max_partners_instance": [*PARTNERS, "model.decoder_norm=instance"],
 }  # fmt: skip
 ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")
