@@ -44,6 +44,9 @@ provably lack what it needs:
 - ``match``: classify by the texture of the candidate as bright as a far key;
 - ``present``: is the key's texture among the objects' (classification, two classes);
   ``present2`` the same with two textures: the objects all wear one; does the key?
+- ``agree``: which of two far keys, a bright and a dim one, wear the objects' texture
+  (classification, four classes, two textures; no sum of per-region terms is right on
+  more than 5 of its 8 layouts);
 - ``locate``: which quadrant's object wears the key's texture (classification, four
   classes; no sum of per-region terms is right on more than 5 of its 8 layouts);
 - ``key_large``: the key task on 512 px images, 16 x 16 regions, trained in exact mode
@@ -174,6 +177,17 @@ TASKS: dict[str, list[str]] = {
         "model.class_pool=attention",
         "data.params={textures: 2, task: present}",
     ],
+    # which of two far keys (a bright and a dim one) wear the objects' texture? (two
+    # textures: two exclusive ors at once; a pooled linear crop classifier is right on at
+    # most 5 of 8 layouts)
+    "agree": [
+        *SMALL,
+        "model.head=classification",
+        "model.num_classes=4",
+        "model.outputs=[]",
+        "model.class_pool=attention",
+        "data.params={textures: 2, task: agree}",
+    ],
     # which quadrant's object wears the key's texture? (two textures: the odd one out of
     # four far places; a pooled linear crop classifier is right on at most 5 of 8 layouts)
     "locate": [
@@ -209,7 +223,8 @@ TASKS: dict[str, list[str]] = {
 INIT = {"demo_large": "demo"}  # fine-tuned from the run on this task (same recipe, model, seed)
 RUNS = Path("runs/context_pays")
 # the rest: foreground IoU
-METRIC = dict.fromkeys(("sum", "sum_mlp", "match", "present", "present2", "locate"), "top1")
+METRIC = dict.fromkeys(("sum", "sum_mlp", "match", "present", "present2", "agree", "locate"),
+                       "top1")
 KEYED = ("key", "demo", "key_large", "demo_large")  # segment the objects textured like a key
 GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
 

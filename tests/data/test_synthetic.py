@@ -373,6 +373,52 @@ def test_present_label_survives_relabelling_and_turns_unlike_the_downsampled_ima
     assert c["crop"] == c["downsample"] == np.bincount(labels).max() / 80 < 0.65
 
 
+@pytest.fixture(scope="module", params=[2, 4], ids=["2 textures", "4 textures"])
+def agree(request):
+    return SyntheticTask("agree", size=128, region=32, textures=request.param, noise=0.0,
+                         seed=4)  # fmt: skip
+
+
+def test_agree_label_says_which_keys_textures_the_objects_wear(agree):
+    """Read off the pixels alone: the two brightest shapes are the keys (the brighter
+    first), each alone in its region; the objects wear half of the textures; the label
+    is 2 x [the bright key's texture is worn] + [the dim key's is]."""
+    assert agree.num_classes == 4
+    labels = []
+    for i in range(16):
+        s = agree.sample(i)
+        image = s.image[0]
+        shapes, n = ndimage.label(np.abs(image - BG) > 1e-6, structure=np.ones((3, 3)))
+        parts = sorted((shapes == j for j in range(1, n + 1)), key=lambda p: -image[p].mean())
+        (bright, dim), objects = parts[:2], parts[2:]
+        assert image[bright].mean() > image[dim].mean() > max(image[o].mean() for o in objects)
+        taken = {tuple(p) for o in objects for p in np.argwhere(o) // agree.region}
+        for key in (bright, dim):
+            assert tuple(np.argwhere(key)[0] // agree.region) not in taken
+        worn = {_signature(image, o) for o in objects}
+        assert len(worn) == agree.textures // 2
+        assert s.label == 2 * (_signature(image, bright) in worn) + (_signature(image, dim) in worn)
+        labels.append(s.label)
+    assert set(labels) == {0, 1, 2, 3}
+
+
+def test_agree_hides_the_label_from_one_region_and_the_downsampled_image(agree):
+    """Relabelling the textures keeps the label (it says which textures are equal, not
+    their names) and the area-downsampled image; a turn turns keys and objects alike, so
+    training may turn these scenes. Both baselines guess the commonest label."""
+    f = agree.height // agree.region
+    for i in range(6):
+        s = agree.sample(i)
+        t = agree.sample(i, permutation=np.roll(np.arange(agree.textures), -1))
+        assert t.label == s.label and not np.array_equal(t.image, s.image)
+        down = [torch.nn.functional.avg_pool2d(torch.from_numpy(x.image), f) for x in (s, t)]
+        torch.testing.assert_close(down[0], down[1], rtol=0, atol=1e-6)
+    c = agree.ceilings(80)
+    labels = np.array([agree.sample(i).label for i in range(80)])
+    assert c["crop"] == c["downsample"] == np.bincount(labels).max() / 80 < 0.4  # 4 classes
+    assert agree.spec.turnable
+
+
 @pytest.fixture(scope="module", params=[(128, 32, 2), (128, 32, 4), (256, 64, 6)],
                 ids=["2 textures", "4 textures", "6 textures"])  # fmt: skip
 def locate(request):
@@ -465,6 +511,22 @@ def test_a_pooled_crop_classifier_locates_at_most_5_of_the_8_two_texture_layouts
     assert not any(_additive_fits(layouts, s) for s in itertools.combinations(range(8), 6))
     assert any(_additive_fits(layouts, s) for s in itertools.combinations(range(8), 5))
     assert _additive_fits(layouts, range(4))  # one key texture alone: all four placements
+
+
+def test_a_pooled_crop_classifier_is_right_on_at_most_5_of_the_8_two_texture_agree_layouts():
+    """docs/synthetic.md's bound for ``agree``: with two textures a scene is (the bright
+    key's texture b, the dim key's d, the objects' o), labelled 2 [b = o] + [d = o]. A
+    region sees one key (which one, and its texture) or objects (their texture); no sum of
+    per-region terms is right on 6 of the 8 layouts, and one is right on 5."""
+    import itertools
+
+    layouts = []
+    for b, d, o in itertools.product(range(2), repeat=3):
+        x = np.zeros(3 * 2)
+        x[[b, 2 + d, 4 + o]] = 1  # the bright key's region, the dim key's, the objects'
+        layouts.append((x, 2 * (b == o) + (d == o)))
+    assert not any(_additive_fits(layouts, s) for s in itertools.combinations(range(8), 6))
+    assert any(_additive_fits(layouts, s) for s in itertools.combinations(range(8), 5))
 
 
 def test_locate_refuses_an_objects_setting():

@@ -36,6 +36,13 @@ independently and uniformly.
   one. A region alone, and the downsampled image, are blind to it; a pooled linear crop
   classifier (logits that are sums of per-region terms) is right on at most 5 of the 8
   layouts with two textures (docs/synthetic.md).
+- ``agree`` (a classification task, ``data.params: {task: agree}``): two keys, a bright
+  one and a dimmer one, and objects textured as in ``present`` (half of the textures), all
+  kept out of both keys' regions; the label says which keys' textures the objects wear:
+  ``2 * [bright key's] + [dim key's]`` (0 neither, 1 the dim key's only, 2 the bright
+  key's only, 3 both). A region alone, and the downsampled image, are blind to it; with
+  two textures a pooled linear crop classifier is right on at most 5 of the 8 layouts
+  (docs/synthetic.md).
 - ``detection``: boxes and centre points of the objects whose texture equals the key's.
 - ``pairs`` (a segmentation task, ``data.params: {task: pairs}``): no keys; objects come
   in twins placed point-symmetrically about the image centre, each twin's texture drawn
@@ -79,7 +86,9 @@ class _Kind:
         twins: objects are placed in point-symmetric twins.
         levels: the objects are one candidate per brightness level, textured with a
             permutation of the textures; the key takes one candidate's level.
-        clear: the key's region is kept free of objects.
+        clear: the keys' regions are kept free of objects.
+        dim_second: the second key is dimmer than the first (`SECOND_KEY_MEAN`), so that
+            a model can tell the two apart.
         palette: the objects' textures are drawn from ``textures // 2`` of them, chosen
             afresh for each scene and each used at least once (else from all).
         quadrants: one object per quadrant of the image, one of them in the key's
@@ -97,6 +106,7 @@ class _Kind:
     twins: bool = False
     levels: bool = False
     clear: bool = False
+    dim_second: bool = False
     palette: bool = False
     quadrants: bool = False
     turnable: bool = True
@@ -151,6 +161,13 @@ def _present_answer(d: _Drawn) -> dict[str, Any]:
     """1 if some object has the key's texture, else 0."""
     objects = d.texture_of[1 + len(d.scene.keys) :]
     return {"label": int(d.key_textures[0] in objects)}
+
+
+def _agree_answer(d: _Drawn) -> dict[str, Any]:
+    """Which keys' textures the objects wear: 2 x [the bright key's] + [the dim key's]."""
+    objects = d.texture_of[1 + len(d.scene.keys) :]
+    bright, dim = (int(t in objects) for t in d.key_textures)
+    return {"label": 2 * bright + dim}
 
 
 def _locate_answer(d: _Drawn) -> dict[str, Any]:
@@ -224,6 +241,8 @@ KINDS: dict[str, _Kind] = {
     "match": _Kind("classification", lambda t: t, _match_answer, levels=True, clear=True,
                    turnable=False),
     "present": _Kind("classification", lambda t: 2, _present_answer, clear=True, palette=True),
+    "agree": _Kind("classification", lambda t: 4, _agree_answer, keys=2, clear=True,
+                   dim_second=True, palette=True),
     "locate": _Kind("classification", lambda t: QUADRANTS, _locate_answer, clear=True,
                     quadrants=True, turnable=False),
     "detection": _Kind("detection", lambda t: 1, _box_answer, _object_units, _f1),
@@ -243,6 +262,7 @@ QUADRANTS = 4  # the locate task's classes
 BACKGROUND = 0.1
 OBJECT_MEAN = 0.45
 KEY_MEAN = 0.75  # keys are brighter than objects: easy to find even when downsampled
+SECOND_KEY_MEAN = 0.6  # the agree task's dim key: between the bright key and the objects
 CONTRAST = 0.25  # textures swing by -/+ CONTRAST around their mean
 LEVELS = (0.3, 0.65)  # the match task's brightness levels span this (no texture clips)
 
@@ -308,8 +328,8 @@ class SyntheticTask(torch.utils.data.Dataset):
     ``sample(index)`` depends only on ``(seed, index)``.
 
     Args:
-        kind: "segmentation", "pairs", "classification", "match", "present", "locate"
-            or "detection".
+        kind: "segmentation", "pairs", "classification", "match", "present", "agree",
+            "locate" or "detection".
         size: image side, or (height, width), in pixels.
         region: region side of the xT model the task is designed for; keys lie inside
             one cell of this grid and object sizes scale with it.
@@ -398,13 +418,15 @@ class SyntheticTask(torch.utils.data.Dataset):
             top = row * self.region // 2 + int(rng.integers(0, span + 1))
             left = col * self.region // 2 + int(rng.integers(0, span + 1))
             texture = int(rng.integers(self.textures))
-            keys.append(_Shape(top, left, cells_hw, texture, key_mean))
+            mean = SECOND_KEY_MEAN if self.spec.dim_second and keys else key_mean
+            keys.append(_Shape(top, left, cells_hw, texture, mean))
             key_cells.append(int(cell))
             taken[top : top + n, left : left + n] |= cells_hw
-        if self.spec.clear:  # the key's region is kept free of objects
+        if self.spec.clear:  # the keys' regions are kept free of objects
             r = self.region // 2
-            row, col = divmod(key_cells[0], self.grid[1])
-            taken[row * r : (row + 1) * r, col * r : (col + 1) * r] = True
+            for cell in key_cells:
+                row, col = divmod(cell, self.grid[1])
+                taken[row * r : (row + 1) * r, col * r : (col + 1) * r] = True
         if match or self.spec.palette:
             # match: candidate i has level i and texture order[i]; present: the objects
             # take the first textures // 2 of the order (each once), then any of them
