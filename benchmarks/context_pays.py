@@ -51,6 +51,9 @@ provably lack what it needs:
   classes; no sum of per-region terms is right on more than 5 of its 8 layouts);
 - ``key_large``: the key task on 512 px images, 16 x 16 regions, trained in exact mode
   (the regions of an image never on the autograd tape at once) with a global context;
+- ``key_512``: the key task on 512 px images, 16 x 16 regions of 32 px, fine-tuned in
+  exact mode from the same recipe, model and seed's run on ``key`` (``--init-steps``
+  names that run's steps), as ``demo_large`` below;
 - ``demo_large``: the demo task on 1024 px images, 16 x 16 regions of 64 px, one
   segment of Transformer-XL over all 1,024 tokens, fine-tuned in exact mode
   (``train.init``) from the same recipe, model and seed's run on ``demo``, the backbone's
@@ -207,6 +210,21 @@ TASKS: dict[str, list[str]] = {
         "train.batch_size=1",
         "train.region_batch=64",
     ],
+    # the key task at 512 px, 16 x 16 regions of 32 px, fine-tuned in exact mode from the
+    # recipe's run on key, as demo_large is from demo's
+    "key_512": [
+        "data.size=512",
+        "model.region=32",
+        "data.val_samples=8",
+        "model.context_kwargs.segment_len=256",  # every token sees every other
+        "model.context_kwargs.mem_len=0",
+        "model.frozen_norm=true",
+        "train.mode=exact",
+        "train.batch_size=2",
+        "train.steps=150",
+        "train.warmup=15",
+        "train.lr=5e-4",
+    ],
     "demo_large": [
         "data.size=1024",
         "data.val_samples=8",
@@ -220,25 +238,29 @@ TASKS: dict[str, list[str]] = {
         "train.lr=5e-4",
     ],
 }
-INIT = {"demo_large": "demo"}  # fine-tuned from the run on this task (same recipe, model, seed)
+# fine-tuned from the run on this task (same recipe, model, seed; a recipe's train.join_at
+# counts the fine-tune's own steps: the partners of the late recipe stay as trained)
+INIT = {"demo_large": "demo", "key_512": "key"}
 RUNS = Path("runs/context_pays")
 # the rest: foreground IoU
 METRIC = dict.fromkeys(("sum", "sum_mlp", "match", "present", "present2", "agree", "locate"),
                        "top1")
-KEYED = ("key", "demo", "key_large", "demo_large")  # segment the objects textured like a key
+# segment the objects textured like a key
+KEYED = ("key", "demo", "key_large", "demo_large", "key_512")
 GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
 
 
 def overrides(recipe: str, task: str, model: str, seed: int, steps: int | None,
-              out: Path) -> list[str]:  # fmt: skip
-    """The recipe's overrides for one run."""
+              out: Path, init_steps: int | None = None) -> list[str]:  # fmt: skip
+    """The recipe's overrides for one run (``init_steps``: the steps of the run it starts
+    from, for a task in `INIT`; default the recipe's)."""
     extra = [f"train.steps={steps}", f"train.eval_every={max(steps // 4, 1)}"] if steps else []
     if model == "downsample" and needs_exact(task):
         extra += ["train.mode=direct"]  # one region per image
     if model == "downsample" and task == "key_large":
         extra += ["train.batch_size=4"]
     if task in INIT:
-        extra += [f"train.init={run_folder(recipe, INIT[task], model, seed, None)}"]
+        extra += [f"train.init={run_folder(recipe, INIT[task], model, seed, init_steps)}"]
     recipe_overrides = RECIPES[recipe]
     if model != "xt":
         # no partner to slow: crop-only has no context, downsample's one token is its own mirror
@@ -280,7 +302,7 @@ def finished(config: Any) -> bool:
 
 
 def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
-            test_images: int) -> dict:  # fmt: skip
+            test_images: int, init_steps: int | None = None) -> dict:  # fmt: skip
     """Train (unless done before) and score one (task, model, seed); runs in its own
     process."""
     import torch
@@ -291,7 +313,7 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
     from xtimage.train import Trainer
 
     run = run_folder(recipe, task, model, seed, steps)
-    config = load_config(PRESET, overrides(recipe, task, model, seed, steps, run))
+    config = load_config(PRESET, overrides(recipe, task, model, seed, steps, run, init_steps))
     if not finished(config):
         Trainer(config, overwrite=True).fit()
     predictor = Predictor.from_checkpoint(str(run / "checkpoints" / "best.safetensors"),
@@ -312,6 +334,7 @@ def run_one(recipe: str, task: str, model: str, seed: int, steps: int | None,
         "seed": seed,
         "steps": config.train.steps,
         "init": INIT.get(task),  # the task whose run it started from
+        "init_steps": init_steps or (task_steps(recipe, INIT[task]) if task in INIT else None),
         "metric": metric,
         "score": float(scores[metric]),
         "ceilings": test.ceilings(200),
@@ -375,6 +398,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--test-images", type=int, default=48)
+    parser.add_argument("--init-steps", type=int, default=None,
+                        help="fine-tuned tasks: the steps of the run they start from "
+                             "(default: the recipe's)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="rerun rows already saved")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -395,7 +421,8 @@ def main() -> None:
             for model in args.models:
                 if (args.recipe, task, steps, seed, model) in done:
                     continue
-                run = (args.recipe, task, model, seed, args.steps, args.test_images)
+                run = (args.recipe, task, model, seed, args.steps, args.test_images,
+                       args.init_steps)  # fmt: skip
                 row = {**_in_child(*run), **machine()}
                 save_rows("context_pays", [row], key)
                 score = f"{row['metric']} {row['score']:.3f} ({row['train_minutes']:.1f} min)"
