@@ -114,6 +114,13 @@ RECIPES: dict[str, list[str]] = {
     "film_max_partners_slow": [*PARTNERS, SLOW],
     # the same, the partner projections held at zero for the first 1,200 steps
     "film_max_partners_late": [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}"],
+    # the same without flips, turns or jitter: every scene in the one view it is tested in
+    # (session 25: trained models knew the textures in some views only)
+    "film_max_partners_late_still": [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}",
+                                     "data.augment=false"],
+    # the same with the stem's phases pooled (model.stem_pool; session 25)
+    "film_max_partners_late_stem": [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}",
+                                    "model.stem_pool=true"],
     # the partner projections learning at three tenths of the rate
     "film_max_partners_slow3": [*PARTNERS, "train.lr_scale={context.proj: 0.3}"],
     # at the full rate, each partner rotated at random once, then gated per channel

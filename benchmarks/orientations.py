@@ -55,29 +55,32 @@ def score(probs: torch.Tensor, target: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="context_pays.py run folders")
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="context_pays.py run folders or checkpoint files"
+    )
     parser.add_argument(
         "--test-images",
         type=int,
         default=None,
         help="default: 200 for a label, 48 for a mask (as context_pays.py)",
     )
-    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])  # fmt: skip
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                        help="of a run folder")  # fmt: skip
     args = parser.parse_args()
 
-    from xtimage.config import load_config
+    from xtimage.checkpoint import read_checkpoint, resolve_checkpoint
     from xtimage.data.synthetic import synthetic
     from xtimage.predict import Predictor
 
     rows = []
     for run in args.runs:
-        config = load_config(run / "config.yaml")
+        checkpoint = resolve_checkpoint(run, best=args.checkpoint == "best")
+        config = read_checkpoint(checkpoint).config
         label = config.model.head == "classification"
         n = args.test_images or (200 if label else 48)
         held_out = replace(config.data, seed=TEST_SEED, train_samples=n, val_samples=0)
         test = synthetic(config.model, held_out).train
-        checkpoint = str(run / "checkpoints" / f"{args.checkpoint}.safetensors")
-        model = Predictor.from_checkpoint(checkpoint, device="cpu", amp="none").engine.model
+        model = Predictor.from_checkpoint(str(checkpoint), device="cpu", amp="none").engine.model
         model.eval()
         images = torch.stack([test[i]["image"] for i in range(n)])  # (N, C, H, W)
         target = torch.stack([test[i]["label" if label else "mask"] for i in range(n)])
@@ -88,7 +91,8 @@ def main() -> None:
             probs = out.softmax(1) if label else unview(out.softmax(1), turns, flip)
             by_view[f"rot{90 * turns}{'+flip' if flip else ''}"] = round(score(probs, target), 4)
             total = total + probs
-        row = {"run": str(run), "task": run.name.split("-")[0], "test_images": n,
+        task = config.data.params.get("task", config.model.head)
+        row = {"run": str(run), "task": task, "test_images": n,
                "checkpoint": args.checkpoint,
                "metric": "top1" if label else "foreground_iou", "views": by_view,
                "identity": by_view["rot0"], "worst": min(by_view.values()),
