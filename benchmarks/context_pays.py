@@ -27,6 +27,8 @@ change between runs of a recipe:
   (docs/context_pays.md, sessions 21-22); ``_slow3`` at three tenths;
 - ``film_max_partners_late``: ``_slow`` with the partner projections held at zero for the
   first 1,200 steps (``train.join_at``): until then the run is ``film_max``'s exactly;
+- ``film_max_partners_late_still``: ``_late`` without flips, turns or jitter
+  (``data.augment=false``): trained in the one view it is scored in (session 25);
 - ``film_max_partners_gate``: a per-channel gate on a fixed random rotation of each
   partner in place of the D x D projection (``model.partner_proj=gate``);
 - ``film_instance`` and ``film_max_partners_instance``: the decoder normalised per
@@ -115,12 +117,10 @@ RECIPES: dict[str, list[str]] = {
     # the same, the partner projections held at zero for the first 1,200 steps
     "film_max_partners_late": [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}"],
     # the same without flips, turns or jitter: every scene in the one view it is tested in
-    # (session 25: trained models knew the textures in some views only)
+    # (session 25: trained models knew the textures in some views only; a stem pooling the
+    # phases, tried as film_max_partners_late_stem, did not learn them and is not kept)
     "film_max_partners_late_still": [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}",
                                      "data.augment=false"],
-    # the same with the stem's phases pooled (model.stem_pool; session 25)
-    "film_max_partners_late_stem": [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}",
-                                    "model.stem_pool=true"],
     # the partner projections learning at three tenths of the rate
     "film_max_partners_slow3": [*PARTNERS, "train.lr_scale={context.proj: 0.3}"],
     # at the full rate, each partner rotated at random once, then gated per channel

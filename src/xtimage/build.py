@@ -39,7 +39,6 @@ def build_model(config: ModelConfig, *, load_pretrained: bool = True) -> nn.Modu
         pretrained=config.pretrained if load_pretrained else None,
         frozen=config.frozen,
         frozen_norm=config.frozen_norm,
-        stem_pool=config.stem_pool,
         pixel_mean=config.pixel_mean,
         pixel_std=config.pixel_std,
         **config.backbone_kwargs,

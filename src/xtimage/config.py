@@ -51,10 +51,6 @@ class ModelConfig:
             statistics as loaded, scale and shift trained): for fine-tuning a BatchNorm
             backbone in exact or streaming mode, whose chunks of regions otherwise set
             the statistics (docs/training.md).
-        stem_pool: run the backbone's stride-2 first convolution at stride 1 and keep the
-            maximum of each 2 x 2 block: textures of period 2 px then read the same in
-            every flip and turn (`xtimage.encoders.region.RegionEncoder`; MobileNet and
-            EfficientNet stems only).
         in_chans: image channels.
         pixel_mean: per-channel mean the region encoder subtracts from [0, 1] pixels (the
             backbone's pretraining statistics, e.g. ImageNet's), or None.
@@ -113,7 +109,6 @@ class ModelConfig:
     pretrained: str | None = None
     frozen: bool = False
     frozen_norm: bool = False
-    stem_pool: bool = False
     in_chans: int = 3
     pixel_mean: list[float] | None = None
     pixel_std: list[float] | None = None

@@ -310,36 +310,3 @@ def test_a_region_mostly_past_the_border_keeps_convnext_stem_gradients_in_scale(
 
     for inside, padded in zip(stem_grads(interior), stem_grads(corner), strict=True):
         assert padded < 10 * inside
-
-
-def test_stem_pool_reads_a_period_2_texture_the_same_in_every_phase():
-    """With ``stem_pool`` the stem's output is the 2 x 2 maximum of the stride-1
-    convolution (checked against F.conv2d with the same weights); stripes shifted by a
-    pixel, or turned, give the same interior output, where the stride-2 stem sees the
-    other phase (its output differs)."""
-    torch.manual_seed(0)
-    pooled = RegionEncoder("mobilenetv3_small_050", region=32, stem_pool=True).eval()
-    plain = RegionEncoder("mobilenetv3_small_050", region=32).eval()
-    assert pooled.state_dict().keys() == plain.state_dict().keys()
-    pooled.load_state_dict(plain.state_dict())
-    y = torch.arange(32)[:, None].expand(32, 32)
-    stripes = ((y % 2 == 0) * 1.0).expand(1, 3, 32, 32)  # across, bright on even rows
-    shifted, down = stripes.roll(1, dims=2), stripes.transpose(2, 3)  # odd rows; columns
-    stem = pooled.backbone.conv_stem
-    with torch.no_grad():
-        want = torch.nn.functional.conv2d(stripes, stem.weight, padding=1)  # (1, C, 32, 32)
-        torch.testing.assert_close(stem(stripes), torch.nn.functional.max_pool2d(want, 2))
-        a, b = stem(stripes)[..., 1:-1, 1:-1], stem(shifted)[..., 1:-1, 1:-1]
-        torch.testing.assert_close(a, b)
-        plain_stem = plain.backbone.conv_stem
-        assert not torch.allclose(plain_stem(stripes), plain_stem(shifted), atol=1e-3)
-        # the same texture turned is a different one (rows vs columns) in either stem
-        assert not torch.allclose(a, stem(down)[..., 1:-1, 1:-1], atol=1e-3)
-    maps = pooled(stripes)
-    assert [m.shape for m in maps] == [m.shape for m in plain(stripes)]
-    assert RegionEncoder(**pooled.config()).stem_pool
-
-
-def test_stem_pool_needs_a_strided_conv_stem():
-    with pytest.raises(ConfigError, match="stem_pool needs a backbone .* convnext_atto"):
-        RegionEncoder("convnext_atto", region=64, stem_pool=True)

@@ -174,12 +174,6 @@ class RegionEncoder(nn.Module):
             and the running statistics follow the last few chunks.
         out_indices: which of timm's feature maps to return (default all); stages after
             the deepest one asked for are dropped.
-        stem_pool: run the stride-2 first convolution (``conv_stem``: MobileNet,
-            EfficientNet...) at stride 1 and keep the maximum of each 2 x 2 block of its
-            output: the same stride and weights, but every pixel of a 2 x 2 block reaches
-            the stem's output alike, so a texture of period 2 px reads the same in every
-            phase, whichever flip or turn put it there (docs/context_pays.md, session
-            25); four times the stem convolution's work.
         pixel_mean: per-channel mean subtracted from every region (the backbone's
             pretraining statistics), or None.
         pixel_std: per-channel standard deviation divided by, or None.
@@ -198,7 +192,6 @@ class RegionEncoder(nn.Module):
         frozen: bool = False,
         frozen_norm: bool = False,
         out_indices: Sequence[int] | None = None,
-        stem_pool: bool = False,
         pixel_mean: Sequence[float] | None = None,
         pixel_std: Sequence[float] | None = None,
         **timm_kwargs: Any,
@@ -295,9 +288,6 @@ class RegionEncoder(nn.Module):
                     stacklevel=2,
                 )
         backbone.prune_intermediate_layers(indices, prune_norm=True, prune_head=True)
-        if stem_pool:
-            _pool_stem(backbone, name)
-        self.stem_pool = stem_pool
         self.backbone = backbone
         self.indices = indices
         self.timm_kwargs = timm_kwargs
@@ -352,7 +342,6 @@ class RegionEncoder(nn.Module):
             frozen=self.frozen,
             frozen_norm=self.frozen_norm,
             out_indices=list(self.indices),
-            stem_pool=self.stem_pool,
             **self.timm_kwargs,
         )
 
@@ -394,21 +383,3 @@ class RegionEncoder(nn.Module):
             assert m.shape[1:] == (info.channels, *[x.shape[-1] // info.stride] * 2), m.shape
             out.append(rearrange(m, "(n i j) c h w -> n c (i h) (j w)", i=k, j=k))
         return out
-
-
-def _pool_stem(backbone: nn.Module, name: str) -> None:
-    """Make ``backbone``'s stride-2 ``conv_stem`` a stride-1 convolution followed by a 2 x 2
-    maximum (`RegionEncoder`'s ``stem_pool``); its weights and names stay as they are."""
-    stem = getattr(backbone, "conv_stem", None)
-    if not isinstance(stem, nn.Conv2d) or tuple(stem.stride) != (2, 2):
-        raise ConfigError(
-            f"model.stem_pool needs a backbone whose first layer is a stride-2 convolution "
-            f"named conv_stem (MobileNet, EfficientNet, ...); {name} has none: set it false"
-        )
-    stem.stride = (1, 1)
-    stem.register_forward_hook(_max_of_each_2x2)
-
-
-def _max_of_each_2x2(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, H / 2, W / 2): the maximum of each 2 x 2 block."""
-    return nn.functional.max_pool2d(output, 2)
