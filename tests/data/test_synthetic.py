@@ -26,6 +26,12 @@ def _components(image, where):
     return [labels == i for i in range(1, n + 1)]
 
 
+def _shapes(image):
+    """Every shape of a noiseless image (off the background), as boolean masks."""
+    labels, n = ndimage.label(np.abs(image - BG) > 1e-6, structure=np.ones((3, 3)))
+    return [labels == j for j in range(1, n + 1)]
+
+
 def _is_key(image, comp):
     return image[comp].mean() > 0.6
 
@@ -274,8 +280,7 @@ def test_match_label_is_the_texture_of_the_candidate_as_bright_as_the_key(match)
     for i in range(8):
         s = match.sample(i)
         image = s.image[0]
-        labels, n = ndimage.label(np.abs(image - BG) > 1e-6, structure=np.ones((3, 3)))
-        *candidates, key = sorted((labels == j for j in range(1, n + 1)), key=np.sum)
+        *candidates, key = sorted(_shapes(image), key=np.sum)
         assert len(candidates) == 4
         key_cell = tuple(np.argwhere(key)[0] // match.region)
         for c in candidates:
@@ -336,8 +341,7 @@ def test_present_label_is_whether_an_object_wears_the_keys_texture(present):
     for i in range(12):
         s = present.sample(i)
         image = s.image[0]
-        shapes, n = ndimage.label(np.abs(image - BG) > 1e-6, structure=np.ones((3, 3)))
-        parts = [shapes == j for j in range(1, n + 1)]
+        parts = _shapes(image)
         key = max(parts, key=lambda p: image[p].mean())
         objects = [p for p in parts if p is not key]
         key_cell = tuple(np.argwhere(key)[0] // present.region)
@@ -388,8 +392,7 @@ def test_agree_label_says_which_keys_textures_the_objects_wear(agree):
     for i in range(16):
         s = agree.sample(i)
         image = s.image[0]
-        shapes, n = ndimage.label(np.abs(image - BG) > 1e-6, structure=np.ones((3, 3)))
-        parts = sorted((shapes == j for j in range(1, n + 1)), key=lambda p: -image[p].mean())
+        parts = sorted(_shapes(image), key=lambda p: -image[p].mean())
         (bright, dim), objects = parts[:2], parts[2:]
         assert image[bright].mean() > image[dim].mean() > max(image[o].mean() for o in objects)
         taken = {tuple(p) for o in objects for p in np.argwhere(o) // agree.region}
@@ -443,8 +446,7 @@ def test_locate_label_is_the_quadrant_of_the_object_that_wears_the_keys_texture(
     for i in range(16):
         s = locate.sample(i)
         image = s.image[0]
-        shapes, n = ndimage.label(np.abs(image - BG) > 1e-6, structure=np.ones((3, 3)))
-        parts = [shapes == j for j in range(1, n + 1)]
+        parts = _shapes(image)
         key = max(parts, key=lambda p: image[p].mean())
         objects = [p for p in parts if p is not key]
         key_cell = tuple(np.argwhere(key)[0] // locate.region)
