@@ -192,6 +192,10 @@ class DataConfig:
         train_samples: synthetic images (or random windows) per epoch.
         val_samples: synthetic validation images.
         augment: flips, 90-degree turns and photometric jitter on training samples.
+        turns: include the flips and 90-degree turns (where the data set's labels survive
+            them); false keeps the jitter alone: for images whose orientation matters, and
+            for textures at the pixel scale, which a stride-2 stem can learn per view and
+            leave blind in some (docs/context_pays.md, session 25).
         jitter: strength of the photometric jitter.
         point_radius: detection: radius in pixels of each point's target disk, and the
             suppression distance between predicted peaks.
@@ -208,6 +212,7 @@ class DataConfig:
     train_samples: int = 64
     val_samples: int = 16
     augment: bool = True
+    turns: bool = True
     jitter: float = 0.1
     point_radius: int = 4
     seed: int = 0

@@ -336,7 +336,7 @@ class Trainer:
         if d.augment:
             from xtimage.data.sampling import Augment
 
-            turns = self.data.turns_keep_labels
+            turns = d.turns and self.data.turns_keep_labels
             augment = Augment(flip=turns, rot90=turns, jitter=d.jitter)
         return torch.utils.data.DataLoader(
             _Samples(self.data.train, augment, t.seed),

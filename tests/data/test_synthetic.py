@@ -560,3 +560,5 @@ def test_a_turn_changes_a_texture_label_so_training_does_not_turn_them(tmp_path)
     assert (cls.flip, cls.rot90, cls.jitter > 0) == (False, False, True)
     seg = augment("synthetic_seg")
     assert (seg.flip, seg.rot90) == (True, True)
+    still = augment("synthetic_seg", "data.turns=false")  # a user's choice: jitter alone
+    assert (still.flip, still.rot90, still.jitter > 0) == (False, False, True)
