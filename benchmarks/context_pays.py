@@ -105,6 +105,8 @@ FILM_MAX = [*FILM_SCALE, "model.token_reduce=max"]
 # the same, each token also reading its left-right, top-bottom and point mirrors
 PARTNERS = [*FILM_MAX, "model.partners=[hflip, vflip, rot180]"]
 SLOW = "train.lr_scale={context.proj: 0.1}"  # the partner projections at a tenth of the rate
+# the same, the partner projections held at zero for the first 1,200 steps
+LATE = [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}"]
 RECIPES: dict[str, list[str]] = {
     "demo": [],
     "film": [*SESSION_10, "model.token_maps=5", "model.decoder_norm=layer",
@@ -114,13 +116,11 @@ RECIPES: dict[str, list[str]] = {
     "film_max": FILM_MAX,
     "film_max_partners": PARTNERS,
     "film_max_partners_slow": [*PARTNERS, SLOW],
-    # the same, the partner projections held at zero for the first 1,200 steps
-    "film_max_partners_late": [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}"],
+    "film_max_partners_late": LATE,
     # the same without flips, turns or jitter: every scene in the one view it is tested in
     # (session 25: trained models knew the textures in some views only; a stem pooling the
     # phases, tried as film_max_partners_late_stem, did not learn them and is not kept)
-    "film_max_partners_late_still": [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}",
-                                     "data.augment=false"],
+    "film_max_partners_late_still": [*LATE, "data.augment=false"],
     # the partner projections learning at three tenths of the rate
     "film_max_partners_slow3": [*PARTNERS, "train.lr_scale={context.proj: 0.3}"],
     # at the full rate, each partner rotated at random once, then gated per channel

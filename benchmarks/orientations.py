@@ -45,12 +45,18 @@ def unview(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
 
 
 def score(probs: torch.Tensor, target: torch.Tensor) -> float:
-    """Top-1 of (N, K) probabilities, or pooled foreground IoU of (N, K, H, W) ones."""
-    pred = probs.argmax(1)
+    """Top-1 of (N, K) probabilities, or pooled foreground IoU of (N, K, H, W) ones, by
+    the meters the trainer scores with."""
+    from xtimage.metrics.classification import ClassificationMeter
+    from xtimage.metrics.segmentation import SegmentationMeter
+
     if probs.dim() == 2:
-        return float((pred == target).float().mean())
-    fg, truth = pred > 0, target > 0
-    return float((fg & truth).sum() / (fg | truth).sum().clamp(min=1))
+        meter = ClassificationMeter(probs.shape[1], topk=(1,))
+        meter.update(probs, target)
+        return meter.compute()["top1"]
+    meter = SegmentationMeter(probs.shape[1])
+    meter.update(probs, target)
+    return meter.foreground_iou()
 
 
 def main() -> None:
