@@ -127,6 +127,10 @@ class _Drawn:
     def key_textures(self) -> np.ndarray:
         return self.texture_of[1 : 1 + len(self.scene.keys)]
 
+    @property
+    def object_textures(self) -> np.ndarray:
+        return self.texture_of[1 + len(self.scene.keys) :]
+
 
 def _mask_answer(d: _Drawn) -> dict[str, Any]:
     """Objects whose texture is the key's."""
@@ -154,26 +158,24 @@ def _match_answer(d: _Drawn) -> dict[str, Any]:
     """The texture of the candidate as bright as the key."""
     (key,), objects = d.scene.keys, d.scene.objects
     target = next(i for i, o in enumerate(objects) if o.mean == key.mean)
-    return {"label": int(d.texture_of[1 + len(d.scene.keys) + target])}  # as drawn
+    return {"label": int(d.object_textures[target])}  # as drawn
 
 
 def _present_answer(d: _Drawn) -> dict[str, Any]:
     """1 if some object has the key's texture, else 0."""
-    objects = d.texture_of[1 + len(d.scene.keys) :]
-    return {"label": int(d.key_textures[0] in objects)}
+    return {"label": int(d.key_textures[0] in d.object_textures)}
 
 
 def _agree_answer(d: _Drawn) -> dict[str, Any]:
     """Which keys' textures the objects wear: 2 x [the bright key's] + [the dim key's]."""
-    objects = d.texture_of[1 + len(d.scene.keys) :]
+    objects = d.object_textures
     bright, dim = (int(t in objects) for t in d.key_textures)
     return {"label": 2 * bright + dim}
 
 
 def _locate_answer(d: _Drawn) -> dict[str, Any]:
     """The quadrant of the one object that wears the key's texture."""
-    objects = d.texture_of[1 + len(d.scene.keys) :]
-    (target,) = np.flatnonzero(objects == d.key_textures[0])
+    (target,) = np.flatnonzero(d.object_textures == d.key_textures[0])
     return {"label": int(target)}  # objects are drawn in quadrant order
 
 
@@ -182,7 +184,7 @@ def _box_answer(d: _Drawn) -> dict[str, Any]:
     objects = d.scene.objects
     boxes = [
         (2 * s.left, 2 * s.top, 2 * (s.left + s.cells.shape[1]), 2 * (s.top + s.cells.shape[0]))
-        for s, t in zip(objects, d.texture_of[1 + len(d.scene.keys) :], strict=True)
+        for s, t in zip(objects, d.object_textures, strict=True)
         if t == d.key_textures[0]
     ]
     boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
