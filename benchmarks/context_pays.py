@@ -29,6 +29,8 @@ change between runs of a recipe:
   first 1,200 steps (``train.join_at``): until then the run is ``film_max``'s exactly;
 - ``film_max_partners_late_still``: ``_late`` without flips, turns or jitter
   (``data.augment=false``): trained in the one view it is scored in (session 25);
+- ``film_max_partners_late_upright``: ``_late`` without flips or turns, the photometric
+  jitter kept (``data.turns=false``, session 26);
 - ``film_max_partners_gate``: a per-channel gate on a fixed random rotation of each
   partner in place of the D x D projection (``model.partner_proj=gate``);
 - ``film_instance`` and ``film_max_partners_instance``: the decoder normalised per
@@ -121,6 +123,8 @@ RECIPES: dict[str, list[str]] = {
     # (session 25: trained models knew the textures in some views only; a stem pooling the
     # phases, tried as film_max_partners_late_stem, did not learn them and is not kept)
     "film_max_partners_late_still": [*LATE, "data.augment=false"],
+    # the same with the photometric jitter kept: flips and turns alone off
+    "film_max_partners_late_upright": [*LATE, "data.turns=false"],
     # the partner projections learning at three tenths of the rate
     "film_max_partners_slow3": [*PARTNERS, "train.lr_scale={context.proj: 0.3}"],
     # at the full rate, each partner rotated at random once, then gated per channel
