@@ -254,8 +254,9 @@ TASKS: dict[str, list[str]] = {
 INIT = {"demo_large": "demo", "key_512": "key"}
 RUNS = Path("runs/context_pays")
 # the rest: foreground IoU
-METRIC = dict.fromkeys(("sum", "sum_mlp", "match", "present", "present2", "agree", "locate"),
-                       "top1")
+METRIC = dict.fromkeys(
+    ("sum", "sum_mlp", "match", "present", "present2", "agree", "locate"), "top1"
+)
 # segment the objects textured like a key
 KEYED = ("key", "demo", "key_large", "demo_large", "key_512")
 GROUP = ("recipe", "task", "steps", "seed")  # with the model: a row's key
