@@ -14,6 +14,9 @@ change between runs of a recipe:
   from the deepest map only, 600 steps of 4 scenes; all at once only.
 - ``film_scale``: the ``film`` head with everything else of ``demo`` (width 32, 1,200
   steps of 8 scenes);
+- ``film_scale_still``: ``film_scale`` without flips, turns or jitter (session 28: the
+  streamable head tried as the demo's recipe); ``film_scale_lr1`` and
+  ``film_scale_still_lr1`` the same at the demo sweep's other learning rate, 1e-3;
 - ``film_max``: ``film_scale`` with tokens that read each shallower map's maximum over
   the token's cell, not its mean (``model.token_reduce=max``);
 - ``film_max_partners``: ``film_max`` with each token also reading the tokens at its
@@ -115,6 +118,10 @@ RECIPES: dict[str, list[str]] = {
              "model.decoder_fusion=film"],  # fmt: skip
     "batch": [*SESSION_10, "model.token_maps=1"],
     "film_scale": FILM_SCALE,
+    "film_scale_still": [*FILM_SCALE, "data.augment=false"],
+    # the demo's other learning rate (xt demo --from-scratch sweeps 1e-3 and 2e-3)
+    "film_scale_lr1": [*FILM_SCALE, "train.lr=1e-3"],
+    "film_scale_still_lr1": [*FILM_SCALE, "data.augment=false", "train.lr=1e-3"],
     "film_max": FILM_MAX,
     "film_max_partners": PARTNERS,
     "film_max_partners_slow": [*PARTNERS, SLOW],
