@@ -4,16 +4,19 @@ Every run goes through the public `Trainer` with the ``demo`` preset and one of 
 recipes below (``--recipe``); only the task (and the head it needs) and ``model.baseline``
 change between runs of a recipe:
 
-- ``demo``: the demo preset as shipped (since session 11): a batch-norm decoder of width
-  32 fed the tokens by concatenation, tokens read from all five backbone maps, 1,200
-  steps of 8 scenes; trains only all at once (no ``key_large``);
+- ``demo``: the demo preset as shipped (since session 29): ``film_scale`` below, the 8
+  scenes' 128 regions trained at once (``train.mode=auto`` with ``region_batch=128``);
+- ``demo_batch``: the demo preset of sessions 11-28: a batch-norm decoder of width 32 fed
+  the tokens by concatenation, tokens read from all five backbone maps, 1,200 steps of 8
+  scenes; trains only all at once (no ``key_large``). Every recipe but ``demo`` spells
+  out the keys that preset set (`PRESET_UNTIL_28`), so that its rows keep their meaning;
 - ``film``: a per-pixel (layer-norm) decoder of width 64 that the contextualised tokens
   scale and shift (FiLM), tokens from all five maps, 600 steps of 4 scenes; trains in
   every mode;
 - ``batch``: the demo preset until session 10: the batch-norm decoder at width 64, tokens
   from the deepest map only, 600 steps of 4 scenes; all at once only.
-- ``film_scale``: the ``film`` head with everything else of ``demo`` (width 32, 1,200
-  steps of 8 scenes);
+- ``film_scale``: the ``film`` head with everything else of ``demo_batch`` (width 32,
+  1,200 steps of 8 scenes);
 - ``film_scale_still``: ``film_scale`` without flips, turns or jitter (session 28: the
   streamable head tried as the demo's recipe); ``film_scale_lr1`` and
   ``film_scale_still_lr1`` the same at the demo sweep's other learning rate, 1e-3;
@@ -101,6 +104,9 @@ from common import RESULTS, machine, print_table, save_rows  # noqa: E402
 from xtimage.config import load_config  # noqa: E402  (no torch)
 
 PRESET = "demo"
+# what the demo preset set until session 28; every recipe but "demo" starts from it
+PRESET_UNTIL_28 = ["model.decoder_norm=batch", "model.decoder_fusion=concat",
+                   "data.augment=true", "train.region_batch=64"]  # fmt: skip
 SESSION_10 = ["model.decoder_channels=64", "train.batch_size=4", "train.steps=600"]
 # the film head at the demo's scale; direct mode gives exact mode's gradients, faster
 # (a later override of the same key wins: the instance-norm recipes below rely on it)
@@ -112,8 +118,8 @@ PARTNERS = [*FILM_MAX, "model.partners=[hflip, vflip, rot180]"]
 SLOW = "train.lr_scale={context.proj: 0.1}"  # the partner projections at a tenth of the rate
 # the same, the partner projections held at zero for the first 1,200 steps
 LATE = [*PARTNERS, SLOW, "train.join_at={context.proj: 1200}"]
-RECIPES: dict[str, list[str]] = {
-    "demo": [],
+RECIPES_UNTIL_28: dict[str, list[str]] = {
+    "demo_batch": [],
     "film": [*SESSION_10, "model.token_maps=5", "model.decoder_norm=layer",
              "model.decoder_fusion=film"],  # fmt: skip
     "batch": [*SESSION_10, "model.token_maps=1"],
@@ -141,7 +147,8 @@ RECIPES: dict[str, list[str]] = {
     # film_max_partners with instance norms
     "film_max_partners_instance": [*PARTNERS, "model.decoder_norm=instance"],
 }  # fmt: skip
-ALL_AT_ONCE = ("demo", "batch")  # batch-norm decoders: no exact or streaming training
+RECIPES = {"demo": [], **{k: [*PRESET_UNTIL_28, *v] for k, v in RECIPES_UNTIL_28.items()}}
+ALL_AT_ONCE = ("demo_batch", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")
 TEST_SEED = 1000
 SMALL = ["data.size=128", "model.region=32"]  # 4 x 4 regions: a quarter of the demo's pixels

@@ -79,8 +79,8 @@ def test_two_processes_equal_one(name, tmp_path, inat_root):
     last bits, and AdamW's division by the root of the second moment magnifies that over
     4 steps to about 1e-5 (randomness outside the per-sample generators gave 1.5e-2)."""
     if name == "demo":
-        pytest.skip("BatchNorm (MobileNetV3, decoder_norm: batch) normalises each process's "
-                    "share of the batch: its statistics depend on the world size")  # fmt: skip
+        pytest.skip("MobileNetV3's batch norms normalise each process's share of the batch: "
+                    "their statistics depend on the world size")  # fmt: skip
 
     one = Trainer(config(name, tmp_path / "one", inat_root, "train.workers=0"))
     one.fit()

@@ -250,8 +250,7 @@ def _write_report(settings, training, results, picture, seconds) -> dict[str, An
     )  # fmt: skip
     figures = [
         Figure("predictions.png", "A held-out image, its ground truth and each model's mask "
-               "(white: the objects to find). xT's remaining errors: a few thin slivers, "
-               "mostly along the edges of objects of other textures."),
+               "(white: the objects to find)."),
         Figure("zoom.png", f"The {zoom} x {zoom} px red box: the 1-px textures at full "
                "resolution (middle), and the same area after shrinking the image to one "
                "region (right), all the downsample model has to go on."),
