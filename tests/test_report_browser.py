@@ -37,7 +37,7 @@ def test_the_report_renders_tables_and_images_and_no_markdown(report):
     text = found["text"]
     for raw in ("`", "|---", "- xT:", "![", "**", "](", "## "):
         assert raw not in text, f"raw Markdown {raw!r} shows on the page"
-    assert "remaining errors" in text and "Learning-rate sweep" in text
+    assert "each model's mask" in text and "Learning-rate sweep" in text
     # large panels: the figures are drawn at least as wide as the page shows them
     shot = screenshot((report / "index.html").resolve().as_uri(), report / "report.png")
     assert shot.stat().st_size > 10_000
