@@ -6,6 +6,8 @@ change between runs of a recipe:
 
 - ``demo``: the demo preset as shipped (since session 29): ``film_scale`` below, the 8
   scenes' 128 regions trained at once (``train.mode=auto`` with ``region_batch=128``);
+  ``demo_upright`` and ``demo_upright_lr1`` the same without flips or turns, the jitter
+  kept (``data.turns=false``), at the demo sweep's two rates (session 30);
 - ``demo_batch``: the demo preset of sessions 11-28: a batch-norm decoder of width 32 fed
   the tokens by concatenation, tokens read from all five backbone maps, 1,200 steps of 8
   scenes; trains only all at once (no ``key_large``). Every recipe but ``demo`` spells
@@ -147,7 +149,14 @@ RECIPES_UNTIL_28: dict[str, list[str]] = {
     # film_max_partners with instance norms
     "film_max_partners_instance": [*PARTNERS, "model.decoder_norm=instance"],
 }  # fmt: skip
-RECIPES = {"demo": [], **{k: [*PRESET_UNTIL_28, *v] for k, v in RECIPES_UNTIL_28.items()}}
+# the demo preset as it is (session 29 on), without flips and turns (the jitter kept), at
+# either rate of its sweep
+DEMO_RECIPES: dict[str, list[str]] = {
+    "demo": [],
+    "demo_upright": ["data.turns=false"],
+    "demo_upright_lr1": ["data.turns=false", "train.lr=1e-3"],
+}
+RECIPES = {**DEMO_RECIPES, **{k: [*PRESET_UNTIL_28, *v] for k, v in RECIPES_UNTIL_28.items()}}
 ALL_AT_ONCE = ("demo_batch", "batch")  # batch-norm decoders: no exact or streaming training
 MODELS = ("xt", "crop", "downsample")
 TEST_SEED = 1000
