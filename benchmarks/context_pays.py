@@ -10,8 +10,8 @@ change between runs of a recipe:
   kept (``data.turns=false``), at the demo sweep's two rates (session 30);
 - ``demo_batch``: the demo preset of sessions 11-28: a batch-norm decoder of width 32 fed
   the tokens by concatenation, tokens read from all five backbone maps, 1,200 steps of 8
-  scenes; trains only all at once (no ``key_large``). Every recipe but ``demo`` spells
-  out the keys that preset set (`PRESET_UNTIL_28`), so that its rows keep their meaning;
+  scenes; trains only all at once (no ``key_large``). Every recipe but the ``demo`` ones
+  spells out the keys that preset set (`PRESET_UNTIL_28`), so that its rows keep their meaning;
 - ``film``: a per-pixel (layer-norm) decoder of width 64 that the contextualised tokens
   scale and shift (FiLM), tokens from all five maps, 600 steps of 4 scenes; trains in
   every mode;
@@ -106,7 +106,7 @@ from common import RESULTS, machine, print_table, save_rows  # noqa: E402
 from xtimage.config import load_config  # noqa: E402  (no torch)
 
 PRESET = "demo"
-# what the demo preset set until session 28; every recipe but "demo" starts from it
+# what the demo preset set until session 28; every recipe but the demo ones starts from it
 PRESET_UNTIL_28 = ["model.decoder_norm=batch", "model.decoder_fusion=concat",
                    "data.augment=true", "train.region_batch=64"]  # fmt: skip
 SESSION_10 = ["model.decoder_channels=64", "train.batch_size=4", "train.steps=600"]
@@ -149,8 +149,8 @@ RECIPES_UNTIL_28: dict[str, list[str]] = {
     # film_max_partners with instance norms
     "film_max_partners_instance": [*PARTNERS, "model.decoder_norm=instance"],
 }  # fmt: skip
-# the demo preset as it is (session 29 on), without flips and turns (the jitter kept), at
-# either rate of its sweep
+# the demo preset as it is (session 29 on), and the same without flips and turns (the
+# jitter kept) at either rate of its sweep
 DEMO_RECIPES: dict[str, list[str]] = {
     "demo": [],
     "demo_upright": ["data.turns=false"],
