@@ -39,6 +39,10 @@ change between runs of a recipe:
   (``data.augment=false``): trained in the one view it is scored in (session 25);
 - ``film_max_partners_late_upright``: ``_late`` without flips or turns, the photometric
   jitter kept (``data.turns=false``, session 26);
+- ``film_max_partners_late_lr1``: ``_late`` at the demo sweep's other rate, 1e-3;
+- ``film_max_partners_late_tta``: ``_late`` validated and tested on the average of the
+  class probabilities of its eight flips and turns (``model.tta=d4``, session 31); the
+  baselines' ceilings hold for them too (a view of a crop is a crop of the view);
 - ``film_max_partners_gate``: a per-channel gate on a fixed random rotation of each
   partner in place of the D x D projection (``model.partner_proj=gate``);
 - ``film_instance`` and ``film_max_partners_instance``: the decoder normalised per
@@ -140,6 +144,10 @@ RECIPES_UNTIL_28: dict[str, list[str]] = {
     "film_max_partners_late_still": [*LATE, "data.augment=false"],
     # the same with the photometric jitter kept: flips and turns alone off
     "film_max_partners_late_upright": [*LATE, "data.turns=false"],
+    # the demo sweep's other rate: augmented _late as one recipe for both sizes (session 31)
+    "film_max_partners_late_lr1": [*LATE, "train.lr=1e-3"],
+    # _late validated and tested on the mean of the eight flips and turns (model.tta=d4)
+    "film_max_partners_late_tta": [*LATE, "model.tta=d4"],
     # the partner projections learning at three tenths of the rate
     "film_max_partners_slow3": [*PARTNERS, "train.lr_scale={context.proj: 0.3}"],
     # at the full rate, each partner rotated at random once, then gated per channel

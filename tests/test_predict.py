@@ -13,7 +13,7 @@ from tiny import TINY_MODEL
 from xtimage.build import build_model
 from xtimage.config import load_config
 from xtimage.data.registry import build_datasets
-from xtimage.errors import InputError
+from xtimage.errors import ConfigError, InputError
 from xtimage.predict import Predictor
 
 TINY = [
@@ -190,3 +190,69 @@ def test_detection_scores_against_hand_counted_matches(monkeypatch):
     # COCO AP50: class 0 finds its only box first (AP 1); class 1 finds 1 of 2 at the top
     # of its list: precision 1 up to recall 0.5 on 101 recall points, 51 / 101
     assert m["AP50"] == pytest.approx((1 + 51 / 101) / 2, abs=1e-4)
+
+
+def _view_average(model, x, head):
+    """The plain reference of test-time views: the model on each whole turned image."""
+    total = 0
+    with torch.no_grad():
+        for turns in range(4):
+            for flip in (False, True):
+                v = torch.rot90(x, turns, (-2, -1))
+                v = v.flip(-1) if flip else v
+                probs = model(v[None])[0].softmax(0)
+                if head == "segmentation":
+                    probs = torch.rot90(probs.flip(-1) if flip else probs, -turns, (-2, -1))
+                total = total + probs
+    return total / 8
+
+
+def test_d4_views_average_the_model_on_each_turned_image(image):
+    pred, _ = predictor("model.tta=d4")  # a 100 x 150 image: quarter turns swap its sides
+    x = torch.from_numpy(image / 255).float()
+    out = pred.predict(image)
+    probs = _view_average(pred.model, x, "segmentation")  # (2, H, W)
+    torch.testing.assert_close(torch.from_numpy(out.heatmap), 1 - probs[0], rtol=1e-4, atol=1e-5)
+    margin = (probs[1] - probs[0]).abs() > 1e-4
+    assert np.array_equal(out.mask[margin.numpy()], probs.argmax(0)[margin].numpy())
+    single = Predictor(pred.model, pred.config, region_batch=2, tta="none").predict(image)
+    assert not np.allclose(single.heatmap, out.heatmap, atol=1e-3)  # the views changed it
+
+
+def test_d4_views_average_class_probabilities(image):
+    pred, _ = predictor("model.head=classification", "model.num_classes=3")
+    x = torch.from_numpy(image / 255).float()
+    out = Predictor(pred.model, pred.config, region_batch=2, tta="d4").predict(x)
+    expected = _view_average(pred.model, x, "cls")
+    np.testing.assert_allclose(out.scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_views_in_files_equal_views_in_memory_and_count_their_progress(tmp_path, image):
+    pred, _ = predictor("model.tta=flips")
+    tifffile.imwrite(tmp_path / "scene.tif", image.transpose(1, 2, 0), tile=(64, 64))
+    pred.predict_file(tmp_path / "scene.tif", tmp_path / "out", heatmap=True)
+    in_memory = pred.predict(image)
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "scene.mask.tif"), in_memory.mask)
+    heat = tifffile.imread(tmp_path / "out" / "scene.heatmap.tif")
+    np.testing.assert_allclose(heat, in_memory.heatmap, rtol=1e-6, atol=1e-6)
+
+    class Counting:
+        windows = ticks = 0
+
+        def write(self, window, data):
+            self.windows += 1
+
+        def tick(self):
+            self.ticks += 1
+
+    sink = Counting()
+    pred.dense(pred.source(image), sink)
+    assert sink.ticks + sink.windows == pred.num_regions(100, 150) == 4 * 6 + 1
+
+
+def test_views_refused_for_detection():
+    with pytest.raises(ConfigError, match="model.tta=d4"):
+        load_config(None, [*TINY, "model.head=detection", "model.tta=d4"]).model.check()
+    pred, _ = predictor("model.head=detection", "model.num_classes=1")
+    with pytest.raises(ConfigError, match="model.tta=flips"):
+        Predictor(pred.model, pred.config, tta="flips")

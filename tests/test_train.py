@@ -347,3 +347,18 @@ def test_auto_class_weights_are_measured_on_the_training_set_and_saved(tmp_path)
     trainer.fit()
     saved = Trainer(config, resume=tmp_path / "run")  # the run's config holds the numbers
     assert saved.config.model.outputs[0]["class_weights"] == weights
+
+
+def test_validation_scores_the_views_the_model_names(tmp_path):
+    """model.tta reaches the training loop's evaluation: its scores are the mean over the
+    views' probabilities, as a Predictor with those views gives, not the plain ones."""
+    from xtimage.predict import Predictor
+
+    config = tiny(tmp_path, "model.tta=d4", "data.val_samples=3")
+    trainer = Trainer(config)
+    viewed = trainer.evaluate()
+    model = trainer.model.eval()
+    for tta in ("d4", "none"):
+        expected = Predictor(model, config.model, tta=tta).evaluate(trainer.data.val)
+        same = viewed["foreground_iou"] == pytest.approx(expected["foreground_iou"], abs=1e-9)
+        assert same == (tta == "d4"), (tta, viewed, expected)

@@ -102,6 +102,10 @@ class ModelConfig:
             and the ``release`` option of the hyper and mamba context encoders.
         release_chunk: with ``release`` and a CLS head, the release's in-context-patches
             path with windows of this many tokens (see `xtimage.model`), or None.
+        tta: test-time views whose class probabilities (and maps) are averaged in
+            validation, ``xt eval`` and ``xt predict``: ``none``, ``flips`` (mirrors and
+            the half turn) or ``d4`` (also the quarter turns); classification and
+            segmentation heads (`xtimage.engine.views`).
     """
 
     backbone: str = "convnext_atto"
@@ -140,10 +144,17 @@ class ModelConfig:
     baseline: str = "xt"
     release: bool = False
     release_chunk: int | None = None
+    tta: str = "none"
 
     def check(self) -> None:
         _choice("model.head", self.head, HEADS)
         _choice("model.baseline", self.baseline, BASELINES)
+        _choice("model.tta", self.tta, ("none", "flips", "d4"))
+        if self.tta != "none" and self.head not in ("classification", "segmentation"):
+            raise ConfigError(
+                f"model.tta={self.tta} averages class probabilities and maps, which turn "
+                f"with the image; model.head={self.head} does not: use model.tta=none"
+            )
         _choice("model.class_pool", self.class_pool, ("mean", "attention", "cls"))
         _choice("model.partner_proj", self.partner_proj, ("linear", "gate"))
         if self.partners:

@@ -28,6 +28,7 @@ not read, or a raster whose pixels no longer match the digest stored in it
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from xtimage.config import ModelConfig
 from xtimage.data.preprocess import resize_image, to_unit
 from xtimage.distributed import World
 from xtimage.engine import Engine, RegionSource
+from xtimage.engine.views import BAND, ViewAverage, ViewedSource, output_kinds, views
 from xtimage.errors import InputError
 from xtimage.io.atomic import output_dir, remove_stale
 from xtimage.io.base import Reader, read_padded
@@ -70,6 +72,8 @@ class Predictor:
         thresholds: xview3: ``center``, ``vessel`` and ``fishing`` thresholds; None:
             `evaluate` chooses them on the set it scores (the training loop's
             validation), and `predict` uses the task's defaults.
+        tta: the test-time views whose probabilities are averaged, ``none``, ``flips``
+            or ``d4`` (`xtimage.engine.views`); None: the model's ``model.tta``.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("runs/seg/checkpoints/best.safetensors")
@@ -88,10 +92,15 @@ class Predictor:
         threshold: float = 0.3,
         iou: float = 0.5,
         thresholds: dict[str, float] | None = None,
+        tta: str | None = None,
     ) -> None:
+        if tta is not None and tta != config.tta:
+            config = replace(config, tta=tta)
+            config.check()  # the views suit the head
         self.model = model.eval()
         self.config = config
         self.task = get_task(config, threshold=threshold, iou=iou, thresholds=thresholds)
+        self.views = views(config.tta)
         self.device = torch.device(device)
         self.autocast = autocast
         # The downsample baseline needs the whole image at once; XT streams.
@@ -168,9 +177,17 @@ class Predictor:
         """The whole image as (1, C, H, W) on the device (the downsample baseline)."""
         return source.read(Window(0, 0, source.height, source.width))[None].to(self.device)
 
+    def _viewed(self, source: RegionSource) -> list[RegionSource]:
+        """The source in each test-time view (the identity as it is: read ahead)."""
+        return [ViewedSource(source, v) if v.turns or v.flip else source for v in self.views]
+
     @torch.no_grad()
     def classify(self, source: RegionSource) -> np.ndarray:
-        """Class probabilities (K,) of one image."""
+        """Class probabilities (K,) of one image: their mean over the test-time views."""
+        probs = [self._classify(s) for s in self._viewed(source)]
+        return np.mean(probs, axis=0)
+
+    def _classify(self, source: RegionSource) -> np.ndarray:
         if self.engine is not None:
             logits = self.engine.classify([source])
         else:
@@ -181,7 +198,22 @@ class Predictor:
     @torch.no_grad()
     def dense(self, source: RegionSource, writer: Any, keep: Any = None) -> None:
         """Raw dense outputs of every core window into ``writer`` (of the regions
-        ``keep(plan)`` keeps, e.g. `ValidPixels.keep`)."""
+        ``keep(plan)`` keeps, e.g. `ValidPixels.keep`).
+
+        With test-time views, each view's probabilities are summed in memory
+        (`ViewAverage`, every region predicted) and their mean is written band by band
+        as log-probabilities (logits for maps), which the task decodes as logits.
+        """
+        if len(self.views) == 1:
+            self._dense(source, writer, keep)
+            return
+        kinds = output_kinds(self.task.dense_outputs())
+        average = ViewAverage(kinds, source.height, source.width, getattr(writer, "tick", None))
+        for view, viewed in zip(self.views, self._viewed(source), strict=True):
+            self._dense(viewed, average.writer(view))
+        average.flush(writer)
+
+    def _dense(self, source: RegionSource, writer: Any, keep: Any = None) -> None:
         if self.engine is not None:
             plan = self.engine.model.plan(source.height, source.width)
             self.engine.segment(source, keep=keep and keep(plan), writer=writer)
@@ -191,8 +223,13 @@ class Predictor:
         writer.write(Window(0, 0, source.height, source.width), out)
 
     def num_regions(self, height: int, width: int) -> int:
-        """Regions of an image of this size (1 for the downsample baseline)."""
-        return self.engine.model.plan(height, width).num_regions if self.engine else 1
+        """Windows a dense writer's progress counts for an image of this size: its
+        regions (1 for the downsample baseline), in every test-time view, plus the
+        bands of their average."""
+        per_view = self.engine.model.plan(height, width).num_regions if self.engine else 1
+        if len(self.views) == 1:
+            return per_view
+        return per_view * len(self.views) + -(-height // BAND)
 
     # ------------------------------------------------------------------ public
 

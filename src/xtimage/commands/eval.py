@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="return freed memory to the system at once: a lower peak, slower")
     p.add_argument("--region-batch", type=int, default=16, help="regions encoded at once")
     p.add_argument("--threshold", type=float, default=0.3, help="detection score threshold")
+    p.add_argument("--tta", choices=["none", "flips", "d4"], default=None,
+                   help="test-time views to average (default: the model's model.tta)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             amp=args.amp,
             channels_last=args.channels_last,
             threshold=args.threshold,
+            tta=args.tta,
         )
         val = build_datasets(config).val
         if args.predictions:

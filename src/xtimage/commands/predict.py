@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="return freed memory to the system at once: a lower peak, slower")
     p.add_argument("--region-batch", type=int, default=16, help="regions encoded at once")
     p.add_argument("--threshold", type=float, default=0.3, help="detection score threshold")
+    p.add_argument("--tta", choices=["none", "flips", "d4"], default=None,
+                   help="test-time views to average (default: the model's model.tta)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             amp=args.amp,
             channels_last=args.channels_last,
             threshold=args.threshold,
+            tta=args.tta,
         )
         files = predictor.task.expand_inputs(args.inputs, out)
         result = predict_archive(

@@ -258,6 +258,10 @@ class MaskSink:
         self.mask.write(window, classes[None].numpy().astype(self.dtype))
         if self.heatmap is not None:
             self.heatmap.write(window, fg[None].float().numpy())
+        self.tick()
+
+    def tick(self) -> None:
+        """One window done (also each test-time view's windows, `Predictor.dense`)."""
         if self.bar is not None:
             self.bar.update(1)
 
