@@ -110,9 +110,10 @@ from common import RESULTS, machine, print_table, save_rows  # noqa: E402
 from xtimage.config import load_config  # noqa: E402  (no torch)
 
 PRESET = "demo"
-# what the demo preset set until session 28; every recipe but the demo ones starts from it
+# what the demo preset set until session 28 (and its views, none until session 31); every
+# recipe but the demo ones starts from it
 PRESET_UNTIL_28 = ["model.decoder_norm=batch", "model.decoder_fusion=concat",
-                   "data.augment=true", "train.region_batch=64"]  # fmt: skip
+                   "data.augment=true", "train.region_batch=64", "model.tta=none"]  # fmt: skip
 SESSION_10 = ["model.decoder_channels=64", "train.batch_size=4", "train.steps=600"]
 # the film head at the demo's scale; direct mode gives exact mode's gradients, faster
 # (a later override of the same key wins: the instance-norm recipes below rely on it)
@@ -157,12 +158,13 @@ RECIPES_UNTIL_28: dict[str, list[str]] = {
     # film_max_partners with instance norms
     "film_max_partners_instance": [*PARTNERS, "model.decoder_norm=instance"],
 }  # fmt: skip
-# the demo preset as it is (session 29 on), and the same without flips and turns (the
-# jitter kept) at either rate of its sweep
+# the demo preset as it is (session 29 on; answers averaged over 8 views since session
+# 31), and the same without flips and turns (the jitter kept, no views: session 30) at
+# either rate of its sweep
 DEMO_RECIPES: dict[str, list[str]] = {
     "demo": [],
-    "demo_upright": ["data.turns=false"],
-    "demo_upright_lr1": ["data.turns=false", "train.lr=1e-3"],
+    "demo_upright": ["data.turns=false", "model.tta=none"],
+    "demo_upright_lr1": ["data.turns=false", "train.lr=1e-3", "model.tta=none"],
 }
 RECIPES = {**DEMO_RECIPES, **{k: [*PRESET_UNTIL_28, *v] for k, v in RECIPES_UNTIL_28.items()}}
 ALL_AT_ONCE = ("demo_batch", "batch")  # batch-norm decoders: no exact or streaming training

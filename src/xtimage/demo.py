@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MODELS = ("xt", "crop", "downsample")
 LABELS = {"xt": "xT", "crop": "crop-only", "downsample": "downsample"}
 RECIPE = "demo"
+VIEW_NAMES = {"none": "the image as it is", "flips": "its 4 flips and half turns",
+              "d4": "its 8 flips and quarter turns"}  # fmt: skip
 WEIGHTS_DIR = Path(str(importlib.resources.files("xtimage") / "assets" / "demo"))
 TEST_SEED = 1000  # held-out scenes: training uses seed 0, validation seed 1
 
@@ -128,7 +130,8 @@ def _evaluate(checkpoint: str, test_images: int, picture: int) -> dict[str, Any]
     from xtimage.predict import Predictor
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", amp="none")
+    views = _config("xt", []).model.tta  # the preset's test-time views, shipped weights too
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", amp="none", tta=views)
     cfg = predictor.config
     task = SyntheticTask("segmentation", size=_config("xt", []).data.size, region=cfg.region,
                          channels=cfg.in_chans, seed=TEST_SEED, length=test_images,
@@ -297,7 +300,8 @@ def _write_report(settings, training, results, picture, seconds) -> dict[str, An
             "usually lies in another region. Crop-only cannot see the key's texture from "
             "most regions; downsampling erases every texture. xT sees both.",
             f"Weights: {source}. Scores are pooled over {settings.test_images} held-out "
-            f"images; the ceiling is the best score possible for what each model sees.",
+            f"images, each answer averaged over {VIEW_NAMES[_config('xt', []).model.tta]} "
+            f"(model.tta); the ceiling is the best score possible for what each model sees.",
         ],
         table=table,
         figures=figures,
