@@ -43,6 +43,7 @@ change between runs of a recipe:
 - ``film_max_partners_late_tta``: ``_late`` validated and tested on the average of the
   class probabilities of its eight flips and turns (``model.tta=d4``, session 31); the
   baselines' ceilings hold for them too (a view of a crop is a crop of the view);
+  ``_tta_lr1`` the same at 1e-3;
 - ``film_max_partners_gate``: a per-channel gate on a fixed random rotation of each
   partner in place of the D x D projection (``model.partner_proj=gate``);
 - ``film_instance`` and ``film_max_partners_instance``: the decoder normalised per
@@ -149,6 +150,7 @@ RECIPES_UNTIL_28: dict[str, list[str]] = {
     "film_max_partners_late_lr1": [*LATE, "train.lr=1e-3"],
     # _late validated and tested on the mean of the eight flips and turns (model.tta=d4)
     "film_max_partners_late_tta": [*LATE, "model.tta=d4"],
+    "film_max_partners_late_tta_lr1": [*LATE, "model.tta=d4", "train.lr=1e-3"],
     # the partner projections learning at three tenths of the rate
     "film_max_partners_slow3": [*PARTNERS, "train.lr_scale={context.proj: 0.3}"],
     # at the full rate, each partner rotated at random once, then gated per channel
