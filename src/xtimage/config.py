@@ -30,6 +30,7 @@ from xtimage.errors import ConfigError, InputError, did_you_mean
 
 HEADS = ("classification", "segmentation", "detection", "xview3")
 BASELINES = ("xt", "crop", "downsample")
+TTA = ("none", "flips", "d4")  # model.tta: the sets of test-time views (xtimage.engine.views)
 MODES = ("auto", "direct", "exact", "streaming", "frozen")
 AMP = ("auto", "none", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
@@ -149,7 +150,7 @@ class ModelConfig:
     def check(self) -> None:
         _choice("model.head", self.head, HEADS)
         _choice("model.baseline", self.baseline, BASELINES)
-        _choice("model.tta", self.tta, ("none", "flips", "d4"))
+        _choice("model.tta", self.tta, TTA)
         if self.tta != "none" and self.head not in ("classification", "segmentation"):
             raise ConfigError(
                 f"model.tta={self.tta} averages class probabilities and maps, which turn "

@@ -130,12 +130,13 @@ def _evaluate(checkpoint: str, test_images: int, picture: int) -> dict[str, Any]
     from xtimage.predict import Predictor
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    views = _config("xt", []).model.tta  # the preset's test-time views, shipped weights too
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", amp="none", tta=views)
+    preset = _config("xt", [])  # its test-time views apply to the shipped weights too
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", amp="none",
+                                          tta=preset.model.tta)  # fmt: skip
     cfg = predictor.config
-    task = SyntheticTask("segmentation", size=_config("xt", []).data.size, region=cfg.region,
+    task = SyntheticTask("segmentation", size=preset.data.size, region=cfg.region,
                          channels=cfg.in_chans, seed=TEST_SEED, length=test_images,
-                         **_config("xt", []).data.params)
+                         **preset.data.params)
     idle_mb = _memory_mb("VmRSS")
     meter = SegmentationMeter(2)
     start = time.monotonic()

@@ -40,7 +40,7 @@ from xtimage.config import ModelConfig
 from xtimage.data.preprocess import resize_image, to_unit
 from xtimage.distributed import World
 from xtimage.engine import Engine, RegionSource
-from xtimage.engine.views import BAND, ViewAverage, ViewedSource, output_kinds, views
+from xtimage.engine.views import BAND, VIEW_SETS, ViewAverage, ViewedSource, output_kinds
 from xtimage.errors import InputError
 from xtimage.io.atomic import output_dir, remove_stale
 from xtimage.io.base import Reader, read_padded
@@ -100,7 +100,7 @@ class Predictor:
         self.model = model.eval()
         self.config = config
         self.task = get_task(config, threshold=threshold, iou=iou, thresholds=thresholds)
-        self.views = views(config.tta)
+        self.views = VIEW_SETS[config.tta]
         self.device = torch.device(device)
         self.autocast = autocast
         # The downsample baseline needs the whole image at once; XT streams.

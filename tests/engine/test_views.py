@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xtimage.config import TTA, load_config
 from xtimage.engine.source import RegionSource
 from xtimage.engine.views import (
     VIEW_SETS,
@@ -16,7 +17,6 @@ from xtimage.engine.views import (
     output_kinds,
     to_logits,
     to_probabilities,
-    views,
 )
 from xtimage.errors import ConfigError
 from xtimage.heads.segmentation import DenseOutput
@@ -84,8 +84,9 @@ def test_the_view_sets():
         assert torch.equal(v.undo(v.apply(x)), x)
     assert all(v.apply(x).shape == x.shape for v in VIEW_SETS["flips"])  # shape kept
     assert len(VIEW_SETS["flips"]) == 4 and VIEW_SETS["none"] == D4[:1]
+    assert set(VIEW_SETS) == set(TTA)  # every setting the config accepts has its views
     with pytest.raises(ConfigError, match="d8"):
-        views("d8")
+        load_config(None, ["model.tta=d8"])
 
 
 def test_averaged_outputs_decode_to_the_average():

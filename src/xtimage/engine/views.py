@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from xtimage.engine.source import RegionSource
-from xtimage.errors import ConfigError
 from xtimage.limits import check_alloc
 from xtimage.tiling import RegionPlan
 from xtimage.window import Window
@@ -67,18 +66,12 @@ class View:
         return Window(height - left - w, t, w, h)  # view[i, j] = image[H - 1 - j, i]
 
 
+# the views of each model.tta setting (`xtimage.config.TTA`, checked there)
 VIEW_SETS: dict[str, tuple[View, ...]] = {
     "none": (View(0, False),),
     "flips": (View(0, False), View(0, True), View(2, False), View(2, True)),
     "d4": tuple(View(turns, flip) for turns in range(4) for flip in (False, True)),
 }
-
-
-def views(name: str) -> tuple[View, ...]:
-    """The views of a ``model.tta`` setting."""
-    if name not in VIEW_SETS:
-        raise ConfigError(f"model.tta={name!r} is not a set of views; use one of {list(VIEW_SETS)}")
-    return VIEW_SETS[name]
 
 
 class ViewedSource(RegionSource):
