@@ -4,10 +4,14 @@ Every run goes through the public `Trainer` with the ``demo`` preset and one of 
 recipes below (``--recipe``); only the task (and the head it needs) and ``model.baseline``
 change between runs of a recipe:
 
-- ``demo``: the demo preset as shipped (since session 29): ``film_scale`` below, the 8
-  scenes' 128 regions trained at once (``train.mode=auto`` with ``region_batch=128``);
-  ``demo_upright`` and ``demo_upright_lr1`` the same without flips or turns, the jitter
-  kept (``data.turns=false``), at the demo sweep's two rates (session 30);
+- ``demo``: the demo preset as shipped: ``film_max`` below (``film_scale`` in sessions
+  29-31), the 8 scenes' 128 regions trained at once (``train.mode=auto`` with
+  ``region_batch=128``), answers averaged over the eight flips and turns (``model.tta=d4``);
+  so on the demo task, whose 1,200 steps end before the partners join, it is
+  ``film_max_partners_late_tta`` without the partners that never moved;
+  ``demo_upright`` and ``demo_upright_lr1``: session 30's preset (``film_scale``, no
+  views) without flips or turns, the jitter kept (``data.turns=false``), at the demo
+  sweep's two rates;
 - ``demo_batch``: the demo preset of sessions 11-28: a batch-norm decoder of width 32 fed
   the tokens by concatenation, tokens read from all five backbone maps, 1,200 steps of 8
   scenes; trains only all at once (no ``key_large``). Every recipe but the ``demo`` ones
@@ -111,10 +115,12 @@ from common import RESULTS, machine, print_table, save_rows  # noqa: E402
 from xtimage.config import load_config  # noqa: E402  (no torch)
 
 PRESET = "demo"
-# what the demo preset set until session 28 (and its views, none until session 31); every
-# recipe but the demo ones starts from it
+# what the demo preset set until session 28 (and its views, none until session 31, and
+# its token reduction, the mean until session 31); every recipe but the demo ones starts
+# from it
 PRESET_UNTIL_28 = ["model.decoder_norm=batch", "model.decoder_fusion=concat",
-                   "data.augment=true", "train.region_batch=64", "model.tta=none"]  # fmt: skip
+                   "data.augment=true", "train.region_batch=64", "model.tta=none",
+                   "model.token_reduce=mean"]  # fmt: skip
 SESSION_10 = ["model.decoder_channels=64", "train.batch_size=4", "train.steps=600"]
 # the film head at the demo's scale; direct mode gives exact mode's gradients, faster
 # (a later override of the same key wins: the instance-norm recipes below rely on it)
@@ -160,13 +166,14 @@ RECIPES_UNTIL_28: dict[str, list[str]] = {
     # film_max_partners with instance norms
     "film_max_partners_instance": [*PARTNERS, "model.decoder_norm=instance"],
 }  # fmt: skip
-# the demo preset as it is (session 29 on; answers averaged over 8 views since session
-# 31), and the same without flips and turns (the jitter kept, no views: session 30) at
-# either rate of its sweep
+# the demo preset as it is (the film head since session 29, answers averaged over 8 views
+# since 31, max-reduced tokens since 32), and session 30's preset (mean-reduced tokens, no
+# views) without flips and turns, the jitter kept, at either rate of its sweep
+UPRIGHT_30 = ["data.turns=false", "model.tta=none", "model.token_reduce=mean"]
 DEMO_RECIPES: dict[str, list[str]] = {
     "demo": [],
-    "demo_upright": ["data.turns=false", "model.tta=none"],
-    "demo_upright_lr1": ["data.turns=false", "train.lr=1e-3", "model.tta=none"],
+    "demo_upright": UPRIGHT_30,
+    "demo_upright_lr1": [*UPRIGHT_30, "train.lr=1e-3"],
 }
 RECIPES = {**DEMO_RECIPES, **{k: [*PRESET_UNTIL_28, *v] for k, v in RECIPES_UNTIL_28.items()}}
 ALL_AT_ONCE = ("demo_batch", "batch")  # batch-norm decoders: no exact or streaming training
