@@ -86,7 +86,7 @@ def main() -> None:
         n = args.test_images or (200 if label else 48)
         held_out = replace(config.data, seed=TEST_SEED, train_samples=n, val_samples=0)
         test = synthetic(config.model, held_out).train
-        model = Predictor.from_checkpoint(str(checkpoint), device="cpu", amp="none").engine.model
+        model = Predictor.from_checkpoint(str(checkpoint), device="cpu", amp="none").model
         model.eval()
         images = torch.stack([test[i]["image"] for i in range(n)])  # (N, C, H, W)
         target = torch.stack([test[i]["label" if label else "mask"] for i in range(n)])
