@@ -301,7 +301,7 @@ def _write_report(settings, training, results, picture, seconds) -> dict[str, An
             "usually lies in another region. Crop-only cannot see the key's texture from "
             "most regions; downsampling erases every texture. xT sees both.",
             f"Weights: {source}. Scores are pooled over {settings.test_images} held-out "
-            f"images, each answer averaged over {VIEW_NAMES[_config('xt', []).model.tta]} "
+            f"images, each answer averaged over {VIEW_NAMES[cfg.model.tta]} "
             f"(model.tta); the ceiling is the best score possible for what each model sees.",
         ],
         table=table,
